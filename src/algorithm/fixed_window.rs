@@ -1,0 +1,81 @@
+//! envoyproxy/ratelimit's fixed window: a counter per epoch-aligned window of one unit.
+//!
+//! The state word packs the window's end (whole seconds since the epoch, high 32 bits, good
+//! until 2106) and the count admitted in it (low 32 bits). A state whose window has ended is a
+//! zero count in the current window. Unlike the reference service, denied requests are not
+//! counted, so the count never exceeds the limit.
+
+use super::Verdict;
+use crate::clock::{NANOS_PER_SEC, Nanos};
+use crate::quota::Quota;
+
+fn pack(window_end_secs: u64, count: u64) -> u64 {
+    (window_end_secs << 32) | (count & u64::from(u32::MAX))
+}
+
+fn window_end_secs(state: u64) -> u64 {
+    state >> 32
+}
+
+fn count(state: u64) -> u64 {
+    state & u64::from(u32::MAX)
+}
+
+/// Decides a request of `cost` hits at `now`.
+pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
+    let unit_secs = quota.unit().seconds();
+    let end_secs = (now / NANOS_PER_SEC / unit_secs + 1) * unit_secs;
+    let used = if window_end_secs(state) == end_secs {
+        count(state)
+    } else {
+        0
+    };
+    let limit = u64::from(quota.requests_per_unit());
+    let available = limit.saturating_sub(used);
+    let reset_after = (end_secs * NANOS_PER_SEC).saturating_sub(now);
+    let enough = if cost == 0 {
+        available >= 1
+    } else {
+        cost <= available
+    };
+    if !enough {
+        return Verdict {
+            allowed: false,
+            state,
+            remaining: available,
+            reset_after,
+            retry_after: (cost.max(1) <= limit).then_some(reset_after),
+        };
+    }
+    Verdict {
+        allowed: true,
+        state: if cost == 0 {
+            state
+        } else {
+            pack(end_secs, used + cost)
+        },
+        remaining: available - cost,
+        reset_after,
+        retry_after: None,
+    }
+}
+
+/// Returns `cost` hits counted by `acquired`, if `current` is still the same window.
+pub fn refund(current: u64, acquired: u64, cost: u64) -> u64 {
+    if window_end_secs(current) == window_end_secs(acquired) {
+        pack(
+            window_end_secs(current),
+            count(current).saturating_sub(cost),
+        )
+    } else {
+        current
+    }
+}
+
+/// A window's count means nothing once the window has ended.
+pub fn idle_at(state: u64) -> Nanos {
+    window_end_secs(state).saturating_mul(NANOS_PER_SEC)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::algorithm::FRESH;
+use crate::quota::{Algorithm, Unit};
+
+const SEC: u64 = NANOS_PER_SEC;
+/// A minute boundary: 1_700_000_040 is divisible by 60.
+const T0: u64 = 1_700_000_040 * SEC;
+
+fn quota(rpu: u32, unit: Unit) -> Quota {
+    Quota::new(rpu, unit, Algorithm::FixedWindow)
+}
+
+#[test]
+fn counts_up_to_the_limit_within_a_window() {
+    let q = quota(3, Unit::Minute);
+    let mut state = FRESH;
+    for left in (0..3).rev() {
+        let v = decide(&q, state, T0 + 10 * SEC, 1);
+        assert!(v.allowed);
+        assert_eq!(v.remaining, left);
+        assert_eq!(v.reset_after, 50 * SEC);
+        state = v.state;
+    }
+    let v = decide(&q, state, T0 + 59 * SEC, 1);
+    assert!(!v.allowed);
+    assert_eq!(v.state, state);
+    assert_eq!(v.retry_after, Some(SEC));
+}
+
+#[test]
+fn the_window_is_epoch_aligned_and_resets_at_its_end() {
+    let q = quota(1, Unit::Minute);
+    let used = decide(&q, FRESH, T0 + 59 * SEC, 1).state;
+    assert!(!decide(&q, used, T0 + 60 * SEC - 1, 1).allowed);
+    let v = decide(&q, used, T0 + 60 * SEC, 1);
+    assert!(v.allowed);
+    assert_eq!(v.reset_after, 60 * SEC);
+    assert_eq!(idle_at(used), T0 + 60 * SEC);
+}
+
+#[test]
+fn refund_applies_only_to_the_same_window() {
+    let q = quota(2, Unit::Second);
+    let a = decide(&q, FRESH, T0, 2).state;
+    assert_eq!(decide(&q, refund(a, a, 2), T0, 0).remaining, 2);
+    let next = decide(&q, a, T0 + SEC, 1).state;
+    assert_eq!(refund(next, a, 2), next);
+}
+
+#[test]
+fn zero_limit_and_huge_costs_are_denied() {
+    let q = quota(0, Unit::Second);
+    assert!(!decide(&q, FRESH, T0, 1).allowed);
+    assert_eq!(decide(&q, FRESH, T0, 1).retry_after, None);
+    let q = quota(u32::MAX, Unit::Year);
+    assert!(!decide(&q, FRESH, T0, u64::MAX).allowed);
+    assert!(decide(&q, FRESH, T0, u64::from(u32::MAX)).allowed);
+}
+
+proptest! {
+    #[test]
+    fn matches_a_map_of_window_counters(
+        rpu in 0u32..20,
+        steps in prop::collection::vec((0u64..40 * SEC, 0u64..5), 1..200),
+    ) {
+        let q = quota(rpu, Unit::Minute);
+        let mut windows: HashMap<u64, u64> = HashMap::new();
+        let mut state = FRESH;
+        let mut now = T0;
+        for (gap, cost) in steps {
+            now += gap;
+            let used = windows.entry(now / (60 * SEC)).or_default();
+            let ok = if cost == 0 { *used < u64::from(rpu) } else { *used + cost <= u64::from(rpu) };
+            if ok {
+                *used += cost;
+            }
+            let v = decide(&q, state, now, cost);
+            prop_assert_eq!(v.allowed, ok);
+            prop_assert_eq!(v.remaining, u64::from(rpu) - *used);
+            state = v.state;
+        }
+    }
+}

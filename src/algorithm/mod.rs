@@ -1,0 +1,68 @@
+//! Rate-limit algorithms as pure functions of (state, now, cost).
+//!
+//! Each algorithm keeps its whole per-key state in one `u64`, so a bucket store can update it
+//! with a single compare-and-swap and never needs a lock. Nothing here reads a clock, touches a
+//! map or does I/O: the functions are exact, deterministic and cheap to test.
+
+pub mod fixed_window;
+pub mod token_bucket;
+
+use crate::clock::Nanos;
+use crate::quota::{Algorithm, Quota};
+
+/// The per-key state word of a fresh (full, never used) bucket.
+pub const FRESH: u64 = 0;
+
+/// What an algorithm decided for one request against one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the request conforms. A `cost` of 0 (check only) conforms while at least one
+    /// unit remains.
+    pub allowed: bool,
+    /// The state to store: the old state when nothing was consumed.
+    pub state: u64,
+    /// Requests still allowed right now, after this one.
+    pub remaining: u64,
+    /// Time until the bucket is whole again (token bucket: full; fixed window: the window ends).
+    pub reset_after: Nanos,
+    /// For a denial, the wait until the same request would conform; `None` if it never can.
+    pub retry_after: Option<Nanos>,
+}
+
+impl Verdict {
+    /// Whether storing this verdict changes the bucket.
+    pub fn consumed(&self, old_state: u64) -> bool {
+        self.state != old_state
+    }
+}
+
+/// Decides a request of `cost` units against `state` at `now`.
+pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
+    match quota.algorithm() {
+        Algorithm::TokenBucket => token_bucket::decide(quota, state, now, cost),
+        Algorithm::FixedWindow => fixed_window::decide(quota, state, now, cost),
+    }
+}
+
+/// Gives back `cost` units that `acquired` (a state this bucket held after consuming them)
+/// took, from the bucket's `current` state. Used to roll back an all-or-nothing request.
+pub fn refund(quota: &Quota, current: u64, acquired: u64, cost: u64) -> u64 {
+    match quota.algorithm() {
+        Algorithm::TokenBucket => token_bucket::refund(quota, current, cost),
+        Algorithm::FixedWindow => fixed_window::refund(current, acquired, cost),
+    }
+}
+
+/// The time from which `state` holds no information (the bucket is as good as fresh), so the
+/// bucket can be dropped.
+pub fn idle_at(algorithm: Algorithm, state: u64) -> Nanos {
+    match algorithm {
+        Algorithm::TokenBucket => token_bucket::idle_at(state),
+        Algorithm::FixedWindow => fixed_window::idle_at(state),
+    }
+}
+
+/// Saturating conversion for counts reported to callers.
+pub(crate) fn clamp_u64(value: u128) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}

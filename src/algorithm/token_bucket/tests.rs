@@ -1,0 +1,171 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::algorithm::FRESH;
+use crate::clock::NANOS_PER_SEC;
+use crate::quota::{Algorithm, Unit};
+
+const SEC: u64 = NANOS_PER_SEC;
+const T0: u64 = 1_700_000_000 * SEC;
+
+fn quota(rpu: u32, unit: Unit, burst: u32) -> Quota {
+    Quota::new(rpu, unit, Algorithm::TokenBucket).with_burst(burst)
+}
+
+/// The textbook token bucket, written independently: a level of stored nanoseconds-worth of
+/// tokens, topped up by elapsed time and capped at capacity.
+struct Model {
+    level: u128,
+    last: u64,
+    t: u128,
+    capacity: u128,
+}
+
+impl Model {
+    fn new(q: &Quota, now: u64) -> Self {
+        let t = u128::from(q.unit().nanos()).div_ceil(u128::from(q.requests_per_unit()));
+        let capacity = u128::from(q.burst()) * t;
+        Self {
+            level: capacity,
+            last: now,
+            t,
+            capacity,
+        }
+    }
+
+    fn hit(&mut self, now: u64, cost: u64) -> (bool, u64) {
+        self.level = (self.level + u128::from(now - self.last)).min(self.capacity);
+        self.last = now;
+        let want = u128::from(cost) * self.t;
+        let ok = if cost == 0 {
+            self.level >= self.t
+        } else {
+            self.level >= want
+        };
+        if ok {
+            self.level -= want;
+        }
+        (ok, (self.level / self.t) as u64)
+    }
+}
+
+#[test]
+fn a_fresh_bucket_admits_a_burst_of_capacity_then_denies() {
+    let q = quota(5, Unit::Second, 5);
+    let mut state = FRESH;
+    for left in (0..5).rev() {
+        let v = decide(&q, state, T0, 1);
+        assert!(v.allowed);
+        assert_eq!(v.remaining, left);
+        state = v.state;
+    }
+    let denied = decide(&q, state, T0, 1);
+    assert!(!denied.allowed);
+    assert_eq!(denied.state, state, "a denial consumes nothing");
+    assert_eq!(denied.remaining, 0);
+    assert_eq!(denied.retry_after, Some(SEC / 5));
+    assert_eq!(denied.reset_after, SEC);
+}
+
+#[test]
+fn tokens_refill_continuously() {
+    let q = quota(10, Unit::Second, 10);
+    let mut state = FRESH;
+    for _ in 0..10 {
+        state = decide(&q, state, T0, 1).state;
+    }
+    assert!(!decide(&q, state, T0 + SEC / 10 - 1, 1).allowed);
+    let v = decide(&q, state, T0 + SEC / 10, 1);
+    assert!(v.allowed);
+    assert_eq!(v.remaining, 0);
+    let half = decide(&q, state, T0 + SEC / 2, 0);
+    assert_eq!(half.remaining, 5);
+    assert_eq!(half.reset_after, SEC / 2);
+}
+
+#[test]
+fn burst_sets_capacity_apart_from_rate() {
+    let q = quota(60, Unit::Minute, 3);
+    let mut state = FRESH;
+    for _ in 0..3 {
+        let v = decide(&q, state, T0, 1);
+        assert!(v.allowed);
+        state = v.state;
+    }
+    let v = decide(&q, state, T0, 1);
+    assert!(!v.allowed);
+    assert_eq!(v.retry_after, Some(SEC));
+}
+
+#[test]
+fn check_only_consumes_nothing_and_reports_exhaustion() {
+    let q = quota(1, Unit::Hour, 1);
+    let v = decide(&q, FRESH, T0, 0);
+    assert!(v.allowed);
+    assert_eq!(v.state, FRESH);
+    let used = decide(&q, FRESH, T0, 1).state;
+    let v = decide(&q, used, T0, 0);
+    assert!(!v.allowed);
+    assert_eq!(v.state, used);
+}
+
+#[test]
+fn zero_rate_denies_everything() {
+    let q = quota(0, Unit::Second, 0);
+    for cost in [0, 1, 5] {
+        let v = decide(&q, FRESH, T0, cost);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after, None);
+        assert_eq!(v.state, FRESH);
+    }
+}
+
+#[test]
+fn cost_above_capacity_is_denied_forever_without_overflow() {
+    let q = quota(u32::MAX, Unit::Year, u32::MAX);
+    let v = decide(&q, FRESH, T0, u64::MAX);
+    assert!(!v.allowed);
+    assert_eq!(v.retry_after, None);
+    let v = decide(&q, FRESH, u64::MAX, u64::from(u32::MAX));
+    assert!(v.allowed);
+    assert_eq!(v.remaining, 0);
+}
+
+#[test]
+fn refund_undoes_a_consumption() {
+    let q = quota(4, Unit::Second, 4);
+    let taken = decide(&q, FRESH, T0, 3);
+    let back = refund(&q, taken.state, 3);
+    assert_eq!(decide(&q, back, T0, 0).remaining, 4);
+}
+
+#[test]
+fn a_full_bucket_is_idle() {
+    let q = quota(2, Unit::Second, 2);
+    let v = decide(&q, FRESH, T0, 1);
+    assert_eq!(idle_at(v.state), T0 + SEC / 2);
+    assert_eq!(idle_at(FRESH), 0);
+}
+
+proptest! {
+    #[test]
+    fn matches_the_textbook_model(
+        rpu in 1u32..50,
+        burst in 1u32..50,
+        unit in prop::sample::select(vec![Unit::Second, Unit::Minute]),
+        steps in prop::collection::vec((0u64..3 * SEC, 0u64..6), 1..200),
+    ) {
+        let q = quota(rpu, unit, burst);
+        let mut model = Model::new(&q, T0);
+        let mut state = FRESH;
+        let mut now = T0;
+        for (gap, cost) in steps {
+            now += gap;
+            let v = decide(&q, state, now, cost);
+            let (ok, remaining) = model.hit(now, cost);
+            prop_assert_eq!(v.allowed, ok);
+            prop_assert_eq!(v.remaining, remaining);
+            state = v.state;
+        }
+    }
+}

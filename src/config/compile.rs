@@ -1,0 +1,339 @@
+//! Turns parsed files into the immutable configuration, checking everything first.
+//!
+//! Every problem is collected (not just the first) with its file, line and descriptor, so
+//! `tollgate validate` can list them all. The checks are envoyproxy/ratelimit's, with its
+//! messages, plus tollgate's own for its extensions.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::error::ConfigError;
+use super::locate::{Step, line_of};
+use super::schema::{DescriptorSpec, FileSpec, RateLimitSpec};
+use super::source::SourceFile;
+use super::{Domain, Options, RateLimitConfig};
+use crate::matcher::{Level, Node, ValueMatch};
+use crate::quota::{Algorithm, MAX_RATE_PER_SECOND, Quota, Unit};
+use crate::rule::{KeyPart, Policy, Rule};
+
+/// Compiles `files` into a configuration, or returns every problem found.
+pub fn compile(
+    files: &[SourceFile],
+    options: &Options,
+) -> Result<RateLimitConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut domains: HashMap<String, Domain> = HashMap::new();
+    for file in files {
+        let Some(domain) = compile_file(file, options, &mut errors) else {
+            continue;
+        };
+        if let Some(first) = domains.get(&domain.name) {
+            errors.push(ConfigError {
+                line: line_of(&file.text, &[Step::Key("domain")]),
+                ..ConfigError::file(
+                    &file.path,
+                    format!(
+                        "duplicate domain '{}' in config file (already defined in {})",
+                        domain.name,
+                        first.file.display()
+                    ),
+                )
+            });
+            continue;
+        }
+        domains.insert(domain.name.clone(), domain);
+    }
+    if errors.is_empty() {
+        Ok(RateLimitConfig { domains })
+    } else {
+        Err(errors)
+    }
+}
+
+fn compile_file(
+    file: &SourceFile,
+    options: &Options,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Domain> {
+    let spec = match parse(file) {
+        Ok(spec) => spec,
+        Err(error) => {
+            errors.push(error);
+            return None;
+        }
+    };
+    if spec.domain.is_empty() {
+        errors.push(ConfigError::file(
+            &file.path,
+            "config file cannot have empty domain",
+        ));
+        return None;
+    }
+    let before = errors.len();
+    let mut builder = TreeBuilder {
+        file,
+        options,
+        errors,
+        rules: 0,
+    };
+    let mut path = vec![Step::Key("descriptors")];
+    let root = builder.level(&spec.descriptors, &spec.domain, &mut path, &[]);
+    let rules = builder.rules;
+    (errors.len() == before).then(|| Domain {
+        name: spec.domain,
+        file: file.path.clone(),
+        root,
+        rules,
+    })
+}
+
+fn parse(file: &SourceFile) -> Result<FileSpec, ConfigError> {
+    if file.text.trim().is_empty() || is_only_comments(&file.text) {
+        return Err(ConfigError::file(
+            &file.path,
+            "config file cannot have empty domain",
+        ));
+    }
+    serde_yaml::from_str(&file.text).map_err(|e| yaml_error(&file.path, &e))
+}
+
+fn is_only_comments(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|line| line.is_empty() || line.starts_with('#') || line == "---")
+}
+
+fn yaml_error(path: &Path, error: &serde_yaml::Error) -> ConfigError {
+    let mut message = error.to_string();
+    let line = error.location().map(|location| {
+        let suffix = format!(" at line {} column {}", location.line(), location.column());
+        if let Some(stripped) = message.strip_suffix(&suffix) {
+            message = stripped.to_owned();
+        }
+        location.line()
+    });
+    ConfigError {
+        line,
+        message: format!("error loading config file: {message}"),
+        ..ConfigError::file(path, "")
+    }
+}
+
+struct TreeBuilder<'a> {
+    file: &'a SourceFile,
+    options: &'a Options,
+    errors: &'a mut Vec<ConfigError>,
+    rules: usize,
+}
+
+impl TreeBuilder<'_> {
+    fn level(
+        &mut self,
+        specs: &[DescriptorSpec],
+        parent_id: &str,
+        path: &mut Vec<Step>,
+        parent_parts: &[KeyPart],
+    ) -> Level {
+        let mut level = Level::default();
+        for (index, spec) in specs.iter().enumerate() {
+            path.push(Step::Index(index));
+            if let Some((value, node)) = self.node(spec, &level, parent_id, path, parent_parts) {
+                level.insert(&spec.key, value, node);
+            }
+            path.pop();
+        }
+        level
+    }
+
+    fn node(
+        &mut self,
+        spec: &DescriptorSpec,
+        siblings: &Level,
+        parent_id: &str,
+        path: &mut Vec<Step>,
+        parent_parts: &[KeyPart],
+    ) -> Option<(ValueMatch, Node)> {
+        let id = if spec.value.is_empty() {
+            format!("{parent_id}.{}", spec.key)
+        } else {
+            format!("{parent_id}.{}_{}", spec.key, spec.value)
+        };
+        if spec.key.is_empty() {
+            self.error(path, &id, "descriptor has empty key".into());
+            return None;
+        }
+        let value = ValueMatch::parse(&spec.value);
+        if siblings.contains(&spec.key, &value) {
+            self.error(
+                path,
+                &id,
+                format!("duplicate descriptor composite key '{id}'"),
+            );
+            return None;
+        }
+        let part = match (&value, spec.share_threshold) {
+            (ValueMatch::Wildcard(pattern), true) => KeyPart::Shared(pattern.as_str().into()),
+            (_, true) => {
+                self.error(
+                    path,
+                    &id,
+                    format!(
+                        "share_threshold can only be used with wildcard values (containing '*'), but found key '{}'",
+                        id.rsplit('.').next().unwrap_or_default()
+                    ),
+                );
+                return None;
+            }
+            (_, false) => KeyPart::Value,
+        };
+        let mut parts = parent_parts.to_vec();
+        parts.push(part);
+        let rule = match &spec.rate_limit {
+            Some(limit) => {
+                path.push(Step::Key("rate_limit"));
+                let policy = self.policy(limit, path, &id);
+                path.pop();
+                let policy = policy?;
+                self.rules += 1;
+                Some(Arc::new(Rule {
+                    id: id.as_str().into(),
+                    name: limit
+                        .name
+                        .as_deref()
+                        .filter(|n| !n.is_empty())
+                        .map(Into::into),
+                    policy,
+                    shadow_mode: spec.shadow_mode,
+                    quota_mode: spec.quota_mode,
+                    replaces: limit
+                        .replaces
+                        .iter()
+                        .map(|r| r.name.as_str().into())
+                        .collect(),
+                    detailed_metric: spec.detailed_metric,
+                    value_to_metric: spec.value_to_metric,
+                    key_parts: parts.clone(),
+                    metadata: spec.metadata.clone(),
+                }))
+            }
+            None => None,
+        };
+        path.push(Step::Key("descriptors"));
+        let children = self.level(&spec.descriptors, &id, path, &parts);
+        path.pop();
+        Some((value, Node { rule, children }))
+    }
+
+    fn policy(&mut self, spec: &RateLimitSpec, path: &[Step], id: &str) -> Option<Policy> {
+        let mut problems = Vec::new();
+        for replaced in &spec.replaces {
+            if replaced.name.is_empty() {
+                problems.push("should not have an empty replaces entry".to_owned());
+            } else if spec.name.as_deref() == Some(replaced.name.as_str()) {
+                problems.push("replaces should not contain name of same descriptor".to_owned());
+            }
+        }
+        let policy = if spec.unlimited {
+            if spec.unit.as_deref().is_some_and(|u| !u.is_empty()) {
+                problems.push("should not specify rate limit unit when unlimited".to_owned());
+            }
+            for (field, given) in [
+                ("requests_per_unit", spec.requests_per_unit.is_some()),
+                ("algorithm", spec.algorithm.is_some()),
+                ("burst", spec.burst.is_some()),
+            ] {
+                if given {
+                    problems.push(format!("should not specify {field} when unlimited"));
+                }
+            }
+            Some(Policy::Unlimited)
+        } else {
+            self.quota(spec, &mut problems).map(Policy::Limited)
+        };
+        if problems.is_empty() {
+            return policy;
+        }
+        for problem in problems {
+            self.error(path, id, problem);
+        }
+        None
+    }
+
+    fn quota(&self, spec: &RateLimitSpec, problems: &mut Vec<String>) -> Option<Quota> {
+        let unit_name = spec.unit.as_deref().unwrap_or_default();
+        let unit = Unit::parse(unit_name);
+        if unit.is_none() {
+            problems.push(format!(
+                "invalid rate limit unit '{unit_name}' (expected one of second, minute, hour, day, week, month, year)"
+            ));
+        }
+        let algorithm = match spec.algorithm.as_deref() {
+            None => Some(self.options.default_algorithm),
+            Some(name) => {
+                let parsed = Algorithm::parse(name);
+                if parsed.is_none() {
+                    problems.push(format!(
+                        "unknown algorithm '{name}' (expected token_bucket or fixed_window)"
+                    ));
+                }
+                parsed
+            }
+        };
+        let Some(rpu) = spec.requests_per_unit else {
+            problems.push(
+                "requests_per_unit is required (use 0 to block every request, or unlimited: true)"
+                    .to_owned(),
+            );
+            return None;
+        };
+        let (unit, algorithm) = (unit?, algorithm?);
+        let mut quota = Quota::new(rpu, unit, algorithm);
+        match (algorithm, spec.burst) {
+            (Algorithm::FixedWindow, Some(_)) => {
+                problems.push("burst applies only to algorithm token_bucket".to_owned());
+            }
+            (Algorithm::TokenBucket, Some(0)) if rpu > 0 => {
+                problems.push(
+                    "burst must be at least 1 (use requests_per_unit: 0 to block)".to_owned(),
+                );
+            }
+            (Algorithm::TokenBucket, Some(burst)) => quota = quota.with_burst(burst),
+            (_, None) => {}
+        }
+        if algorithm == Algorithm::TokenBucket
+            && u64::from(rpu) > MAX_RATE_PER_SECOND.saturating_mul(unit.seconds())
+        {
+            problems.push(format!(
+                "requests_per_unit {rpu} per {unit} is faster than a token bucket can count (at most {MAX_RATE_PER_SECOND} per second); use unlimited: true or algorithm: fixed_window"
+            ));
+        }
+        problems.is_empty().then_some(quota)
+    }
+
+    fn error(&mut self, path: &[Step], id: &str, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.path.clone(),
+            line: line_of(&self.file.text, path),
+            descriptor: Some(id.to_owned()),
+            message,
+        });
+    }
+}
+
+/// Names of `replaces` targets that no rule in the configuration defines.
+pub fn dangling_replaces(config: &RateLimitConfig) -> Vec<(String, String)> {
+    let mut names = HashSet::new();
+    let mut wanted = Vec::new();
+    for domain in config.domains.values() {
+        for rule in domain.root.rules() {
+            names.extend(rule.name.clone());
+            for replaced in &rule.replaces {
+                wanted.push((rule.id.to_string(), replaced.to_string()));
+            }
+        }
+    }
+    wanted.retain(|(_, name)| !names.contains(name.as_str()));
+    wanted.sort();
+    wanted
+}

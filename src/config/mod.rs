@@ -1,0 +1,91 @@
+//! Configuration: read files → parse → validate → compile to an immutable matcher.
+//!
+//! The result, [`RateLimitConfig`], is never changed once built; the server publishes it as a
+//! snapshot that requests borrow.
+
+mod compile;
+pub mod error;
+pub mod locate;
+pub mod schema;
+pub mod source;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use compile::{compile, dangling_replaces};
+pub use error::{ConfigError, ConfigErrors};
+
+use crate::matcher::{EntryView, Level};
+use crate::quota::Algorithm;
+use crate::rule::{Policy, Rule};
+
+/// Server-wide settings that shape how files compile.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The algorithm of limits that do not name one.
+    pub default_algorithm: Algorithm,
+}
+
+/// One domain's descriptor tree.
+#[derive(Debug)]
+pub struct Domain {
+    /// The domain name.
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// The top level of its descriptor tree.
+    pub root: Level,
+    /// How many rules the tree holds.
+    pub rules: usize,
+}
+
+/// The compiled configuration: every domain's matcher.
+#[derive(Debug, Default)]
+pub struct RateLimitConfig {
+    domains: HashMap<String, Domain>,
+}
+
+impl RateLimitConfig {
+    /// A domain by name.
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        self.domains.get(name)
+    }
+
+    /// All domains, by name.
+    pub fn domains(&self) -> Vec<&Domain> {
+        let mut domains: Vec<_> = self.domains.values().collect();
+        domains.sort_by(|a, b| a.name.cmp(&b.name));
+        domains
+    }
+
+    /// The rule a request descriptor matches in `domain`, if any.
+    pub fn find<E: EntryView>(&self, domain: &str, entries: &[E]) -> Option<&Arc<Rule>> {
+        self.domains.get(domain)?.root.find(entries)
+    }
+}
+
+impl Domain {
+    /// A one-line summary, as `tollgate validate` prints it.
+    pub fn summary(&self) -> String {
+        let rules = self.root.rules();
+        let count = |pred: fn(&Rule) -> bool| rules.iter().filter(|r| pred(r)).count();
+        format!(
+            "{}: domain '{}': {} limits ({} unlimited, {} shadow mode)",
+            self.file.display(),
+            self.name,
+            self.rules,
+            count(|r| r.policy == Policy::Unlimited),
+            count(|r| r.shadow_mode),
+        )
+    }
+}
+
+/// Reads and compiles the configuration at `path` (a file or a directory).
+pub fn load(path: &Path, options: &Options) -> Result<RateLimitConfig, ConfigErrors> {
+    let files = source::read(path).map_err(|e| ConfigErrors(vec![e]))?;
+    compile(&files, options).map_err(ConfigErrors)
+}
+
+#[cfg(test)]
+mod tests;

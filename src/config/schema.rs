@@ -1,0 +1,135 @@
+//! The YAML file format, as envoyproxy/ratelimit defines it plus tollgate's extensions.
+//!
+//! These types mirror the file one to one and reject unknown keys, so a typo is an error
+//! instead of a silently disabled limit. Meaning is checked later, in `compile`.
+
+use serde::{Deserialize, Deserializer};
+
+/// One configuration file: one domain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// The domain Envoy names in its requests.
+    #[serde(default, deserialize_with = "scalar_string")]
+    pub domain: String,
+    /// Top-level descriptors.
+    #[serde(default)]
+    pub descriptors: Vec<DescriptorSpec>,
+}
+
+/// A node of the descriptor tree.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DescriptorSpec {
+    /// The entry key this node matches.
+    #[serde(default, deserialize_with = "scalar_string")]
+    pub key: String,
+    /// The entry value: exact, a `*` wildcard pattern, or absent/empty for any value.
+    #[serde(default, deserialize_with = "scalar_string")]
+    pub value: String,
+    /// The limit applied when a request ends at this node.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Child nodes, matched against the request's next entry.
+    #[serde(default)]
+    pub descriptors: Vec<DescriptorSpec>,
+    /// Count and report, but never deny.
+    #[serde(default)]
+    pub shadow_mode: bool,
+    /// Metrics: name the series after the request's values (metrics issue).
+    #[serde(default)]
+    pub detailed_metric: bool,
+    /// Metrics: put the matched value into the series name (metrics issue).
+    #[serde(default)]
+    pub value_to_metric: bool,
+    /// On a wildcard node: every matching value shares one counter.
+    #[serde(default)]
+    pub share_threshold: bool,
+    /// Over-limit here only denies when every quota-mode descriptor of the request is over.
+    #[serde(default)]
+    pub quota_mode: bool,
+    /// Free-form data kept with the limit.
+    #[serde(default)]
+    pub metadata: Option<serde_yaml::Value>,
+}
+
+/// A node's `rate_limit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// second, minute, hour, day, week, month or year (any case).
+    #[serde(default, deserialize_with = "optional_scalar_string")]
+    pub unit: Option<String>,
+    /// Requests allowed per unit; 0 blocks everything.
+    pub requests_per_unit: Option<u32>,
+    /// Always allow, reporting no limit.
+    #[serde(default)]
+    pub unlimited: bool,
+    /// A name other limits can `replaces`; also reported to Envoy.
+    #[serde(default, deserialize_with = "optional_scalar_string")]
+    pub name: Option<String>,
+    /// Limits that this one overrides when both match a request.
+    #[serde(default)]
+    pub replaces: Vec<ReplacesSpec>,
+    /// tollgate: `token_bucket` or `fixed_window`.
+    pub algorithm: Option<String>,
+    /// tollgate: token-bucket capacity when it should differ from `requests_per_unit`.
+    pub burst: Option<u32>,
+}
+
+/// One entry of `replaces`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplacesSpec {
+    /// The replaced limit's `name`.
+    #[serde(default, deserialize_with = "scalar_string")]
+    pub name: String,
+}
+
+/// A YAML scalar of any type as a string, as the reference loader reads `value: 200`.
+fn scalar_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(optional_scalar_string(deserializer)?.unwrap_or_default())
+}
+
+fn optional_scalar_string<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    struct ScalarVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or a number")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    deserializer.deserialize_any(ScalarVisitor)
+}

@@ -1,0 +1,339 @@
+use super::source::SourceFile;
+use super::*;
+use crate::quota::{Quota, Unit};
+
+fn file(name: &str, text: &str) -> SourceFile {
+    SourceFile {
+        path: PathBuf::from(name),
+        text: text.to_owned(),
+    }
+}
+
+fn compile_one(text: &str) -> Result<RateLimitConfig, Vec<ConfigError>> {
+    compile(&[file("limits.yaml", text)], &Options::default())
+}
+
+/// The single error `text` produces.
+fn error_of(text: &str) -> ConfigError {
+    let errors = compile_one(text).expect_err("config should be rejected");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    errors.into_iter().next().unwrap()
+}
+
+fn assert_error(text: &str, line: Option<usize>, descriptor: Option<&str>, message: &str) {
+    let error = error_of(text);
+    assert_eq!(error.file, PathBuf::from("limits.yaml"));
+    assert!(error.message.contains(message), "{error}");
+    assert_eq!(error.line, line, "{error}");
+    assert_eq!(error.descriptor.as_deref(), descriptor, "{error}");
+}
+
+#[test]
+fn a_reference_service_file_compiles() {
+    let config = compile_one(
+        r#"
+domain: mongo_cps
+descriptors:
+  - key: database
+    value: users
+    rate_limit:
+      unit: SECOND
+      requests_per_unit: 500
+      name: users
+  - key: database
+    rate_limit:
+      unit: Second
+      requests_per_unit: 50
+      replaces:
+        - name: users
+  - key: status
+    value: 200
+    shadow_mode: true
+    detailed_metric: true
+    rate_limit: {unit: hour, requests_per_unit: 10}
+  - key: path
+    value: "/api/*"
+    share_threshold: true
+    value_to_metric: true
+    quota_mode: true
+    metadata: {team: core}
+    rate_limit: {unit: day, requests_per_unit: 0}
+  - key: bypass
+    rate_limit: {unlimited: true}
+"#,
+    )
+    .unwrap();
+    let domain = config.domain("mongo_cps").unwrap();
+    assert_eq!(domain.rules, 5);
+    let rule = config.find("mongo_cps", &[("status", "200")]).unwrap();
+    assert_eq!(&*rule.id, "mongo_cps.status_200");
+    assert!(rule.shadow_mode && rule.detailed_metric);
+    assert_eq!(
+        rule.policy,
+        Policy::Limited(Quota::new(10, Unit::Hour, Algorithm::TokenBucket))
+    );
+    let users = config.find("mongo_cps", &[("database", "users")]).unwrap();
+    assert_eq!(users.name.as_deref(), Some("users"));
+    let path = config.find("mongo_cps", &[("path", "/api/x")]).unwrap();
+    assert!(path.quota_mode && path.value_to_metric && path.metadata.is_some());
+    assert_eq!(
+        domain.summary(),
+        "limits.yaml: domain 'mongo_cps': 5 limits (1 unlimited, 1 shadow mode)"
+    );
+}
+
+#[test]
+fn algorithm_and_burst_extensions_compile() {
+    let config = compile_one(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: minute, requests_per_unit: 60, burst: 5}\n  - key: b\n    rate_limit: {unit: minute, requests_per_unit: 60, algorithm: fixed_window}\n",
+    )
+    .unwrap();
+    let a = config.find("d", &[("a", "x")]).unwrap();
+    assert_eq!(
+        a.policy,
+        Policy::Limited(Quota::new(60, Unit::Minute, Algorithm::TokenBucket).with_burst(5))
+    );
+    let b = config.find("d", &[("b", "x")]).unwrap();
+    assert_eq!(
+        b.policy,
+        Policy::Limited(Quota::new(60, Unit::Minute, Algorithm::FixedWindow))
+    );
+}
+
+#[test]
+fn the_default_algorithm_comes_from_options() {
+    let options = Options {
+        default_algorithm: Algorithm::FixedWindow,
+    };
+    let config = compile(
+        &[file("f.yaml", "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 1}\n")],
+        &options,
+    )
+    .unwrap();
+    let rule = config.find("d", &[("a", "1")]).unwrap();
+    assert_eq!(
+        rule.policy,
+        Policy::Limited(Quota::new(1, Unit::Second, Algorithm::FixedWindow))
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_line() {
+    assert_error("domain: d\nfoo: 1\n", Some(2), None, "unknown field `foo`");
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limt:\n      unit: second\n",
+        Some(4),
+        None,
+        "descriptors[0]: unknown field `rate_limt`",
+    );
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit:\n      unit: second\n      request_per_unit: 5\n",
+        Some(6),
+        None,
+        "unknown field `request_per_unit`",
+    );
+}
+
+#[test]
+fn empty_domain_and_empty_files_are_errors() {
+    assert_error(
+        "descriptors: []\n",
+        None,
+        None,
+        "config file cannot have empty domain",
+    );
+    assert_error(
+        "domain: ''\n",
+        None,
+        None,
+        "config file cannot have empty domain",
+    );
+    assert_error(
+        "# only a comment\n",
+        None,
+        None,
+        "config file cannot have empty domain",
+    );
+}
+
+#[test]
+fn duplicate_domains_across_files_are_errors() {
+    let errors = compile(
+        &[file("a.yaml", "domain: d\n"), file("b.yaml", "domain: d\n")],
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].file, PathBuf::from("b.yaml"));
+    assert_eq!(errors[0].line, Some(1));
+    assert!(
+        errors[0].message.contains("duplicate domain 'd'"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].message.contains("a.yaml"), "{}", errors[0]);
+}
+
+#[test]
+fn descriptor_errors_name_line_and_descriptor() {
+    assert_error(
+        "domain: d\ndescriptors:\n  - value: x\n",
+        Some(3),
+        Some("d._x"),
+        "descriptor has empty key",
+    );
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: a\n    descriptors:\n      - key: b\n        value: v\n      - key: b\n        value: v\n",
+        Some(7),
+        Some("d.a.b_v"),
+        "duplicate descriptor composite key 'd.a.b_v'",
+    );
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: a\n  - key: a\n    value: ''\n",
+        Some(4),
+        Some("d.a"),
+        "duplicate descriptor",
+    );
+}
+
+#[test]
+fn rate_limit_errors() {
+    let limit =
+        |body: &str| format!("domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n{body}");
+    let cases = [
+        (
+            "      unit: fortnight\n      requests_per_unit: 1\n",
+            "invalid rate limit unit 'fortnight'",
+        ),
+        ("      requests_per_unit: 1\n", "invalid rate limit unit ''"),
+        ("      unit: second\n", "requests_per_unit is required"),
+        (
+            "      unit: second\n      unlimited: true\n",
+            "should not specify rate limit unit when unlimited",
+        ),
+        (
+            "      unlimited: true\n      burst: 3\n",
+            "should not specify burst when unlimited",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 1\n      replaces:\n        - name: ''\n",
+            "should not have an empty replaces entry",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 1\n      name: me\n      replaces: [{name: me}]\n",
+            "replaces should not contain name of same descriptor",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 1\n      algorithm: leaky\n",
+            "unknown algorithm 'leaky'",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 1\n      algorithm: fixed_window\n      burst: 2\n",
+            "burst applies only to algorithm token_bucket",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 1\n      burst: 0\n",
+            "burst must be at least 1",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 4000000000\n",
+            "faster than a token bucket can count",
+        ),
+    ];
+    for (body, message) in cases {
+        let error = error_of(&limit(body));
+        assert!(error.message.contains(message), "{body}: {error}");
+        assert_eq!(error.descriptor.as_deref(), Some("d.k"), "{error}");
+        assert_eq!(error.line, Some(5), "{body}: {error}");
+    }
+}
+
+#[test]
+fn type_and_syntax_errors_keep_the_parser_line() {
+    assert_error(
+        "domain: d\ndescriptors:\n  - just-a-string\n",
+        Some(3),
+        None,
+        "invalid type: string",
+    );
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: [a, b]\n",
+        Some(3),
+        None,
+        "expected a string or a number",
+    );
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: -1}\n",
+        Some(4),
+        None,
+        "requests_per_unit",
+    );
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: a\n   bad: [\n",
+        Some(4),
+        None,
+        "error loading config file",
+    );
+    assert_error("domain: d\n1: x\n", Some(2), None, "unknown field `1`");
+}
+
+#[test]
+fn share_threshold_needs_a_wildcard() {
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: k\n    value: exact\n    share_threshold: true\n",
+        Some(3),
+        Some("d.k_exact"),
+        "share_threshold can only be used with wildcard values",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let errors = compile(
+        &[
+            file("a.yaml", "domain: a\ndescriptors:\n  - key: ''\n  - key: x\n    rate_limit: {unit: eon, requests_per_unit: 1}\n"),
+            file("b.yaml", "domain: ''\n"),
+        ],
+        &Options::default(),
+    )
+    .unwrap_err();
+    let lines: Vec<_> = errors
+        .iter()
+        .map(|e| (e.file.to_string_lossy().into_owned(), e.line))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("a.yaml".to_owned(), Some(3)),
+            ("a.yaml".to_owned(), Some(5)),
+            ("b.yaml".to_owned(), None)
+        ]
+    );
+    let text = ConfigErrors(errors).to_string();
+    assert!(
+        text.contains("a.yaml:5: descriptor 'a.x': invalid rate limit unit 'eon'"),
+        "{text}"
+    );
+}
+
+#[test]
+fn dangling_replaces_are_listed() {
+    let config = compile_one(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 1, replaces: [{name: ghost}]}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        dangling_replaces(&config),
+        [("d.a".to_owned(), "ghost".to_owned())]
+    );
+}
+
+#[test]
+fn load_reads_a_directory_of_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), "domain: a\n").unwrap();
+    std::fs::write(dir.path().join("b.yml"), "domain: b\n").unwrap();
+    let config = load(dir.path(), &Options::default()).unwrap();
+    let names: Vec<_> = config.domains().iter().map(|d| d.name.clone()).collect();
+    assert_eq!(names, ["a", "b"]);
+}

@@ -1,0 +1,16 @@
+//! tollgate: an Envoy rate limit service with hot in-memory buckets.
+//!
+//! The pipeline, one module per stage:
+//! - [`config`]: read YAML files, validate, compile to an immutable [`matcher`] tree.
+//! - [`decision`]: match request descriptors to [`rule`]s, run the [`algorithm`]s on the
+//!   buckets of a [`store`], and decide all-or-nothing.
+//! - [`protocol`]: Envoy's gRPC `RateLimitService`, the HTTP admin endpoints and JSON.
+//! - [`server`]: listeners, health, shutdown and background upkeep.
+
+pub mod algorithm;
+pub mod clock;
+pub mod config;
+pub mod matcher;
+pub mod quota;
+pub mod rule;
+pub mod store;

@@ -1,0 +1,224 @@
+//! What a limit allows: a rate, a time unit and the algorithm that enforces it.
+//!
+//! A [`Quota`] is validated once, when the configuration is compiled (or when a request's
+//! override is read), so the hot path trusts it.
+
+use std::fmt;
+
+use crate::clock::{NANOS_PER_SEC, Nanos};
+
+/// The time unit of a limit, as in envoyproxy/ratelimit (month = 30 days, year = 365 days).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// One second.
+    Second,
+    /// 60 seconds.
+    Minute,
+    /// 3 600 seconds.
+    Hour,
+    /// 86 400 seconds.
+    Day,
+    /// 7 days.
+    Week,
+    /// 30 days.
+    Month,
+    /// 365 days.
+    Year,
+}
+
+impl Unit {
+    /// Every unit, shortest first.
+    pub const ALL: [Unit; 7] = [
+        Unit::Second,
+        Unit::Minute,
+        Unit::Hour,
+        Unit::Day,
+        Unit::Week,
+        Unit::Month,
+        Unit::Year,
+    ];
+
+    /// The unit's length in seconds.
+    pub const fn seconds(self) -> u64 {
+        match self {
+            Unit::Second => 1,
+            Unit::Minute => 60,
+            Unit::Hour => 3_600,
+            Unit::Day => 86_400,
+            Unit::Week => 7 * 86_400,
+            Unit::Month => 30 * 86_400,
+            Unit::Year => 365 * 86_400,
+        }
+    }
+
+    /// The unit's length in nanoseconds.
+    pub const fn nanos(self) -> Nanos {
+        self.seconds() * NANOS_PER_SEC
+    }
+
+    /// The lower-case name used in YAML.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Unit::Second => "second",
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+            Unit::Week => "week",
+            Unit::Month => "month",
+            Unit::Year => "year",
+        }
+    }
+
+    /// Parses a unit name, case-insensitively.
+    pub fn parse(name: &str) -> Option<Unit> {
+        Unit::ALL
+            .into_iter()
+            .find(|unit| unit.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The unit from Envoy's `type.v3.RateLimitUnit` number (SECOND 1 … YEAR 6, WEEK 7).
+    pub const fn from_envoy(number: i32) -> Option<Unit> {
+        match number {
+            1 => Some(Unit::Second),
+            2 => Some(Unit::Minute),
+            3 => Some(Unit::Hour),
+            4 => Some(Unit::Day),
+            5 => Some(Unit::Month),
+            6 => Some(Unit::Year),
+            7 => Some(Unit::Week),
+            _ => None,
+        }
+    }
+
+    /// The same numbering, for `RateLimitResponse.RateLimit.Unit`.
+    pub const fn to_envoy(self) -> i32 {
+        match self {
+            Unit::Second => 1,
+            Unit::Minute => 2,
+            Unit::Hour => 3,
+            Unit::Day => 4,
+            Unit::Month => 5,
+            Unit::Year => 6,
+            Unit::Week => 7,
+        }
+    }
+}
+
+impl fmt::Display for Unit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a limit admits traffic over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Algorithm {
+    /// Capacity `burst` (default `requests_per_unit`), refilled continuously at
+    /// `requests_per_unit` per unit.
+    #[default]
+    TokenBucket,
+    /// envoyproxy/ratelimit's counter per epoch-aligned window of one unit.
+    FixedWindow,
+}
+
+impl Algorithm {
+    /// Every algorithm.
+    pub const ALL: [Algorithm; 2] = [Algorithm::TokenBucket, Algorithm::FixedWindow];
+
+    /// The snake_case name used in YAML and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Algorithm::TokenBucket => "token_bucket",
+            Algorithm::FixedWindow => "fixed_window",
+        }
+    }
+
+    /// Parses a snake_case algorithm name.
+    pub fn parse(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The fastest rate a token bucket can represent: one token per nanosecond.
+pub const MAX_RATE_PER_SECOND: u64 = NANOS_PER_SEC;
+
+/// A validated limit: `requests_per_unit` per `unit`, enforced by `algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    requests_per_unit: u32,
+    unit: Unit,
+    algorithm: Algorithm,
+    burst: u32,
+}
+
+impl Quota {
+    /// A quota whose token-bucket capacity equals `requests_per_unit`.
+    /// `requests_per_unit == 0` denies every request.
+    pub const fn new(requests_per_unit: u32, unit: Unit, algorithm: Algorithm) -> Self {
+        Self {
+            requests_per_unit,
+            unit,
+            algorithm,
+            burst: requests_per_unit,
+        }
+    }
+
+    /// The same quota with a token-bucket capacity of `burst`.
+    pub const fn with_burst(mut self, burst: u32) -> Self {
+        self.burst = burst;
+        self
+    }
+
+    /// Requests allowed per unit.
+    pub const fn requests_per_unit(&self) -> u32 {
+        self.requests_per_unit
+    }
+
+    /// The time unit.
+    pub const fn unit(&self) -> Unit {
+        self.unit
+    }
+
+    /// The algorithm.
+    pub const fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The token-bucket capacity (equal to `requests_per_unit` for fixed windows).
+    pub const fn burst(&self) -> u32 {
+        match self.algorithm {
+            Algorithm::TokenBucket => self.burst,
+            Algorithm::FixedWindow => self.requests_per_unit,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_parse_case_insensitively_and_round_trip_envoy_numbers() {
+        for unit in Unit::ALL {
+            assert_eq!(Unit::parse(&unit.name().to_uppercase()), Some(unit));
+            assert_eq!(Unit::from_envoy(unit.to_envoy()), Some(unit));
+        }
+        assert_eq!(Unit::parse("fortnight"), None);
+        assert_eq!(Unit::from_envoy(0), None);
+        assert_eq!(Unit::Month.seconds(), 30 * 86_400);
+    }
+
+    #[test]
+    fn burst_only_shapes_token_buckets() {
+        let tb = Quota::new(10, Unit::Second, Algorithm::TokenBucket).with_burst(3);
+        assert_eq!(tb.burst(), 3);
+        let fw = Quota::new(10, Unit::Second, Algorithm::FixedWindow).with_burst(3);
+        assert_eq!(fw.burst(), 10);
+    }
+}

@@ -1,0 +1,48 @@
+//! A compiled limit: what a descriptor tree node enforces once a request reaches it.
+
+use std::sync::Arc;
+
+use crate::quota::Quota;
+
+/// What a rule allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Always allowed; reported with no limit and `u32::MAX` remaining.
+    Unlimited,
+    /// Counted against a quota.
+    Limited(Quota),
+}
+
+/// How one level of a request descriptor contributes to a bucket's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    /// The request's own value: each distinct value gets its own bucket.
+    Value,
+    /// A `share_threshold` wildcard: every value it matches shares one bucket.
+    Shared(Arc<str>),
+}
+
+/// A limit attached to a descriptor node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// The composite key, as envoyproxy/ratelimit names it: `domain.key_value.key`.
+    pub id: Arc<str>,
+    /// The limit's `name`, reported to Envoy and used by `replaces`.
+    pub name: Option<Arc<str>>,
+    /// What it allows.
+    pub policy: Policy,
+    /// Counts but never denies.
+    pub shadow_mode: bool,
+    /// Over-limit denies only when all quota-mode descriptors of a request are over.
+    pub quota_mode: bool,
+    /// Names of limits this one replaces.
+    pub replaces: Vec<Arc<str>>,
+    /// Metrics: per-value series (kept for the metrics issue).
+    pub detailed_metric: bool,
+    /// Metrics: matched value in the series name (kept for the metrics issue).
+    pub value_to_metric: bool,
+    /// Per request level, what identifies the bucket.
+    pub key_parts: Vec<KeyPart>,
+    /// Free-form `metadata` from the file.
+    pub metadata: Option<serde_yaml::Value>,
+}

@@ -1,0 +1,145 @@
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use super::*;
+use crate::quota::{Quota, Unit};
+
+const SEC: u64 = NANOS_PER_SEC;
+const T0: u64 = 1_700_000_000 * SEC;
+
+fn hit(key: u128, rpu: u32, cost: u64) -> Hit {
+    Hit {
+        key: BucketKey(key),
+        overflow: BucketKey(u128::MAX),
+        quota: Quota::new(rpu, Unit::Minute, Algorithm::TokenBucket),
+        cost,
+    }
+}
+
+#[test]
+fn concurrent_callers_never_admit_more_than_the_limit() {
+    let store = Arc::new(MemoryStore::new(1000));
+    let admitted = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, admitted) = (store.clone(), admitted.clone());
+            std::thread::spawn(move || {
+                for _ in 0..500 {
+                    if store.acquire(&hit(1, 1000, 1), T0).allowed {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(admitted.load(Ordering::Relaxed), 1000);
+    assert_eq!(store.live(), 1);
+}
+
+#[test]
+fn checks_and_denials_of_fresh_buckets_store_nothing() {
+    let store = MemoryStore::new(10);
+    assert!(store.acquire(&hit(1, 5, 0), T0).allowed);
+    assert!(!store.acquire(&hit(2, 5, 6), T0).allowed);
+    assert!(!store.acquire(&hit(3, 0, 1), T0).allowed);
+    assert_eq!(store.live(), 0);
+}
+
+#[test]
+fn refund_returns_tokens() {
+    let store = MemoryStore::new(10);
+    let h = hit(1, 2, 2);
+    let taken = store.acquire(&h, T0);
+    assert!(taken.allowed);
+    assert!(!store.acquire(&hit(1, 2, 1), T0).allowed);
+    store.refund(&h, &taken);
+    assert_eq!(store.acquire(&hit(1, 2, 0), T0).remaining, 2);
+}
+
+#[test]
+fn sweeping_drops_only_idle_buckets() {
+    let store = MemoryStore::new(10);
+    store.acquire(&hit(1, 60, 1), T0); // full again after 1 s
+    store.acquire(&hit(2, 1, 1), T0); // full again after 60 s
+    assert_eq!(
+        store.sweep(T0 + SEC).evicted,
+        0,
+        "still inside the grace period"
+    );
+    let report = store.sweep(T0 + 2 * SEC + 1);
+    assert_eq!(
+        report,
+        SweepReport {
+            evicted: 1,
+            live: 1
+        }
+    );
+    assert!(
+        !store.acquire(&hit(2, 1, 1), T0 + 3 * SEC).allowed,
+        "state kept"
+    );
+}
+
+#[test]
+fn at_the_cap_new_values_share_their_limits_overflow_bucket() {
+    let store = MemoryStore::new(2);
+    assert!(store.acquire(&hit(1, 3, 1), T0).allowed);
+    assert!(store.acquire(&hit(2, 3, 1), T0).allowed);
+    // Full: keys 3.. all land in the overflow bucket, which admits 3 in total.
+    let admitted = (3..10)
+        .filter(|k| store.acquire(&hit(*k, 3, 1), T0).allowed)
+        .count();
+    assert_eq!(admitted, 3);
+    assert_eq!(store.live(), 2);
+    // Tracked buckets keep their own exact state.
+    assert!(store.acquire(&hit(1, 3, 2), T0).allowed);
+    assert!(!store.acquire(&hit(1, 3, 1), T0).allowed);
+    // Once idle buckets are swept, new values get their own bucket again.
+    let later = T0 + 62 * SEC;
+    assert_eq!(
+        store.sweep(later),
+        SweepReport {
+            evicted: 3,
+            live: 0
+        }
+    );
+    assert!(store.acquire(&hit(42, 3, 3), later).allowed);
+    assert_eq!(store.live(), 1);
+}
+
+#[test]
+fn a_flood_of_unique_values_stays_within_the_cap() {
+    let store = MemoryStore::new(100);
+    for key in 0..10_000 {
+        store.acquire(&hit(key, 1_000_000, 1), T0);
+    }
+    assert_eq!(store.live(), 100);
+    assert_eq!(
+        store.buckets.len(),
+        101,
+        "100 buckets and one overflow bucket"
+    );
+}
+
+#[test]
+fn the_cas_loop_retries_on_interference() {
+    let state = AtomicU64::new(0);
+    let calls = AtomicU64::new(0);
+    let verdict = update(&state, |s| {
+        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            state.store(7, Ordering::SeqCst); // another writer gets in between
+        }
+        Verdict {
+            allowed: true,
+            state: s + 1,
+            remaining: 0,
+            reset_after: 0,
+            retry_after: None,
+        }
+    });
+    assert_eq!(verdict.state, 8);
+    assert_eq!(state.load(Ordering::SeqCst), 8);
+}
