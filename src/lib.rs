@@ -8,9 +8,13 @@
 //! - [`server`]: listeners, health, shutdown and background upkeep.
 
 pub mod algorithm;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod decision;
 pub mod matcher;
+pub mod protocol;
 pub mod quota;
 pub mod rule;
+pub mod server;
 pub mod store;

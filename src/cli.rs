@@ -1,0 +1,268 @@
+//! The `tollgate` command line: `serve` and `validate`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::clock::SystemClock;
+use crate::config::{self, Options};
+use crate::decision::{Limiter, Settings};
+use crate::quota::Algorithm;
+use crate::server::{Server, ServerOptions};
+use crate::store::MemoryStore;
+
+/// tollgate: an Envoy rate limit service (envoy.service.ratelimit.v3) with hot in-memory
+/// token buckets, reading envoyproxy/ratelimit YAML files unchanged.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log level or filter (e.g. `info`, `tollgate=debug`); RUST_LOG overrides it.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_LOG_LEVEL",
+        default_value = "info"
+    )]
+    log_level: String,
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve Envoy's RateLimitService over gRPC, with health and JSON endpoints over HTTP.
+    ///
+    /// Loads and checks every configuration file first and exits with status 1 if any is
+    /// invalid or a port is taken. SIGTERM or SIGINT stops accepting calls, lets in-flight
+    /// calls finish and exits 0.
+    Serve(ServeArgs),
+    /// Check configuration files without serving.
+    ///
+    /// Prints one summary line per domain and exits 0 when valid; prints one line per problem
+    /// (file, line, descriptor, what is wrong) and exits 1 when not.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// A YAML file, or a directory of *.yaml / *.yml files (one domain per file).
+    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "PATH")]
+    config: PathBuf,
+    /// Address of the gRPC port Envoy calls (RateLimitService and grpc.health.v1).
+    #[arg(
+        long,
+        env = "TOLLGATE_GRPC_ADDR",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:8081"
+    )]
+    grpc_addr: SocketAddr,
+    /// Address of the HTTP admin port (GET /healthcheck, POST /json). Keep it on loopback
+    /// unless callers there are trusted.
+    #[arg(
+        long,
+        env = "TOLLGATE_HTTP_ADDR",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:8080"
+    )]
+    http_addr: SocketAddr,
+    #[command(flatten)]
+    compile: CompileArgs,
+    /// Count and report every limit but never deny (global shadow mode).
+    #[arg(long, env = "TOLLGATE_SHADOW_MODE")]
+    shadow_mode: bool,
+    /// Most per-value buckets kept in memory (about 100 bytes each). Past it, new values of a
+    /// limit share one overflow bucket until idle buckets are swept.
+    #[arg(
+        long,
+        env = "TOLLGATE_MAX_BUCKETS",
+        value_name = "N",
+        default_value_t = 1_000_000
+    )]
+    max_buckets: usize,
+    /// Seconds between sweeps that drop idle (full) buckets.
+    #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    sweep_interval: u64,
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    /// A YAML file, or a directory of *.yaml / *.yml files.
+    #[arg(value_name = "PATH")]
+    path: PathBuf,
+    #[command(flatten)]
+    compile: CompileArgs,
+}
+
+#[derive(Debug, Args)]
+struct CompileArgs {
+    /// Algorithm of limits that set no `algorithm:` (and of limits Envoy sends in requests).
+    #[arg(long, env = "TOLLGATE_DEFAULT_ALGORITHM", value_enum, default_value_t = AlgorithmArg::TokenBucket)]
+    default_algorithm: AlgorithmArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AlgorithmArg {
+    /// Capacity `burst` (default requests_per_unit), refilled continuously.
+    #[value(name = "token_bucket")]
+    TokenBucket,
+    /// envoyproxy/ratelimit's epoch-aligned window counter.
+    #[value(name = "fixed_window")]
+    FixedWindow,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl CompileArgs {
+    fn options(&self) -> Options {
+        Options {
+            default_algorithm: match self.default_algorithm {
+                AlgorithmArg::TokenBucket => Algorithm::TokenBucket,
+                AlgorithmArg::FixedWindow => Algorithm::FixedWindow,
+            },
+        }
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    match cli.command {
+        Command::Validate(args) => validate(&args.path, &args.compile.options()),
+        Command::Serve(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("error: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(serve(args))
+        }
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn validate(path: &Path, options: &Options) -> ExitCode {
+    match config::load(path, options) {
+        Ok(config) => {
+            for domain in config.domains() {
+                println!("{}", domain.summary());
+            }
+            for (rule, name) in config::dangling_replaces(&config) {
+                eprintln!(
+                    "warning: descriptor '{rule}' replaces '{name}', which no limit is named"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("error: {error}");
+            }
+            eprintln!("{} problem(s) found", errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let options = args.compile.options();
+    let config = match config::load(&args.config, &options) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in &errors.0 {
+                tracing::error!("{error}");
+            }
+            tracing::error!(path = %args.config.display(), "invalid configuration: not serving");
+            return ExitCode::FAILURE;
+        }
+    };
+    for domain in config.domains() {
+        tracing::info!("loaded {}", domain.summary());
+    }
+    let settings = Settings {
+        shadow_mode: args.shadow_mode,
+        default_algorithm: options.default_algorithm,
+    };
+    let limiter = Arc::new(Limiter::new(
+        config,
+        MemoryStore::new(args.max_buckets),
+        Arc::new(SystemClock::new()),
+        settings,
+    ));
+    let server_options = ServerOptions {
+        grpc_addr: args.grpc_addr,
+        http_addr: args.http_addr,
+        sweep_interval: Duration::from_secs(args.sweep_interval),
+    };
+    let server = match Server::bind(limiter, server_options).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(grpc = %args.grpc_addr, http = %args.http_addr, "serving");
+    match server.serve(termination()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; stopping on SIGINT only");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

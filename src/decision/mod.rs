@@ -1,0 +1,202 @@
+//! Deciding a request: match each descriptor to a limit, apply the algorithms to the buckets,
+//! and settle the outcome all-or-nothing.
+//!
+//! A request is admitted only if every descriptor that can deny conforms; when it is not, every
+//! bucket it took from is given back, so a denied request consumes nothing (the reference
+//! service, by contrast, counts denied hits). Shadow-mode limits count but never deny;
+//! quota-mode limits deny only when all the request's quota-mode limits are over.
+
+mod outcome;
+mod request;
+
+pub use outcome::{Code, Decision, DescriptorStatus, ReportedLimit};
+pub use request::{MAX_DESCRIPTORS, RequestError};
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+
+use crate::algorithm::Verdict;
+use crate::clock::Clock;
+use crate::config::RateLimitConfig;
+use crate::quota::Algorithm;
+use crate::rule::Rule;
+use crate::store::{Hit, KeyBuilder, MemoryStore};
+use request::Limit;
+
+/// Server-wide decision settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Treat every limit as shadow mode: count, never deny.
+    pub shadow_mode: bool,
+    /// The algorithm of limits Envoy sends in `descriptor.limit`.
+    pub default_algorithm: Algorithm,
+}
+
+/// The rate limiter: the configuration in force, the buckets and the clock.
+pub struct Limiter {
+    config: ArcSwap<RateLimitConfig>,
+    store: MemoryStore,
+    keys: KeyBuilder,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("settings", &self.settings)
+            .field("live_buckets", &self.store.live())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One descriptor's limit, with its bucket claim when it counts.
+struct Claim<'a> {
+    limit: Limit<'a>,
+    hit: Option<Hit>,
+    verdict: Option<Verdict>,
+}
+
+impl Limiter {
+    /// A limiter serving `config` from `store`, reading time from `clock`.
+    pub fn new(
+        config: RateLimitConfig,
+        store: MemoryStore,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            config: ArcSwap::from_pointee(config),
+            store,
+            keys: KeyBuilder::random(),
+            clock,
+            settings,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<RateLimitConfig> {
+        self.config.load_full()
+    }
+
+    /// The bucket store.
+    pub fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    /// The clock decisions read.
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    /// Decides `request`, taking from buckets if it is admitted.
+    pub fn should_rate_limit(&self, request: &RateLimitRequest) -> Result<Decision, RequestError> {
+        request::check(request)?;
+        let config = self.config.load();
+        let now = self.clock.now();
+        let mut claims = Vec::with_capacity(request.descriptors.len());
+        for (index, descriptor) in request.descriptors.iter().enumerate() {
+            let limit = request::limit(&config, request, index, self.settings.default_algorithm)?;
+            let cost = request::cost(request, descriptor);
+            let hit = limit.quota().map(|quota| Hit {
+                key: limit.key(&self.keys, &request.domain, &descriptor.entries, &quota),
+                overflow: limit.overflow_key(
+                    &self.keys,
+                    &request.domain,
+                    &descriptor.entries,
+                    &quota,
+                ),
+                quota,
+                cost,
+            });
+            claims.push(Claim {
+                limit,
+                hit,
+                verdict: None,
+            });
+        }
+        drop_replaced(&mut claims);
+        for claim in &mut claims {
+            claim.verdict = claim.hit.as_ref().map(|hit| self.store.acquire(hit, now));
+        }
+        let overall = self.settle(&claims);
+        if overall == Code::OverLimit {
+            for claim in &mut claims {
+                if let (Some(hit), Some(verdict)) = (&claim.hit, &mut claim.verdict) {
+                    if verdict.allowed && hit.cost > 0 {
+                        self.store.refund(hit, verdict);
+                        // Report the bucket as it stands, untouched by this request.
+                        *verdict = self.store.acquire(&Hit { cost: 0, ..*hit }, now);
+                    }
+                }
+            }
+        }
+        let statuses = claims.iter().map(|c| self.status(c)).collect();
+        Ok(Decision { overall, statuses })
+    }
+
+    fn denies(&self, claim: &Claim<'_>) -> bool {
+        let over = claim.verdict.is_some_and(|v| !v.allowed);
+        over && !self.settings.shadow_mode && !claim.limit.rule().is_some_and(|r| r.shadow_mode)
+    }
+
+    fn settle(&self, claims: &[Claim<'_>]) -> Code {
+        let quota_mode = |c: &&Claim<'_>| c.limit.rule().is_some_and(|r| r.quota_mode);
+        let strict_denial = claims
+            .iter()
+            .filter(|c| !quota_mode(c))
+            .any(|c| self.denies(c));
+        let mut quota_claims = claims
+            .iter()
+            .filter(|c| c.hit.is_some())
+            .filter(quota_mode)
+            .peekable();
+        let quota_denial = quota_claims.peek().is_some() && quota_claims.all(|c| self.denies(c));
+        if strict_denial || quota_denial {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        }
+    }
+
+    fn status(&self, claim: &Claim<'_>) -> DescriptorStatus {
+        if claim.limit.is_unlimited() {
+            return DescriptorStatus::unlimited();
+        }
+        match (&claim.hit, &claim.verdict) {
+            (Some(hit), Some(verdict)) => {
+                let code = if self.denies(claim) {
+                    Code::OverLimit
+                } else {
+                    Code::Ok
+                };
+                DescriptorStatus::limited(code, claim.limit.name(), &hit.quota, verdict)
+            }
+            _ => DescriptorStatus::no_limit(),
+        }
+    }
+}
+
+/// Drops limits whose `name` another matched limit `replaces`.
+fn drop_replaced(claims: &mut [Claim<'_>]) {
+    let replaced: Vec<Arc<str>> = claims
+        .iter()
+        .filter_map(|c| c.limit.rule())
+        .flat_map(|rule: &Rule| rule.replaces.iter().cloned())
+        .collect();
+    if replaced.is_empty() {
+        return;
+    }
+    for claim in claims {
+        let name = claim.limit.rule().and_then(|rule| rule.name.as_ref());
+        if name.is_some_and(|n| replaced.contains(n)) {
+            claim.limit = Limit::None;
+            claim.hit = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,95 @@
+//! `envoy.service.ratelimit.v3.RateLimitService` over gRPC.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    self, DescriptorStatus as ProtoStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
+use tonic::{Request, Response, Status};
+
+use crate::clock::NANOS_PER_SEC;
+use crate::decision::{Code, Decision, DescriptorStatus, Limiter, RequestError};
+
+/// The gRPC service, deciding with a shared [`Limiter`].
+#[derive(Debug, Clone)]
+pub struct RateLimitGrpc {
+    limiter: Arc<Limiter>,
+}
+
+impl RateLimitGrpc {
+    /// A service answering from `limiter`.
+    pub fn new(limiter: Arc<Limiter>) -> Self {
+        Self { limiter }
+    }
+
+    /// The tonic server wrapping this service.
+    pub fn into_server(self) -> RateLimitServiceServer<Self> {
+        RateLimitServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RateLimitGrpc {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let request = request.into_inner();
+        match self.limiter.should_rate_limit(&request) {
+            Ok(decision) => Ok(Response::new(to_proto(&decision))),
+            Err(error) => {
+                tracing::debug!(domain = %request.domain, %error, "invalid rate limit request");
+                Err(invalid_argument(&error))
+            }
+        }
+    }
+}
+
+/// A request error as the gRPC status Envoy receives.
+pub fn invalid_argument(error: &RequestError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+/// The decision as Envoy's response message.
+pub fn to_proto(decision: &Decision) -> RateLimitResponse {
+    RateLimitResponse {
+        overall_code: code(decision.overall),
+        statuses: decision.statuses.iter().map(status).collect(),
+        ..Default::default()
+    }
+}
+
+fn code(code: Code) -> i32 {
+    match code {
+        Code::Ok => rate_limit_response::Code::Ok as i32,
+        Code::OverLimit => rate_limit_response::Code::OverLimit as i32,
+    }
+}
+
+fn status(status: &DescriptorStatus) -> ProtoStatus {
+    ProtoStatus {
+        code: code(status.code),
+        current_limit: status.limit.as_ref().map(|limit| RateLimit {
+            name: limit.name.clone(),
+            requests_per_unit: limit.requests_per_unit,
+            unit: limit.unit.to_envoy(),
+        }),
+        limit_remaining: status.remaining,
+        duration_until_reset: status.reset_after.map(duration),
+        ..Default::default()
+    }
+}
+
+/// Nanoseconds as a protobuf Duration.
+fn duration(nanos: u64) -> ProtoDuration {
+    ProtoDuration {
+        seconds: i64::try_from(nanos / NANOS_PER_SEC).unwrap_or(i64::MAX),
+        // Always below 10^9, so it fits.
+        nanos: (nanos % NANOS_PER_SEC) as i32,
+    }
+}

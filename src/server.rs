@@ -1,0 +1,153 @@
+//! Running the service: bind both ports, serve until told to stop, then drain.
+//!
+//! Binding is separate from serving so a taken port is a startup error before anything is
+//! announced, and so tests can bind port 0 and learn the addresses.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::decision::Limiter;
+use crate::protocol::{admin, rls::RateLimitGrpc};
+
+/// A failure to start or to keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound (port taken, no permission, bad address).
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which port: "gRPC" or "HTTP".
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The gRPC server stopped with an error.
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The HTTP server stopped with an error.
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] io::Error),
+}
+
+/// Where to listen and how often to sweep idle buckets.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerOptions {
+    /// gRPC (Envoy) address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP admin address.
+    pub http_addr: SocketAddr,
+    /// Time between sweeps of idle buckets.
+    pub sweep_interval: Duration,
+}
+
+/// A server with its ports bound, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    limiter: Arc<Limiter>,
+    grpc: TcpListener,
+    http: TcpListener,
+    sweep_interval: Duration,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+impl Server {
+    /// Binds both ports.
+    pub async fn bind(limiter: Arc<Limiter>, options: ServerOptions) -> Result<Self, ServeError> {
+        Ok(Self {
+            grpc: bind("gRPC", options.grpc_addr).await?,
+            http: bind("HTTP", options.http_addr).await?,
+            limiter,
+            sweep_interval: options.sweep_interval,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight calls finish
+    /// and returns.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        type Rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RateLimitGrpc>;
+        health.set_serving::<Rls>().await;
+
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight calls");
+            health.set_not_serving::<Rls>().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            let _ = stop_tx.send(true);
+        });
+
+        let sweeper = tokio::spawn(sweep(
+            self.limiter.clone(),
+            self.sweep_interval,
+            stopped(stop_rx.clone()),
+        ));
+
+        let grpc = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(RateLimitGrpc::new(self.limiter.clone()).into_server())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.grpc),
+                stopped(stop_rx.clone()),
+            );
+        let http = axum::serve(self.http, admin::router(self.limiter.clone()))
+            .with_graceful_shutdown(stopped(stop_rx));
+        let (grpc, http) = tokio::join!(grpc, async { http.await.map_err(ServeError::Http) });
+        sweeper.abort();
+        grpc?;
+        http
+    }
+}
+
+/// Resolves once a stop has been signalled.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Drops idle buckets every `interval` until `stop`.
+async fn sweep(limiter: Arc<Limiter>, interval: Duration, stop: impl Future<Output = ()>) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticks.tick() => {
+                let report = limiter.store().sweep(limiter.clock().now());
+                if report.evicted > 0 {
+                    tracing::debug!(evicted = report.evicted, live = report.live, "swept idle buckets");
+                }
+            }
+        }
+    }
+}
