@@ -1,0 +1,161 @@
+//! A real tollgate server on free loopback ports, with a clock the test controls.
+
+#![allow(dead_code)] // each test binary uses its own part of this helper
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use tollgate::clock::{ManualClock, NANOS_PER_SEC};
+use tollgate::config::{self, Options};
+use tollgate::decision::{Limiter, Settings};
+use tollgate::quota::Algorithm;
+use tollgate::server::{Server, ServerOptions};
+use tollgate::store::MemoryStore;
+
+/// A minute boundary, so fixed windows start at a known place.
+pub const T0: u64 = 1_800_000_000 * NANOS_PER_SEC;
+
+/// A running server and a client connected to it.
+pub struct TestServer {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub client: RateLimitServiceClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tollgate::server::ServeError>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Knobs for [`start_with`].
+#[derive(Clone, Copy)]
+pub struct Setup {
+    pub shadow_mode: bool,
+    pub max_buckets: usize,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            shadow_mode: false,
+            max_buckets: 100_000,
+        }
+    }
+}
+
+/// Starts a server whose only config file is `yaml`.
+pub async fn start(yaml: &str) -> TestServer {
+    start_with(yaml, Setup::default()).await
+}
+
+pub async fn start_with(yaml: &str, setup: Setup) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("limits.yaml"), yaml).unwrap();
+    let config = config::load(dir.path(), &Options::default()).unwrap();
+    let clock = Arc::new(ManualClock::at(T0));
+    let settings = Settings {
+        shadow_mode: setup.shadow_mode,
+        default_algorithm: Algorithm::TokenBucket,
+    };
+    let limiter = Arc::new(Limiter::new(
+        config,
+        MemoryStore::new(setup.max_buckets),
+        clock.clone(),
+        settings,
+    ));
+    let options = ServerOptions {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        sweep_interval: Duration::from_secs(3600),
+    };
+    let server = Server::bind(limiter, options).await.unwrap();
+    let (grpc, http) = (server.grpc_addr().unwrap(), server.http_addr().unwrap());
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    let client = RateLimitServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    TestServer {
+        grpc,
+        http,
+        clock,
+        client,
+        stop: Some(stop),
+        task: Some(task),
+        _dir: dir,
+    }
+}
+
+impl TestServer {
+    /// Calls ShouldRateLimit, expecting a gRPC OK.
+    pub async fn call(&mut self, request: RateLimitRequest) -> RateLimitResponse {
+        self.client
+            .should_rate_limit(request)
+            .await
+            .expect("gRPC OK")
+            .into_inner()
+    }
+
+    /// Calls ShouldRateLimit and returns the gRPC status.
+    pub async fn call_err(&mut self, request: RateLimitRequest) -> tonic::Status {
+        self.client
+            .should_rate_limit(request)
+            .await
+            .expect_err("gRPC error")
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Stops the server and waits until it has drained.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+/// One descriptor from key/value pairs.
+pub fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: (*k).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A request in `domain` with `descriptors`.
+pub fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.into(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+/// Waits for `condition` to hold, polling, up to `deadline`.
+pub async fn eventually<F: FnMut() -> bool>(deadline: Duration, mut condition: F) -> bool {
+    let end = tokio::time::Instant::now() + deadline;
+    while tokio::time::Instant::now() < end {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition()
+}

@@ -1,0 +1,518 @@
+//! Envoy's RateLimitService semantics, over a real gRPC connection.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Setup, descriptor, request, start, start_with};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
+use envoy_types::pb::google::protobuf::UInt64Value;
+
+const CONFIG: &str = r#"
+domain: test
+descriptors:
+  - key: user
+    rate_limit: {name: per_user, unit: minute, requests_per_unit: 3}
+  - key: window
+    rate_limit: {unit: minute, requests_per_unit: 2, algorithm: fixed_window}
+  - key: bursty
+    rate_limit: {unit: second, requests_per_unit: 1, burst: 3}
+  - key: free
+    rate_limit: {unlimited: true}
+  - key: blocked
+    rate_limit: {unit: second, requests_per_unit: 0}
+  - key: shadow
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: general
+    rate_limit: {name: general, unit: minute, requests_per_unit: 100}
+  - key: special
+    rate_limit: {name: special, unit: minute, requests_per_unit: 1, replaces: [{name: general}]}
+  - key: quota_a
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: quota_b
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: files
+    value: "*.pdf"
+    share_threshold: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: ip
+    value: 10.0.0.1
+  - key: ip
+    rate_limit: {unit: minute, requests_per_unit: 1}
+"#;
+
+const OK: i32 = Code::Ok as i32;
+const OVER: i32 = Code::OverLimit as i32;
+const SEC: Duration = Duration::from_secs(1);
+
+fn one(
+    key: &str,
+    value: &str,
+) -> Vec<envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor> {
+    vec![descriptor(&[(key, value)])]
+}
+
+fn codes(response: &RateLimitResponse) -> (i32, Vec<i32>) {
+    (
+        response.overall_code,
+        response.statuses.iter().map(|s| s.code).collect(),
+    )
+}
+
+fn reset_secs(status: &DescriptorStatus) -> f64 {
+    let d = status
+        .duration_until_reset
+        .as_ref()
+        .expect("duration_until_reset");
+    d.seconds as f64 + f64::from(d.nanos) / 1e9
+}
+
+#[tokio::test]
+async fn token_bucket_admits_the_limit_then_refills() {
+    let mut s = start(CONFIG).await;
+    for (remaining, reset) in [(2, 20.0), (1, 40.0), (0, 60.0)] {
+        let r = s.call(request("test", one("user", "alice"))).await;
+        assert_eq!(codes(&r), (OK, vec![OK]));
+        let status = &r.statuses[0];
+        assert_eq!(status.limit_remaining, remaining);
+        assert_eq!(reset_secs(status), reset);
+        let limit = status.current_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.name.as_str(), limit.requests_per_unit, limit.unit),
+            ("per_user", 3, 2)
+        );
+    }
+    let r = s.call(request("test", one("user", "alice"))).await;
+    assert_eq!(codes(&r), (OVER, vec![OVER]));
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    assert_eq!(reset_secs(&r.statuses[0]), 60.0);
+    // Other users have their own bucket.
+    assert_eq!(
+        codes(&s.call(request("test", one("user", "bob"))).await).0,
+        OK
+    );
+    s.advance(20 * SEC);
+    let r = s.call(request("test", one("user", "alice"))).await;
+    assert_eq!(codes(&r), (OK, vec![OK]));
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn fixed_window_resets_at_the_epoch_aligned_window_end() {
+    let mut s = start(CONFIG).await;
+    s.advance(30 * SEC);
+    let r = s.call(request("test", one("window", "w"))).await;
+    assert_eq!(
+        (r.statuses[0].limit_remaining, reset_secs(&r.statuses[0])),
+        (1, 30.0)
+    );
+    s.call(request("test", one("window", "w"))).await;
+    assert_eq!(
+        codes(&s.call(request("test", one("window", "w"))).await).0,
+        OVER
+    );
+    s.advance(30 * SEC);
+    let r = s.call(request("test", one("window", "w"))).await;
+    assert_eq!(
+        (
+            r.overall_code,
+            r.statuses[0].limit_remaining,
+            reset_secs(&r.statuses[0])
+        ),
+        (OK, 1, 60.0)
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn burst_sets_the_capacity_apart_from_the_rate() {
+    let mut s = start(CONFIG).await;
+    for _ in 0..3 {
+        assert_eq!(
+            s.call(request("test", one("bursty", "b")))
+                .await
+                .overall_code,
+            OK
+        );
+    }
+    assert_eq!(
+        s.call(request("test", one("bursty", "b")))
+            .await
+            .overall_code,
+        OVER
+    );
+    s.advance(SEC);
+    assert_eq!(
+        s.call(request("test", one("bursty", "b")))
+            .await
+            .overall_code,
+        OK
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unlimited_no_match_unknown_domain_and_whitelist() {
+    let mut s = start(CONFIG).await;
+    let r = s.call(request("test", one("free", "x"))).await;
+    assert_eq!(codes(&r), (OK, vec![OK]));
+    assert_eq!(r.statuses[0].limit_remaining, u32::MAX);
+    assert!(r.statuses[0].current_limit.is_none());
+    assert!(r.statuses[0].duration_until_reset.is_none());
+
+    for req in [
+        request("test", one("nothing", "x")),
+        request("test", vec![descriptor(&[("user", "a"), ("deeper", "b")])]),
+        request("elsewhere", one("user", "a")),
+    ] {
+        let r = s.call(req).await;
+        assert_eq!(codes(&r), (OK, vec![OK]));
+        assert!(r.statuses[0].current_limit.is_none());
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            s.call(request("test", one("ip", "10.0.0.1")))
+                .await
+                .overall_code,
+            OK
+        );
+    }
+    s.call(request("test", one("ip", "10.0.0.2"))).await;
+    assert_eq!(
+        s.call(request("test", one("ip", "10.0.0.2")))
+            .await
+            .overall_code,
+        OVER
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn zero_requests_per_unit_blocks_everything() {
+    let mut s = start(CONFIG).await;
+    let r = s.call(request("test", one("blocked", "x"))).await;
+    assert_eq!(codes(&r), (OVER, vec![OVER]));
+    assert_eq!(
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit,
+        0
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn hits_addend_descriptor_level_wins_and_zero_only_checks() {
+    let mut s = start(CONFIG).await;
+    let mut req = request("test", one("user", "h"));
+    req.hits_addend = 2;
+    assert_eq!(s.call(req.clone()).await.statuses[0].limit_remaining, 1);
+    // Descriptor-level 0: check only, nothing consumed, even with a request-level addend.
+    req.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
+    let r = s.call(req.clone()).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 1));
+    // Request-level 0 means 1.
+    let r = s.call(request("test", one("user", "h"))).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 0));
+    // Exhausted: a check reports OVER_LIMIT.
+    assert_eq!(s.call(req.clone()).await.overall_code, OVER);
+    // Absurd costs are denied, not overflowed.
+    let mut huge = request("test", one("user", "other"));
+    huge.descriptors[0].hits_addend = Some(UInt64Value { value: u64::MAX });
+    let r = s.call(huge).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OVER, 3));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn descriptor_limit_overrides_apply_in_known_domains() {
+    let mut s = start(CONFIG).await;
+    let mut req = request("test", one("anything", "x"));
+    req.descriptors[0].limit = Some(RateLimitOverride {
+        requests_per_unit: 2,
+        unit: 1,
+    });
+    for _ in 0..2 {
+        let r = s.call(req.clone()).await;
+        assert_eq!(r.overall_code, OK);
+        let limit = r.statuses[0].current_limit.as_ref().unwrap();
+        assert_eq!((limit.requests_per_unit, limit.unit), (2, 1));
+    }
+    assert_eq!(s.call(req.clone()).await.overall_code, OVER);
+    req.domain = "elsewhere".into();
+    assert!(
+        s.call(req.clone()).await.statuses[0]
+            .current_limit
+            .is_none()
+    );
+    req.domain = "test".into();
+    req.descriptors[0].limit = Some(RateLimitOverride {
+        requests_per_unit: 2,
+        unit: 42,
+    });
+    let status = s.call_err(req).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("descriptors[0].limit: unknown unit 42"),
+        "{}",
+        status.message()
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn replaced_limits_are_dropped() {
+    let mut s = start(CONFIG).await;
+    let req = request(
+        "test",
+        vec![
+            descriptor(&[("general", "g")]),
+            descriptor(&[("special", "s")]),
+        ],
+    );
+    let r = s.call(req.clone()).await;
+    assert_eq!(codes(&r), (OK, vec![OK, OK]));
+    assert!(r.statuses[0].current_limit.is_none(), "general is replaced");
+    assert_eq!(
+        r.statuses[1].current_limit.as_ref().unwrap().name,
+        "special"
+    );
+    assert_eq!(codes(&s.call(req).await), (OVER, vec![OK, OVER]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shadow_mode_counts_but_never_denies() {
+    let mut s = start(CONFIG).await;
+    s.call(request("test", one("shadow", "x"))).await;
+    let r = s.call(request("test", one("shadow", "x"))).await;
+    assert_eq!(codes(&r), (OK, vec![OK]));
+    assert_eq!(
+        r.statuses[0].limit_remaining, 0,
+        "the limit is still reported as used up"
+    );
+    s.stop().await;
+
+    let mut s = start_with(
+        CONFIG,
+        Setup {
+            shadow_mode: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            s.call(request("test", one("user", "u"))).await.overall_code,
+            OK
+        );
+    }
+    assert_eq!(
+        s.call(request("test", one("blocked", "u")))
+            .await
+            .overall_code,
+        OK
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_denied_request_consumes_nothing() {
+    let mut s = start(CONFIG).await;
+    let both = request(
+        "test",
+        vec![descriptor(&[("user", "a")]), descriptor(&[("window", "a")])],
+    );
+    for _ in 0..2 {
+        assert_eq!(s.call(both.clone()).await.overall_code, OK);
+    }
+    let r = s.call(both).await;
+    assert_eq!(codes(&r), (OVER, vec![OK, OVER]));
+    assert_eq!(
+        r.statuses[0].limit_remaining, 1,
+        "user bucket untouched by the denied request"
+    );
+    let r = s.call(request("test", one("user", "a"))).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 0));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn quota_mode_denies_only_when_every_quota_limit_is_over() {
+    let mut s = start(CONFIG).await;
+    let both = request(
+        "test",
+        vec![
+            descriptor(&[("quota_a", "q")]),
+            descriptor(&[("quota_b", "q")]),
+        ],
+    );
+    assert_eq!(codes(&s.call(both.clone()).await), (OK, vec![OK, OK]));
+    assert_eq!(codes(&s.call(both.clone()).await), (OK, vec![OVER, OK]));
+    assert_eq!(codes(&s.call(both).await), (OVER, vec![OVER, OVER]));
+    // A strict limit still denies on its own.
+    let mixed = request(
+        "test",
+        vec![
+            descriptor(&[("quota_a", "z")]),
+            descriptor(&[("blocked", "z")]),
+        ],
+    );
+    assert_eq!(codes(&s.call(mixed).await), (OVER, vec![OK, OVER]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn share_threshold_makes_wildcard_matches_share_one_bucket() {
+    let mut s = start(CONFIG).await;
+    assert_eq!(
+        s.call(request("test", one("files", "a.pdf")))
+            .await
+            .overall_code,
+        OK
+    );
+    assert_eq!(
+        s.call(request("test", one("files", "b.pdf")))
+            .await
+            .overall_code,
+        OK
+    );
+    assert_eq!(
+        s.call(request("test", one("files", "c.pdf")))
+            .await
+            .overall_code,
+        OVER
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_invalid_argument() {
+    let mut s = start(CONFIG).await;
+    let cases = [
+        (
+            request("", one("user", "a")),
+            "rate limit domain must not be empty",
+        ),
+        (
+            request("test", vec![]),
+            "rate limit descriptor list must not be empty",
+        ),
+        (
+            request("test", vec![descriptor(&[("user", "a")]); 10_000]),
+            "too many rate limit descriptors: 10000",
+        ),
+    ];
+    for (req, message) in cases {
+        let status = s.call_err(req).await;
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(message), "{}", status.message());
+    }
+    // A 1 MiB value is answered like any other (and costs no memory beyond its request).
+    let big = "v".repeat(1 << 20);
+    let r = s.call(request("test", one("user", &big))).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 2));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_never_exceed_the_limit() {
+    let s = start("domain: c\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 100}\n").await;
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let mut client = s.client.clone();
+            tokio::spawn(async move {
+                let mut admitted = 0;
+                for _ in 0..10 {
+                    let r = client
+                        .should_rate_limit(request("c", one("k", "same")))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    admitted += usize::from(r.overall_code == OK);
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.unwrap();
+    }
+    assert_eq!(admitted, 100);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn at_the_bucket_cap_new_values_share_an_overflow_bucket() {
+    let mut s = start_with(
+        CONFIG,
+        Setup {
+            max_buckets: 2,
+            ..Setup::default()
+        },
+    )
+    .await;
+    for user in ["u1", "u2"] {
+        assert_eq!(
+            s.call(request("test", one("user", user)))
+                .await
+                .overall_code,
+            OK
+        );
+    }
+    let admitted = {
+        let mut n = 0;
+        for i in 0..20 {
+            n += usize::from(
+                s.call(request("test", one("user", &format!("flood{i}"))))
+                    .await
+                    .overall_code
+                    == OK,
+            );
+        }
+        n
+    };
+    assert_eq!(
+        admitted, 3,
+        "the flood shares one bucket of the per_user limit"
+    );
+    // Tracked users keep their own budget.
+    let r = s.call(request("test", one("user", "u1"))).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 1));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_health_reports_serving() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let s = start(CONFIG).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service}");
+    }
+    s.stop().await;
+}
