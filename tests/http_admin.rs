@@ -1,5 +1,7 @@
 //! The HTTP admin port: health and the JSON form of ShouldRateLimit.
 
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
 mod common;
 
 use common::start;

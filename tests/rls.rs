@@ -1,5 +1,7 @@
 //! Envoy's RateLimitService semantics, over a real gRPC connection.
 
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
 mod common;
 
 use std::time::Duration;

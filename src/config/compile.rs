@@ -189,12 +189,16 @@ impl TreeBuilder<'_> {
         };
         let mut parts = parent_parts.to_vec();
         parts.push(part);
-        let rule = match &spec.rate_limit {
-            Some(limit) => {
-                path.push(Step::Key("rate_limit"));
-                let policy = self.policy(limit, path, &id);
-                path.pop();
-                let policy = policy?;
+        // An invalid limit is reported and its node kept without it, so checks of the
+        // siblings and children still run.
+        let rule = spec.rate_limit.as_ref().and_then(|limit| {
+            path.push(Step::Key("rate_limit"));
+            let policy = self.policy(limit, path, &id);
+            path.pop();
+            policy.map(|policy| (limit, policy))
+        });
+        let rule = match rule {
+            Some((limit, policy)) => {
                 self.rules += 1;
                 Some(Arc::new(Rule {
                     id: id.as_str().into(),

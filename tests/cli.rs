@@ -1,0 +1,196 @@
+//! The `tollgate` binary as operators run it.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for the child to exit, up to `deadline`.
+fn wait_exit(child: &mut Child, deadline: Duration) -> Option<i32> {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut out = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn help_explains_every_command() {
+    let top = text(&run(&["--help"]).stdout);
+    for word in ["serve", "validate", "--log-format"] {
+        assert!(top.contains(word), "{top}");
+    }
+    let serve = text(&run(&["serve", "--help"]).stdout);
+    for word in [
+        "TOLLGATE_CONFIG",
+        "TOLLGATE_GRPC_ADDR",
+        "127.0.0.1:8081",
+        "127.0.0.1:8080",
+        "--max-buckets",
+        "--shadow-mode",
+        "SIGTERM",
+    ] {
+        assert!(serve.contains(word), "missing {word}: {serve}");
+    }
+    let validate = text(&run(&["validate", "--help"]).stdout);
+    assert!(validate.contains("exits 1"), "{validate}");
+}
+
+#[test]
+fn validate_summarises_valid_configs() {
+    let out = run(&["validate", "examples/config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert!(stdout.contains("domain 'api'"), "{stdout}");
+}
+
+#[test]
+fn validate_lists_every_problem_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "domain: x\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n  - key: k\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("typo.yaml"), "domain: y\ndescriptor: []\n").unwrap();
+    let out = run(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("bad.yaml:4: descriptor 'x.k': invalid rate limit unit 'fortnight'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.yaml:5: descriptor 'x.k': duplicate descriptor composite key 'x.k'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("typo.yaml:2: error loading config file: unknown field `descriptor`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 problem(s) found"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_an_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), "domain: ''\n").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            dir.path().to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("config file cannot have empty domain"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_taken_port_is_a_startup_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            "examples/config",
+            "--grpc-addr",
+            &format!("127.0.0.1:{port}"),
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(1));
+    let stderr = stderr_of(&mut child);
+    assert!(
+        stderr.contains(&format!("cannot listen for gRPC on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr}");
+}
+
+#[test]
+fn serve_reads_flags_from_the_environment_and_exits_0_on_sigterm() {
+    let (grpc, http) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("TOLLGATE_CONFIG", "examples/config")
+        .env("TOLLGATE_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("TOLLGATE_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("TOLLGATE_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{http}/healthcheck");
+    let end = Instant::now() + Duration::from_secs(20);
+    let healthy = loop {
+        let ok = std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
+            && std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok();
+        if ok || Instant::now() > end {
+            break ok;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(healthy, "server did not start listening on {url}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+    let stderr = stderr_of(&mut child);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "JSON logs: {first}"
+    );
+    assert!(stderr.contains("draining"), "{stderr}");
+}
