@@ -1,1 +1,79 @@
+//! The all-or-nothing invariant, checked on random request sequences.
 
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use proptest::prelude::*;
+
+use super::*;
+use crate::clock::{ManualClock, NANOS_PER_SEC};
+use crate::config::source::SourceFile;
+use crate::config::{Options, compile};
+
+const CONFIG: &str = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hour, requests_per_unit: 5}\n  - key: b\n    rate_limit: {unit: hour, requests_per_unit: 3, algorithm: fixed_window}\n  - key: c\n    rate_limit: {unit: hour, requests_per_unit: 8, burst: 4}\n";
+
+fn limiter() -> Limiter {
+    let file = SourceFile { path: "t.yaml".into(), text: CONFIG.into() };
+    let config = compile(&[file], &Options::default()).unwrap();
+    let settings = Settings { shadow_mode: false, default_algorithm: Algorithm::TokenBucket };
+    let clock = Arc::new(ManualClock::at(1_800_000_000 * NANOS_PER_SEC));
+    Limiter::new(config, MemoryStore::new(100), clock, settings)
+}
+
+fn request(keys: &[(usize, u64)]) -> RateLimitRequest {
+    let names = ["a", "b", "c"];
+    RateLimitRequest {
+        domain: "d".into(),
+        descriptors: keys
+            .iter()
+            .map(|(k, cost)| RateLimitDescriptor {
+                entries: vec![Entry { key: names[*k].into(), value: "v".into() }],
+                hits_addend: Some(envoy_types::pb::google::protobuf::UInt64Value { value: *cost }),
+                ..Default::default()
+            })
+            .collect(),
+        hits_addend: 0,
+    }
+}
+
+/// What each bucket has left, read with check-only calls.
+fn remaining(limiter: &Limiter) -> Vec<u32> {
+    (0..3)
+        .map(|k| limiter.should_rate_limit(&request(&[(k, 0)])).unwrap().statuses[0].remaining)
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn denied_requests_change_nothing_and_admitted_ones_take_exactly_their_cost(
+        requests in prop::collection::vec(prop::collection::vec((0usize..3, 0u64..4), 1..4), 1..40),
+    ) {
+        let limiter = limiter();
+        for descriptors in requests {
+            let before = remaining(&limiter);
+            let decision = limiter.should_rate_limit(&request(&descriptors)).unwrap();
+            let after = remaining(&limiter);
+            if decision.overall == Code::OverLimit {
+                prop_assert_eq!(before, after);
+            } else {
+                let mut expected = before.clone();
+                for (k, cost) in &descriptors {
+                    expected[*k] -= u32::try_from(*cost).unwrap();
+                }
+                prop_assert_eq!(expected, after);
+            }
+        }
+    }
+}
+
+#[test]
+fn statuses_of_a_denied_request_report_untouched_buckets() {
+    let limiter = limiter();
+    let decision = limiter.should_rate_limit(&request(&[(0, 2), (1, 4)])).unwrap();
+    assert_eq!(decision.overall, Code::OverLimit);
+    assert_eq!(decision.statuses[0].code, Code::Ok);
+    assert_eq!(decision.statuses[0].remaining, 5);
+    assert_eq!(decision.statuses[1].code, Code::OverLimit);
+    assert_eq!(decision.statuses[1].retry_after, None, "4 can never fit in 3");
+}
