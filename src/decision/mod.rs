@@ -100,17 +100,7 @@ impl Limiter {
         for (index, descriptor) in request.descriptors.iter().enumerate() {
             let limit = request::limit(&config, request, index, self.settings.default_algorithm)?;
             let cost = request::cost(request, descriptor);
-            let hit = limit.quota().map(|quota| Hit {
-                key: limit.key(&self.keys, &request.domain, &descriptor.entries, &quota),
-                overflow: limit.overflow_key(
-                    &self.keys,
-                    &request.domain,
-                    &descriptor.entries,
-                    &quota,
-                ),
-                quota,
-                cost,
-            });
+            let hit = limit.hit(&self.keys, &request.domain, &descriptor.entries, cost);
             claims.push(Claim {
                 limit,
                 hit,

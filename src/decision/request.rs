@@ -10,7 +10,7 @@ use crate::config::RateLimitConfig;
 use crate::matcher::EntryView;
 use crate::quota::{Algorithm, Quota, Unit};
 use crate::rule::{Policy, Rule};
-use crate::store::{BucketKey, KeyBuilder};
+use crate::store::{Hit, KeyBuilder};
 
 /// The most descriptors one request may carry. Envoy sends a handful; more is a bug or abuse.
 pub const MAX_DESCRIPTORS: usize = 1_000;
@@ -141,36 +141,35 @@ impl Limit<'_> {
         self.rule().and_then(|r| r.name.as_deref())
     }
 
-    /// The bucket for this limit and `entries`.
-    pub fn key(
+    /// The bucket claim of a descriptor with `entries` taking `cost`, if this limit counts.
+    pub fn hit(
         &self,
         keys: &KeyBuilder,
         domain: &str,
         entries: &[Entry],
-        quota: &Quota,
-    ) -> BucketKey {
-        match self.rule() {
-            Some(rule) => keys.rule(domain, rule, quota.algorithm(), entries),
-            None => keys.override_limit(domain, quota, entries),
-        }
-    }
-
-    /// The shared bucket used while the store is full.
-    pub fn overflow_key(
-        &self,
-        keys: &KeyBuilder,
-        domain: &str,
-        entries: &[Entry],
-        quota: &Quota,
-    ) -> BucketKey {
-        match self.rule() {
-            Some(rule) => keys.overflow(domain, &rule.id, quota),
-            // Overrides have no rule: their overflow is per descriptor shape.
-            None => keys.overflow(
-                domain,
-                entries.first().map_or("", |e| e.key.as_str()),
-                quota,
+        cost: u64,
+    ) -> Option<Hit> {
+        let quota = self.quota()?;
+        let (key, overflow) = match self.rule() {
+            Some(rule) => (
+                keys.rule(domain, rule, quota.algorithm(), entries),
+                keys.overflow(domain, &rule.id, &quota),
             ),
-        }
+            // Overrides have no rule: their overflow bucket is per first entry key.
+            None => (
+                keys.override_limit(domain, &quota, entries),
+                keys.overflow(
+                    domain,
+                    entries.first().map_or("", |e| e.key.as_str()),
+                    &quota,
+                ),
+            ),
+        };
+        Some(Hit {
+            key,
+            overflow,
+            quota,
+            cost,
+        })
     }
 }

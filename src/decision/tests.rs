@@ -14,9 +14,15 @@ use crate::config::{Options, compile};
 const CONFIG: &str = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hour, requests_per_unit: 5}\n  - key: b\n    rate_limit: {unit: hour, requests_per_unit: 3, algorithm: fixed_window}\n  - key: c\n    rate_limit: {unit: hour, requests_per_unit: 8, burst: 4}\n";
 
 fn limiter() -> Limiter {
-    let file = SourceFile { path: "t.yaml".into(), text: CONFIG.into() };
+    let file = SourceFile {
+        path: "t.yaml".into(),
+        text: CONFIG.into(),
+    };
     let config = compile(&[file], &Options::default()).unwrap();
-    let settings = Settings { shadow_mode: false, default_algorithm: Algorithm::TokenBucket };
+    let settings = Settings {
+        shadow_mode: false,
+        default_algorithm: Algorithm::TokenBucket,
+    };
     let clock = Arc::new(ManualClock::at(1_800_000_000 * NANOS_PER_SEC));
     Limiter::new(config, MemoryStore::new(100), clock, settings)
 }
@@ -28,7 +34,10 @@ fn request(keys: &[(usize, u64)]) -> RateLimitRequest {
         descriptors: keys
             .iter()
             .map(|(k, cost)| RateLimitDescriptor {
-                entries: vec![Entry { key: names[*k].into(), value: "v".into() }],
+                entries: vec![Entry {
+                    key: names[*k].into(),
+                    value: "v".into(),
+                }],
                 hits_addend: Some(envoy_types::pb::google::protobuf::UInt64Value { value: *cost }),
                 ..Default::default()
             })
@@ -40,7 +49,13 @@ fn request(keys: &[(usize, u64)]) -> RateLimitRequest {
 /// What each bucket has left, read with check-only calls.
 fn remaining(limiter: &Limiter) -> Vec<u32> {
     (0..3)
-        .map(|k| limiter.should_rate_limit(&request(&[(k, 0)])).unwrap().statuses[0].remaining)
+        .map(|k| {
+            limiter
+                .should_rate_limit(&request(&[(k, 0)]))
+                .unwrap()
+                .statuses[0]
+                .remaining
+        })
         .collect()
 }
 
@@ -70,10 +85,15 @@ proptest! {
 #[test]
 fn statuses_of_a_denied_request_report_untouched_buckets() {
     let limiter = limiter();
-    let decision = limiter.should_rate_limit(&request(&[(0, 2), (1, 4)])).unwrap();
+    let decision = limiter
+        .should_rate_limit(&request(&[(0, 2), (1, 4)]))
+        .unwrap();
     assert_eq!(decision.overall, Code::OverLimit);
     assert_eq!(decision.statuses[0].code, Code::Ok);
     assert_eq!(decision.statuses[0].remaining, 5);
     assert_eq!(decision.statuses[1].code, Code::OverLimit);
-    assert_eq!(decision.statuses[1].retry_after, None, "4 can never fit in 3");
+    assert_eq!(
+        decision.statuses[1].retry_after, None,
+        "4 can never fit in 3"
+    );
 }
