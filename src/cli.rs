@@ -12,6 +12,7 @@ use crate::clock::SystemClock;
 use crate::config::{self, Options};
 use crate::decision::{Limiter, Settings};
 use crate::quota::Algorithm;
+use crate::reload::{Reloader, Trigger};
 use crate::server::{Server, ServerOptions};
 use crate::store::MemoryStore;
 
@@ -40,8 +41,10 @@ enum Command {
     /// Serve Envoy's RateLimitService over gRPC, with health and JSON endpoints over HTTP.
     ///
     /// Loads and checks every configuration file first and exits with status 1 if any is
-    /// invalid or a port is taken. SIGTERM or SIGINT stops accepting calls, lets in-flight
-    /// calls finish and exits 0.
+    /// invalid or a port is taken. While serving, configuration changes are picked up from the
+    /// files (unless --no-watch), on SIGHUP and on POST /reload; an invalid change keeps the
+    /// last good configuration. SIGTERM or SIGINT stops accepting calls, lets in-flight calls
+    /// finish and exits 0.
     Serve(ServeArgs),
     /// Check configuration files without serving.
     ///
@@ -86,6 +89,9 @@ struct ServeArgs {
         default_value_t = 1_000_000
     )]
     max_buckets: usize,
+    /// Do not watch the configuration files; reload only on SIGHUP or POST /reload.
+    #[arg(long, env = "TOLLGATE_NO_WATCH")]
+    no_watch: bool,
     /// Seconds between sweeps that drop idle (full) buckets.
     #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", value_name = "SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -196,8 +202,20 @@ fn validate(path: &Path, options: &Options) -> ExitCode {
 
 async fn serve(args: ServeArgs) -> ExitCode {
     let options = args.compile.options();
-    let config = match config::load(&args.config, &options) {
-        Ok(config) => config,
+    let settings = Settings {
+        shadow_mode: args.shadow_mode,
+        default_algorithm: options.default_algorithm,
+    };
+    let build = |config| {
+        Limiter::new(
+            config,
+            MemoryStore::new(args.max_buckets),
+            Arc::new(SystemClock::new()),
+            settings,
+        )
+    };
+    let reloader = match Reloader::start(&args.config, options, build) {
+        Ok(reloader) => Arc::new(reloader),
         Err(errors) => {
             for error in &errors.0 {
                 tracing::error!("{error}");
@@ -206,25 +224,18 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for domain in config.domains() {
+    for domain in reloader.limiter().config().domains() {
         tracing::info!("loaded {}", domain.summary());
     }
-    let settings = Settings {
-        shadow_mode: args.shadow_mode,
-        default_algorithm: options.default_algorithm,
-    };
-    let limiter = Arc::new(Limiter::new(
-        config,
-        MemoryStore::new(args.max_buckets),
-        Arc::new(SystemClock::new()),
-        settings,
-    ));
+    tracing::info!(version = %reloader.status().version, "configuration in force");
+    tokio::spawn(reload_on_sighup(reloader.clone()));
     let server_options = ServerOptions {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
         sweep_interval: Duration::from_secs(args.sweep_interval),
+        watch: !args.no_watch,
     };
-    let server = match Server::bind(limiter, server_options).await {
+    let server = match Server::bind(reloader, server_options).await {
         Ok(server) => server,
         Err(error) => {
             tracing::error!("{error}");
@@ -242,6 +253,27 @@ async fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reloads the configuration on every SIGHUP.
+async fn reload_on_sighup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGHUP; reload with POST /reload");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            // Errors are logged and kept in the status by the reloader.
+            let _ = reloader.reload(Trigger::Signal).await;
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -15,6 +15,7 @@ pub mod decision;
 pub mod matcher;
 pub mod protocol;
 pub mod quota;
+pub mod reload;
 pub mod rule;
 pub mod server;
 pub mod store;

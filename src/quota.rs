@@ -145,9 +145,6 @@ impl fmt::Display for Algorithm {
     }
 }
 
-/// The fastest rate a token bucket can represent: one token per nanosecond.
-pub const MAX_RATE_PER_SECOND: u64 = NANOS_PER_SEC;
-
 /// A validated limit: `requests_per_unit` per `unit`, enforced by `algorithm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Quota {

@@ -45,4 +45,19 @@ pub struct Rule {
     pub key_parts: Vec<KeyPart>,
     /// Free-form `metadata` from the file.
     pub metadata: Option<serde_yaml::Value>,
+    /// A stable 32-bit digest of the domain and `id`, stamped on the rule's buckets so a reload
+    /// can drop the buckets of removed rules.
+    pub tag: u32,
+}
+
+impl Rule {
+    /// The tag of rule `id` in `domain`.
+    pub fn tag_of(domain: &str, id: &str) -> u32 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (domain, id).hash(&mut hasher);
+        // Folding to 32 bits: a collision only means a removed rule also resets a live one.
+        let h = hasher.finish();
+        (h ^ (h >> 32)) as u32
+    }
 }

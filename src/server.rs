@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::decision::Limiter;
 use crate::protocol::{admin, rls::RateLimitGrpc};
+use crate::reload::{Reloader, watch};
 
 /// A failure to start or to keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,14 @@ pub enum ServeError {
     /// The HTTP server stopped with an error.
     #[error("HTTP server failed: {0}")]
     Http(#[source] io::Error),
+    /// The configuration path cannot be watched.
+    #[error("cannot watch {path} for changes: {source}")]
+    Watch {
+        /// The configuration path.
+        path: String,
+        /// Why.
+        source: notify::Error,
+    },
 }
 
 /// Where to listen and how often to sweep idle buckets.
@@ -46,15 +54,17 @@ pub struct ServerOptions {
     pub http_addr: SocketAddr,
     /// Time between sweeps of idle buckets.
     pub sweep_interval: Duration,
+    /// Reload when the configuration files change.
+    pub watch: bool,
 }
 
 /// A server with its ports bound, ready to serve.
 #[derive(Debug)]
 pub struct Server {
-    limiter: Arc<Limiter>,
+    reloader: Arc<Reloader>,
     grpc: TcpListener,
     http: TcpListener,
-    sweep_interval: Duration,
+    options: ServerOptions,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -65,12 +75,12 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 
 impl Server {
     /// Binds both ports.
-    pub async fn bind(limiter: Arc<Limiter>, options: ServerOptions) -> Result<Self, ServeError> {
+    pub async fn bind(reloader: Arc<Reloader>, options: ServerOptions) -> Result<Self, ServeError> {
         Ok(Self {
             grpc: bind("gRPC", options.grpc_addr).await?,
             http: bind("HTTP", options.http_addr).await?,
-            limiter,
-            sweep_interval: options.sweep_interval,
+            reloader,
+            options,
         })
     }
 
@@ -90,7 +100,20 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let limiter = self.reloader.limiter().clone();
+        // The watcher lives as long as `serve`; dropping it stops the reload task.
+        let _watcher = if self.options.watch {
+            let path = self.reloader.path();
+            let (watcher, events) = watch::watch(path).map_err(|source| ServeError::Watch {
+                path: path.display().to_string(),
+                source,
+            })?;
+            tokio::spawn(watch::run(self.reloader.clone(), events));
+            Some(watcher)
+        } else {
+            None
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (health, health_service) = tonic_health::server::health_reporter();
         type Rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RateLimitGrpc>;
         health.set_serving::<Rls>().await;
@@ -106,20 +129,20 @@ impl Server {
         });
 
         let sweeper = tokio::spawn(sweep(
-            self.limiter.clone(),
-            self.sweep_interval,
+            limiter.clone(),
+            self.options.sweep_interval,
             stopped(stop_rx.clone()),
         ));
 
         let grpc = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(health_service)
-            .add_service(RateLimitGrpc::new(self.limiter.clone()).into_server())
+            .add_service(RateLimitGrpc::new(limiter).into_server())
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.grpc),
                 stopped(stop_rx.clone()),
             );
-        let http = axum::serve(self.http, admin::router(self.limiter.clone()))
+        let http = axum::serve(self.http, admin::router(self.reloader.clone()))
             .with_graceful_shutdown(stopped(stop_rx));
         let (grpc, http) = tokio::join!(grpc, async { http.await.map_err(ServeError::Http) });
         sweeper.abort();
@@ -129,7 +152,7 @@ impl Server {
 }
 
 /// Resolves once a stop has been signalled.
-async fn stopped(mut stop: watch::Receiver<bool>) {
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     // An error means the sender is gone, which also means stop.
     let _ = stop.wait_for(|stopped| *stopped).await;
 }

@@ -72,8 +72,11 @@ pub fn refund(current: u64, acquired: u64, cost: u64) -> u64 {
     }
 }
 
-/// A window's count means nothing once the window has ended.
+/// A window's count means nothing once the window has ended, or while it is zero.
 pub fn idle_at(state: u64) -> Nanos {
+    if count(state) == 0 {
+        return 0;
+    }
     window_end_secs(state).saturating_mul(NANOS_PER_SEC)
 }
 

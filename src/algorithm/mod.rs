@@ -44,12 +44,37 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
     }
 }
 
+/// Why `quota` cannot be enforced by its algorithm, if it cannot.
+pub fn check(quota: &Quota) -> Result<(), String> {
+    match quota.algorithm() {
+        Algorithm::TokenBucket => token_bucket::check(quota),
+        Algorithm::FixedWindow => Ok(()),
+    }
+}
+
 /// Gives back `cost` units that `acquired` (a state this bucket held after consuming them)
 /// took, from the bucket's `current` state. Used to roll back an all-or-nothing request.
 pub fn refund(quota: &Quota, current: u64, acquired: u64, cost: u64) -> u64 {
     match quota.algorithm() {
         Algorithm::TokenBucket => token_bucket::refund(quota, current, cost),
         Algorithm::FixedWindow => fixed_window::refund(current, acquired, cost),
+    }
+}
+
+/// The size of one unit in `quota`'s state, for algorithms whose state depends on it (the
+/// token bucket's token length); 0 for those whose state does not.
+pub fn scale(quota: &Quota) -> u64 {
+    match quota.algorithm() {
+        Algorithm::TokenBucket => token_bucket::token_nanos(quota),
+        Algorithm::FixedWindow => 0,
+    }
+}
+
+/// Re-expresses `state`, written at scale `from`, at `quota`'s scale, keeping what was consumed.
+pub fn rescale(quota: &Quota, state: u64, now: Nanos, from: u64) -> u64 {
+    match quota.algorithm() {
+        Algorithm::TokenBucket => token_bucket::rescale(state, now, from, scale(quota)),
+        Algorithm::FixedWindow => state,
     }
 }
 

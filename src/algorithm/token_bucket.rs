@@ -8,13 +8,42 @@
 //! atomic word. A fresh bucket is `tat = 0`, which is full at any `now`.
 
 use super::{Verdict, clamp_u64};
-use crate::clock::Nanos;
+use crate::clock::{NANOS_PER_SEC, Nanos};
 use crate::quota::Quota;
 
+/// The fastest rate counted exactly: a token's length is rounded up to whole nanoseconds, an
+/// error of at most 0.1 % at this rate and less below it.
+pub const MAX_RATE_PER_SECOND: u64 = 1_000_000;
+
+/// The longest an empty bucket may take to refill (100 years), so its timestamp stays in range.
+pub const MAX_REFILL: Nanos = 100 * 365 * 86_400 * NANOS_PER_SEC;
+
+/// Why `quota` cannot be enforced as a token bucket, if it cannot.
+pub fn check(quota: &Quota) -> Result<(), String> {
+    let rpu = quota.requests_per_unit();
+    let unit = quota.unit();
+    if rpu == 0 {
+        return Ok(());
+    }
+    if u64::from(rpu) > MAX_RATE_PER_SECOND * unit.seconds() {
+        return Err(format!(
+            "requests_per_unit {rpu} per {unit} is faster than a token bucket counts exactly (at most {MAX_RATE_PER_SECOND} per second); use algorithm: fixed_window or unlimited: true"
+        ));
+    }
+    let refill = u128::from(quota.burst()) * u128::from(token_nanos(quota));
+    if refill > u128::from(MAX_REFILL) {
+        return Err(format!(
+            "burst {} at {rpu} per {unit} takes more than 100 years to refill",
+            quota.burst()
+        ));
+    }
+    Ok(())
+}
+
 /// Nanoseconds one token is worth: `unit / requests_per_unit`, rounded up, at least 1.
-fn token_nanos(quota: &Quota) -> u128 {
-    let rpu = u128::from(quota.requests_per_unit().max(1));
-    u128::from(quota.unit().nanos()).div_ceil(rpu).max(1)
+pub fn token_nanos(quota: &Quota) -> u64 {
+    let rpu = u64::from(quota.requests_per_unit().max(1));
+    quota.unit().nanos().div_ceil(rpu).max(1)
 }
 
 /// Decides a request of `cost` tokens at `now`.
@@ -31,7 +60,7 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
             retry_after: None,
         };
     }
-    let t = token_nanos(quota);
+    let t = u128::from(token_nanos(quota));
     let capacity = u128::from(quota.burst()) * t;
     let used = tat - now_wide;
     let available = capacity.saturating_sub(used) / t;
@@ -53,6 +82,16 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
         };
     }
     let new_tat = tat + cost_wide * t;
+    if u64::try_from(new_tat).is_err() {
+        // Out of the timestamp's range (`check` rejects such quotas): deny rather than clamp.
+        return Verdict {
+            allowed: false,
+            state,
+            remaining: clamp_u64(available),
+            reset_after: clamp_u64(used),
+            retry_after: None,
+        };
+    }
     Verdict {
         allowed: true,
         state: if cost == 0 { state } else { clamp_u64(new_tat) },
@@ -64,8 +103,17 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
 
 /// Returns `cost` tokens to the bucket.
 pub fn refund(quota: &Quota, tat: u64, cost: u64) -> u64 {
-    let back = u128::from(cost) * token_nanos(quota);
+    let back = u128::from(cost) * u128::from(token_nanos(quota));
     clamp_u64(u128::from(tat).saturating_sub(back))
+}
+
+/// Re-expresses a bucket written with tokens of `from` nanoseconds in tokens of `to`
+/// nanoseconds, keeping the number of tokens consumed: after a reload raises a limit from 100 to
+/// 200, a user who had used 80 has 120 left, not 200 and not 40.
+pub fn rescale(tat: u64, now: Nanos, from: u64, to: u64) -> u64 {
+    let debt = u128::from(tat.saturating_sub(now));
+    let scaled = (debt * u128::from(to)).div_ceil(u128::from(from.max(1)));
+    clamp_u64(u128::from(now) + scaled)
 }
 
 /// A bucket is full, so carries no information, from its `tat` on.

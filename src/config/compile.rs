@@ -13,8 +13,9 @@ use super::locate::{Step, line_of};
 use super::schema::{DescriptorSpec, FileSpec, RateLimitSpec};
 use super::source::SourceFile;
 use super::{Domain, Options, RateLimitConfig};
+use crate::algorithm;
 use crate::matcher::{Level, Node, ValueMatch};
-use crate::quota::{Algorithm, MAX_RATE_PER_SECOND, Quota, Unit};
+use crate::quota::{Algorithm, Quota, Unit};
 use crate::rule::{KeyPart, Policy, Rule};
 
 /// Compiles `files` into a configuration, or returns every problem found.
@@ -72,6 +73,7 @@ fn compile_file(
     }
     let before = errors.len();
     let mut builder = TreeBuilder {
+        domain: &spec.domain,
         file,
         options,
         errors,
@@ -121,6 +123,7 @@ fn yaml_error(path: &Path, error: &serde_yaml::Error) -> ConfigError {
 }
 
 struct TreeBuilder<'a> {
+    domain: &'a str,
     file: &'a SourceFile,
     options: &'a Options,
     errors: &'a mut Vec<ConfigError>,
@@ -219,6 +222,7 @@ impl TreeBuilder<'_> {
                     value_to_metric: spec.value_to_metric,
                     key_parts: parts.clone(),
                     metadata: spec.metadata.clone(),
+                    tag: Rule::tag_of(self.domain, &id),
                 }))
             }
             None => None,
@@ -273,6 +277,8 @@ impl TreeBuilder<'_> {
             ));
         }
         let algorithm = match spec.algorithm.as_deref() {
+            // `burst` only means something to a token bucket: it picks one.
+            None if spec.burst.is_some() => Some(Algorithm::TokenBucket),
             None => Some(self.options.default_algorithm),
             Some(name) => {
                 let parsed = Algorithm::parse(name);
@@ -305,12 +311,8 @@ impl TreeBuilder<'_> {
             (Algorithm::TokenBucket, Some(burst)) => quota = quota.with_burst(burst),
             (_, None) => {}
         }
-        if algorithm == Algorithm::TokenBucket
-            && u64::from(rpu) > MAX_RATE_PER_SECOND.saturating_mul(unit.seconds())
-        {
-            problems.push(format!(
-                "requests_per_unit {rpu} per {unit} is faster than a token bucket can count (at most {MAX_RATE_PER_SECOND} per second); use unlimited: true or algorithm: fixed_window"
-            ));
+        if let Err(problem) = algorithm::check(&quota) {
+            problems.push(problem);
         }
         problems.is_empty().then_some(quota)
     }

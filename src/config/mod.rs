@@ -59,6 +59,15 @@ impl RateLimitConfig {
         domains
     }
 
+    /// The tags of every rule, to tell which rules a reload removed.
+    pub fn rule_tags(&self) -> std::collections::HashSet<u32> {
+        self.domains
+            .values()
+            .flat_map(|domain| domain.root.rules())
+            .map(|rule| rule.tag)
+            .collect()
+    }
+
     /// The rule a request descriptor matches in `domain`, if any.
     pub fn find<E: EntryView>(&self, domain: &str, entries: &[E]) -> Option<&Arc<Rule>> {
         self.domains.get(domain)?.root.find(entries)

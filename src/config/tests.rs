@@ -118,6 +118,23 @@ fn the_default_algorithm_comes_from_options() {
 }
 
 #[test]
+fn burst_without_algorithm_means_token_bucket_whatever_the_default() {
+    let options = Options {
+        default_algorithm: Algorithm::FixedWindow,
+    };
+    let config = compile(
+        &[file("f.yaml", "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 2, burst: 5}\n")],
+        &options,
+    )
+    .unwrap();
+    let rule = config.find("d", &[("a", "1")]).unwrap();
+    assert_eq!(
+        rule.policy,
+        Policy::Limited(Quota::new(2, Unit::Second, Algorithm::TokenBucket).with_burst(5))
+    );
+}
+
+#[test]
 fn unknown_keys_are_errors_with_their_line() {
     assert_error("domain: d\nfoo: 1\n", Some(2), None, "unknown field `foo`");
     assert_error(
@@ -236,8 +253,12 @@ fn rate_limit_errors() {
             "burst must be at least 1",
         ),
         (
-            "      unit: second\n      requests_per_unit: 4000000000\n",
-            "faster than a token bucket can count",
+            "      unit: year\n      requests_per_unit: 1\n      burst: 1000\n",
+            "more than 100 years to refill",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 4000000\n",
+            "faster than a token bucket counts exactly",
         ),
     ];
     for (body, message) in cases {

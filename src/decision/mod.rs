@@ -17,12 +17,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 
-use crate::algorithm::Verdict;
 use crate::clock::Clock;
 use crate::config::RateLimitConfig;
 use crate::quota::Algorithm;
 use crate::rule::Rule;
-use crate::store::{Hit, KeyBuilder, MemoryStore};
+use crate::store::{Acquired, Hit, KeyBuilder, MemoryStore};
 use request::Limit;
 
 /// Server-wide decision settings.
@@ -56,7 +55,7 @@ impl std::fmt::Debug for Limiter {
 struct Claim<'a> {
     limit: Limit<'a>,
     hit: Option<Hit>,
-    verdict: Option<Verdict>,
+    acquired: Option<Acquired>,
 }
 
 impl Limiter {
@@ -79,6 +78,22 @@ impl Limiter {
     /// The configuration in force.
     pub fn config(&self) -> Arc<RateLimitConfig> {
         self.config.load_full()
+    }
+
+    /// Puts `config` in force for the next requests; requests already deciding finish on the
+    /// old one. Buckets of rules that `config` no longer has are dropped; every other bucket
+    /// is kept (see the README's reload rules).
+    pub fn swap_config(&self, config: RateLimitConfig) {
+        let kept = config.rule_tags();
+        let old = self.config.swap(Arc::new(config));
+        let removed = old.rule_tags().difference(&kept).copied().collect();
+        let report = self.store.forget(&removed);
+        if report.evicted > 0 {
+            tracing::info!(
+                evicted = report.evicted,
+                "dropped buckets of removed limits"
+            );
+        }
     }
 
     /// The bucket store.
@@ -104,21 +119,21 @@ impl Limiter {
             claims.push(Claim {
                 limit,
                 hit,
-                verdict: None,
+                acquired: None,
             });
         }
         drop_replaced(&mut claims);
         for claim in &mut claims {
-            claim.verdict = claim.hit.as_ref().map(|hit| self.store.acquire(hit, now));
+            claim.acquired = claim.hit.as_ref().map(|hit| self.store.acquire(hit, now));
         }
         let overall = self.settle(&claims);
         if overall == Code::OverLimit {
             for claim in &mut claims {
-                if let (Some(hit), Some(verdict)) = (&claim.hit, &mut claim.verdict) {
-                    if verdict.allowed && hit.cost > 0 {
-                        self.store.refund(hit, verdict);
+                if let (Some(hit), Some(acquired)) = (&claim.hit, &mut claim.acquired) {
+                    if acquired.verdict.allowed && hit.cost > 0 {
+                        self.store.refund(hit, acquired, now);
                         // Report the bucket as it stands, untouched by this request.
-                        *verdict = self.store.acquire(&Hit { cost: 0, ..*hit }, now);
+                        *acquired = self.store.acquire(&Hit { cost: 0, ..*hit }, now);
                     }
                 }
             }
@@ -128,7 +143,7 @@ impl Limiter {
     }
 
     fn denies(&self, claim: &Claim<'_>) -> bool {
-        let over = claim.verdict.is_some_and(|v| !v.allowed);
+        let over = claim.acquired.is_some_and(|a| !a.verdict.allowed);
         over && !self.settings.shadow_mode && !claim.limit.rule().is_some_and(|r| r.shadow_mode)
     }
 
@@ -155,8 +170,8 @@ impl Limiter {
         if claim.limit.is_unlimited() {
             return DescriptorStatus::unlimited();
         }
-        match (&claim.hit, &claim.verdict) {
-            (Some(hit), Some(verdict)) => {
+        match (&claim.hit, &claim.acquired) {
+            (Some(hit), Some(Acquired { verdict, .. })) => {
                 let code = if self.denies(claim) {
                     Code::OverLimit
                 } else {

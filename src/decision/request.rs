@@ -30,6 +30,14 @@ pub enum RequestError {
         /// How many the request had.
         count: usize,
     },
+    /// A `descriptor.limit` override that the algorithm cannot enforce exactly.
+    #[error("descriptors[{index}].limit: {reason}")]
+    UnenforceableOverride {
+        /// The descriptor's position.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
     /// A `descriptor.limit` override names no known unit.
     #[error("descriptors[{index}].limit: unknown unit {unit} (expected SECOND 1 … WEEK 7)")]
     UnknownOverrideUnit {
@@ -150,22 +158,20 @@ impl Limit<'_> {
         cost: u64,
     ) -> Option<Hit> {
         let quota = self.quota()?;
-        let (key, overflow) = match self.rule() {
+        let (key, overflow, tag) = match self.rule() {
             Some(rule) => (
                 keys.rule(domain, rule, quota.algorithm(), entries),
-                keys.overflow(domain, &rule.id, &quota),
+                keys.overflow(domain, &rule.id, quota.algorithm()),
+                rule.tag,
             ),
-            // Overrides have no rule: their overflow bucket is per first entry key.
             None => (
                 keys.override_limit(domain, &quota, entries),
-                keys.overflow(
-                    domain,
-                    entries.first().map_or("", |e| e.key.as_str()),
-                    &quota,
-                ),
+                keys.overflow(domain, "", quota.algorithm()),
+                0,
             ),
         };
         Some(Hit {
+            tag,
             key,
             overflow,
             quota,

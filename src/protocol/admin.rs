@@ -1,4 +1,5 @@
-//! The HTTP admin port: `GET /healthcheck` and `POST /json`.
+//! The HTTP admin port: `GET /healthcheck`, `POST /json`, `POST /reload`, `GET /config` and
+//! `GET /rlconfig`.
 //!
 //! It binds to loopback by default; it carries no secrets but can consume quota (`/json`), so
 //! expose it only where callers are trusted.
@@ -13,14 +14,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::json;
-use crate::decision::{Code, Limiter};
+use crate::decision::Code;
+use crate::reload::{Outcome, Reloader, Trigger};
+use crate::rule::Policy;
 
-/// The admin routes, answering from `limiter`.
-pub fn router(limiter: Arc<Limiter>) -> Router {
+/// The admin routes, answering from `reloader` and its limiter.
+pub fn router(reloader: Arc<Reloader>) -> Router {
     Router::new()
         .route("/healthcheck", get(healthcheck))
         .route("/json", post(decide_json))
-        .with_state(limiter)
+        .route("/reload", post(reload))
+        .route("/config", get(config_status))
+        .route("/rlconfig", get(rlconfig))
+        .with_state(reloader)
 }
 
 async fn healthcheck() -> &'static str {
@@ -28,7 +34,8 @@ async fn healthcheck() -> &'static str {
 }
 
 /// 200 with the JSON response when OK, 429 when OVER_LIMIT, 400 with a message on bad input.
-async fn decide_json(State(limiter): State<Arc<Limiter>>, body: Bytes) -> Response {
+async fn decide_json(State(reloader): State<Arc<Reloader>>, body: Bytes) -> Response {
+    let limiter = reloader.limiter();
     let request = match json::parse_request(&body) {
         Ok(request) => request,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
@@ -43,4 +50,59 @@ async fn decide_json(State(limiter): State<Arc<Limiter>>, body: Bytes) -> Respon
         }
         Err(error) => (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
     }
+}
+
+/// Reloads now: 200 with the status when applied or unchanged, 422 with every problem when the
+/// files are invalid (the configuration in force is kept).
+async fn reload(State(reloader): State<Arc<Reloader>>) -> Response {
+    match reloader.reload(Trigger::Http).await {
+        Ok(outcome) => {
+            let result = match outcome {
+                Outcome::Applied => "applied",
+                Outcome::Unchanged => "unchanged",
+            };
+            let body = serde_json::json!({"result": result, "status": reloader.status()});
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Err(errors) => {
+            let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            let body = serde_json::json!({"result": "failed", "errors": errors, "status": reloader.status()});
+            (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+        }
+    }
+}
+
+/// The version in force, when and from which files it was loaded, and the last reload error.
+async fn config_status(State(reloader): State<Arc<Reloader>>) -> Response {
+    axum::Json(reloader.status()).into_response()
+}
+
+/// The limits in force, one line each, like the reference service's debug page.
+async fn rlconfig(State(reloader): State<Arc<Reloader>>) -> String {
+    let config = reloader.limiter().config();
+    let mut out = String::new();
+    for domain in config.domains() {
+        for rule in domain.root.rules() {
+            let limit = match rule.policy {
+                Policy::Unlimited => "unlimited".to_owned(),
+                Policy::Limited(q) => format!(
+                    "unit={} requests_per_unit={} algorithm={} burst={}",
+                    q.unit().name().to_uppercase(),
+                    q.requests_per_unit(),
+                    q.algorithm(),
+                    q.burst()
+                ),
+            };
+            let name = rule
+                .name
+                .as_deref()
+                .map(|n| format!(" name={n}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{}: {limit}{name}, shadow_mode: {}\n",
+                rule.id, rule.shadow_mode
+            ));
+        }
+    }
+    out
 }

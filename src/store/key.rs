@@ -94,12 +94,12 @@ impl KeyBuilder {
         BucketKey(h.finish128().as_u128())
     }
 
-    /// The shared bucket that new values of one limit fall into while the store is full.
-    pub fn overflow(&self, domain: &str, limit_id: &str, quota: &Quota) -> BucketKey {
-        let mut h = self.hasher(Kind::Overflow, domain, quota.algorithm());
+    /// The shared bucket that new values of one limit fall into while the store is full:
+    /// one per rule (`limit_id`), and one per domain and algorithm for limits sent in requests
+    /// (`limit_id` empty), so their number is bounded by the configuration.
+    pub fn overflow(&self, domain: &str, limit_id: &str, algorithm: Algorithm) -> BucketKey {
+        let mut h = self.hasher(Kind::Overflow, domain, algorithm);
         write_str(&mut h, limit_id);
-        h.write_u32(quota.requests_per_unit());
-        h.write_u64(quota.unit().seconds());
         BucketKey(h.finish128().as_u128())
     }
 }
@@ -150,6 +150,7 @@ mod tests {
             value_to_metric: false,
             key_parts: parts,
             metadata: None,
+            tag: 0,
         }
     }
 
@@ -185,7 +186,7 @@ mod tests {
         );
         assert_ne!(
             keys.override_limit("d", &q1, &e),
-            keys.overflow("d", "d.k", &q1)
+            keys.overflow("d", "d.k", q1.algorithm())
         );
         assert_ne!(
             keys.override_limit("d", &q1, &[("ab", "c")]),

@@ -11,6 +11,7 @@
 //! exact state, a flood of new values shares one limit (it can only exhaust its own overflow
 //! bucket), and new values get their own bucket again as soon as sweeping frees room.
 
+use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -30,9 +31,33 @@ const IDLE_GRACE: Nanos = NANOS_PER_SEC;
 #[derive(Debug)]
 struct Bucket {
     state: AtomicU64,
+    /// The algorithm scale the state was written at (see `algorithm::scale`); changed only
+    /// under the shard's write lock, when a reload changed the rule's rate.
+    scale: u64,
+    /// The owning rule's tag, so a reload can drop the buckets of removed rules.
+    tag: u32,
     algorithm: Algorithm,
     /// Whether the bucket counts against `max_buckets` (overflow buckets do not).
     counted: bool,
+}
+
+impl Bucket {
+    /// Decides `hit` on this bucket, first re-expressing its state at the hit's scale if a
+    /// reload changed it.
+    fn decide(&mut self, hit: &Hit, now: Nanos) -> Verdict {
+        let scale = algorithm::scale(&hit.quota);
+        if self.scale != scale {
+            let state = self.state.load(Ordering::Acquire);
+            self.state.store(
+                algorithm::rescale(&hit.quota, state, now, self.scale),
+                Ordering::Release,
+            );
+            self.scale = scale;
+        }
+        update(&self.state, |state| {
+            algorithm::decide(&hit.quota, state, now, hit.cost)
+        })
+    }
 }
 
 /// In-process bucket store.
@@ -41,6 +66,15 @@ pub struct MemoryStore {
     buckets: DashMap<BucketKey, Bucket, BuildHasherDefault<FoldHasher>>,
     live: AtomicUsize,
     max_buckets: usize,
+}
+
+/// A verdict and the bucket it was decided on (the hit's own, or its overflow bucket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acquired {
+    /// The algorithm's verdict.
+    pub verdict: Verdict,
+    /// The bucket it was decided on.
+    pub key: BucketKey,
 }
 
 /// What one sweep did.
@@ -67,65 +101,125 @@ impl MemoryStore {
         self.live.load(Ordering::Relaxed)
     }
 
-    /// Takes `hit.cost` from the hit's bucket if it conforms.
-    pub fn acquire(&self, hit: &Hit, now: Nanos) -> Verdict {
-        if let Some(bucket) = self.buckets.get(&hit.key) {
-            return update(&bucket.state, |state| {
-                algorithm::decide(&hit.quota, state, now, hit.cost)
-            });
+    /// Takes `hit.cost` from the hit's bucket if it conforms. At the cap, a value without a
+    /// bucket of its own is decided on its limit's overflow bucket.
+    pub fn acquire(&self, hit: &Hit, now: Nanos) -> Acquired {
+        if let Some(verdict) = self.decide_existing(hit.key, hit, now) {
+            return Acquired {
+                verdict,
+                key: hit.key,
+            };
+        }
+        let full = self.live() >= self.max_buckets;
+        if full {
+            if let Some(verdict) = self.decide_existing(hit.overflow, hit, now) {
+                return Acquired {
+                    verdict,
+                    key: hit.overflow,
+                };
+            }
         }
         let fresh = algorithm::decide(&hit.quota, FRESH, now, hit.cost);
         if !fresh.consumed(FRESH) {
             // Nothing to remember: checks and denials of a fresh bucket leave it fresh.
-            return fresh;
+            let key = if full { hit.overflow } else { hit.key };
+            return Acquired {
+                verdict: fresh,
+                key,
+            };
         }
         let counted = self.reserve();
         let key = if counted { hit.key } else { hit.overflow };
-        match self.buckets.entry(key) {
-            Entry::Occupied(existing) => {
+        let verdict = match self.buckets.entry(key) {
+            Entry::Occupied(mut existing) => {
                 if counted {
                     self.release();
                 }
-                update(&existing.get().state, |state| {
-                    algorithm::decide(&hit.quota, state, now, hit.cost)
-                })
+                existing.get_mut().decide(hit, now)
             }
             Entry::Vacant(slot) => {
                 slot.insert(Bucket {
                     state: AtomicU64::new(fresh.state),
+                    scale: algorithm::scale(&hit.quota),
+                    tag: hit.tag,
                     algorithm: hit.quota.algorithm(),
                     counted,
                 });
                 fresh
             }
-        }
+        };
+        Acquired { verdict, key }
     }
 
-    /// Gives back what `acquired` (a verdict of [`MemoryStore::acquire`] for `hit`) took.
-    pub fn refund(&self, hit: &Hit, acquired: &Verdict) {
-        for key in [hit.key, hit.overflow] {
-            if let Some(bucket) = self.buckets.get(&key) {
-                update(&bucket.state, |state| Verdict {
-                    state: algorithm::refund(&hit.quota, state, acquired.state, hit.cost),
-                    ..*acquired
-                });
-                return;
+    /// Decides `hit` on the bucket at `key`, if it exists.
+    fn decide_existing(&self, key: BucketKey, hit: &Hit, now: Nanos) -> Option<Verdict> {
+        let bucket = self.buckets.get(&key)?;
+        if bucket.scale == algorithm::scale(&hit.quota) {
+            return Some(update(&bucket.state, |state| {
+                algorithm::decide(&hit.quota, state, now, hit.cost)
+            }));
+        }
+        // A reload changed the rate: rescale under the write lock.
+        drop(bucket);
+        self.buckets
+            .get_mut(&key)
+            .map(|mut bucket| bucket.decide(hit, now))
+    }
+
+    /// Gives back what `acquired` (the result of [`MemoryStore::acquire`] for `hit`) took. A
+    /// bucket that is as good as fresh afterwards is dropped, freeing its slot, as if the
+    /// request had never come.
+    pub fn refund(&self, hit: &Hit, acquired: &Acquired, now: Nanos) {
+        let Some(bucket) = self.buckets.get(&acquired.key) else {
+            return;
+        };
+        let after = update(&bucket.state, |state| Verdict {
+            state: algorithm::refund(&hit.quota, state, acquired.verdict.state, hit.cost),
+            ..acquired.verdict
+        });
+        let algorithm = bucket.algorithm;
+        drop(bucket);
+        let idle = |bucket: &Bucket| {
+            algorithm::idle_at(bucket.algorithm, bucket.state.load(Ordering::Acquire)) <= now
+        };
+        if algorithm::idle_at(algorithm, after.state) <= now {
+            if let Some((_, gone)) = self.buckets.remove_if(&acquired.key, |_, b| idle(b)) {
+                if gone.counted {
+                    self.release();
+                }
             }
         }
     }
 
     /// Drops every bucket that has been idle since before `now` (less a grace period).
     pub fn sweep(&self, now: Nanos) -> SweepReport {
+        self.drop_where(|bucket| {
+            let state = bucket.state.load(Ordering::Acquire);
+            algorithm::idle_at(bucket.algorithm, state).saturating_add(IDLE_GRACE) <= now
+        })
+    }
+
+    /// Drops the buckets of rules whose tag is in `removed` (rules a reload took away).
+    pub fn forget(&self, removed: &HashSet<u32>) -> SweepReport {
+        if removed.is_empty() {
+            return SweepReport {
+                evicted: 0,
+                live: self.live(),
+            };
+        }
+        self.drop_where(|bucket| removed.contains(&bucket.tag))
+    }
+
+    fn drop_where(&self, drop: impl Fn(&Bucket) -> bool) -> SweepReport {
         let mut evicted = 0;
         let mut uncounted = 0;
         self.buckets.retain(|_, bucket| {
-            let state = bucket.state.load(Ordering::Acquire);
-            let keep = algorithm::idle_at(bucket.algorithm, state).saturating_add(IDLE_GRACE) > now;
-            if !keep {
+            let gone = drop(bucket);
+            if gone {
                 evicted += 1;
                 uncounted += usize::from(bucket.counted);
             }
-            keep
+            !gone
         });
         self.live.fetch_sub(uncounted, Ordering::Relaxed);
         SweepReport {

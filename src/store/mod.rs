@@ -4,7 +4,7 @@ pub mod key;
 pub mod memory;
 
 pub use key::{BucketKey, KeyBuilder};
-pub use memory::{MemoryStore, SweepReport};
+pub use memory::{Acquired, MemoryStore, SweepReport};
 
 use crate::quota::Quota;
 
@@ -19,4 +19,6 @@ pub struct Hit {
     pub quota: Quota,
     /// Units to take; 0 checks without taking.
     pub cost: u64,
+    /// The rule's tag (`Rule::tag`), or 0 for limits sent in the request.
+    pub tag: u32,
 }

@@ -15,9 +15,10 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use tollgate::clock::{ManualClock, NANOS_PER_SEC};
-use tollgate::config::{self, Options};
+use tollgate::config::Options;
 use tollgate::decision::{Limiter, Settings};
 use tollgate::quota::Algorithm;
+use tollgate::reload::Reloader;
 use tollgate::server::{Server, ServerOptions};
 use tollgate::store::MemoryStore;
 
@@ -30,9 +31,12 @@ pub struct TestServer {
     pub http: SocketAddr,
     pub clock: Arc<ManualClock>,
     pub client: RateLimitServiceClient<Channel>,
+    pub reloader: Arc<Reloader>,
+    /// The watched configuration directory; `limits.yaml` in it holds the first config.
+    pub dir: std::path::PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tollgate::server::ServeError>>>,
-    _dir: tempfile::TempDir,
+    _tempdir: tempfile::TempDir,
 }
 
 /// Knobs for [`start_with`].
@@ -40,6 +44,8 @@ pub struct TestServer {
 pub struct Setup {
     pub shadow_mode: bool,
     pub max_buckets: usize,
+    /// Watch the config directory for changes.
+    pub watch: bool,
 }
 
 impl Default for Setup {
@@ -47,6 +53,7 @@ impl Default for Setup {
         Self {
             shadow_mode: false,
             max_buckets: 100_000,
+            watch: false,
         }
     }
 }
@@ -57,26 +64,29 @@ pub async fn start(yaml: &str) -> TestServer {
 }
 
 pub async fn start_with(yaml: &str, setup: Setup) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("limits.yaml"), yaml).unwrap();
-    let config = config::load(dir.path(), &Options::default()).unwrap();
+    let tempdir = tempfile::tempdir().unwrap();
+    std::fs::write(tempdir.path().join("limits.yaml"), yaml).unwrap();
     let clock = Arc::new(ManualClock::at(T0));
     let settings = Settings {
         shadow_mode: setup.shadow_mode,
         default_algorithm: Algorithm::TokenBucket,
     };
-    let limiter = Arc::new(Limiter::new(
-        config,
-        MemoryStore::new(setup.max_buckets),
-        clock.clone(),
-        settings,
-    ));
+    let build = |config| {
+        Limiter::new(
+            config,
+            MemoryStore::new(setup.max_buckets),
+            clock.clone(),
+            settings,
+        )
+    };
+    let reloader = Arc::new(Reloader::start(tempdir.path(), Options::default(), build).unwrap());
     let options = ServerOptions {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         sweep_interval: Duration::from_secs(3600),
+        watch: setup.watch,
     };
-    let server = Server::bind(limiter, options).await.unwrap();
+    let server = Server::bind(reloader.clone(), options).await.unwrap();
     let (grpc, http) = (server.grpc_addr().unwrap(), server.http_addr().unwrap());
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(server.serve(async {
@@ -90,9 +100,11 @@ pub async fn start_with(yaml: &str, setup: Setup) -> TestServer {
         http,
         clock,
         client,
+        reloader,
+        dir: tempdir.path().to_path_buf(),
         stop: Some(stop),
         task: Some(task),
-        _dir: dir,
+        _tempdir: tempdir,
     }
 }
 

@@ -40,6 +40,11 @@ fn the_window_is_epoch_aligned_and_resets_at_its_end() {
     assert!(v.allowed);
     assert_eq!(v.reset_after, 60 * SEC);
     assert_eq!(idle_at(used), T0 + 60 * SEC);
+    assert_eq!(
+        idle_at(refund(used, used, 1)),
+        0,
+        "a zero count is as good as fresh"
+    );
 }
 
 #[test]

@@ -121,12 +121,43 @@ fn zero_rate_denies_everything() {
 }
 
 #[test]
+fn quotas_beyond_exact_counting_are_rejected() {
+    assert!(check(&quota(1_000_000, Unit::Second, 1)).is_ok());
+    assert!(
+        check(&quota(1_000_001, Unit::Second, 1))
+            .unwrap_err()
+            .contains("faster than")
+    );
+    assert!(check(&quota(1, Unit::Year, 100)).is_ok());
+    assert!(
+        check(&quota(1, Unit::Year, 1000))
+            .unwrap_err()
+            .contains("100 years")
+    );
+    assert!(check(&quota(0, Unit::Second, 0)).is_ok());
+}
+
+#[test]
+fn a_timestamp_out_of_range_denies_instead_of_clamping() {
+    let q = quota(1, Unit::Year, 1000);
+    let mut state = FRESH;
+    let admitted = (0..1000)
+        .filter(|_| {
+            let v = decide(&q, state, T0, 1);
+            state = v.state;
+            v.allowed
+        })
+        .count();
+    assert!(admitted < 1000, "admitted {admitted}");
+}
+
+#[test]
 fn cost_above_capacity_is_denied_forever_without_overflow() {
     let q = quota(u32::MAX, Unit::Year, u32::MAX);
     let v = decide(&q, FRESH, T0, u64::MAX);
     assert!(!v.allowed);
     assert_eq!(v.retry_after, None);
-    let v = decide(&q, FRESH, u64::MAX, u64::from(u32::MAX));
+    let v = decide(&q, FRESH, T0, u64::from(u32::MAX));
     assert!(v.allowed);
     assert_eq!(v.remaining, 0);
 }
@@ -137,6 +168,23 @@ fn refund_undoes_a_consumption() {
     let taken = decide(&q, FRESH, T0, 3);
     let back = refund(&q, taken.state, 3);
     assert_eq!(decide(&q, back, T0, 0).remaining, 4);
+}
+
+#[test]
+fn rescaling_keeps_the_tokens_consumed() {
+    let old = quota(100, Unit::Minute, 100);
+    let new = quota(200, Unit::Minute, 200);
+    let used = decide(&old, FRESH, T0, 80).state;
+    let moved = rescale(used, T0, token_nanos(&old), token_nanos(&new));
+    assert_eq!(decide(&new, moved, T0, 0).remaining, 120);
+    let lowered = quota(50, Unit::Minute, 50);
+    let moved = rescale(used, T0, token_nanos(&old), token_nanos(&lowered));
+    assert_eq!(
+        decide(&lowered, moved, T0, 0).remaining,
+        0,
+        "80 used of a new 50"
+    );
+    assert_eq!(rescale(FRESH, T0, 7, 3), T0, "a full bucket stays full");
 }
 
 #[test]

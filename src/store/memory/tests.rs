@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -13,6 +14,7 @@ fn hit(key: u128, rpu: u32, cost: u64) -> Hit {
         overflow: BucketKey(u128::MAX),
         quota: Quota::new(rpu, Unit::Minute, Algorithm::TokenBucket),
         cost,
+        tag: (key % 2) as u32,
     }
 }
 
@@ -25,7 +27,7 @@ fn concurrent_callers_never_admit_more_than_the_limit() {
             let (store, admitted) = (store.clone(), admitted.clone());
             std::thread::spawn(move || {
                 for _ in 0..500 {
-                    if store.acquire(&hit(1, 1000, 1), T0).allowed {
+                    if store.acquire(&hit(1, 1000, 1), T0).verdict.allowed {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -42,9 +44,9 @@ fn concurrent_callers_never_admit_more_than_the_limit() {
 #[test]
 fn checks_and_denials_of_fresh_buckets_store_nothing() {
     let store = MemoryStore::new(10);
-    assert!(store.acquire(&hit(1, 5, 0), T0).allowed);
-    assert!(!store.acquire(&hit(2, 5, 6), T0).allowed);
-    assert!(!store.acquire(&hit(3, 0, 1), T0).allowed);
+    assert!(store.acquire(&hit(1, 5, 0), T0).verdict.allowed);
+    assert!(!store.acquire(&hit(2, 5, 6), T0).verdict.allowed);
+    assert!(!store.acquire(&hit(3, 0, 1), T0).verdict.allowed);
     assert_eq!(store.live(), 0);
 }
 
@@ -53,10 +55,11 @@ fn refund_returns_tokens() {
     let store = MemoryStore::new(10);
     let h = hit(1, 2, 2);
     let taken = store.acquire(&h, T0);
-    assert!(taken.allowed);
-    assert!(!store.acquire(&hit(1, 2, 1), T0).allowed);
-    store.refund(&h, &taken);
-    assert_eq!(store.acquire(&hit(1, 2, 0), T0).remaining, 2);
+    assert!(taken.verdict.allowed);
+    assert!(!store.acquire(&hit(1, 2, 1), T0).verdict.allowed);
+    store.refund(&h, &taken, T0);
+    assert_eq!(store.acquire(&hit(1, 2, 0), T0).verdict.remaining, 2);
+    assert_eq!(store.live(), 0, "a bucket refunded to full frees its slot");
 }
 
 #[test]
@@ -78,7 +81,7 @@ fn sweeping_drops_only_idle_buckets() {
         }
     );
     assert!(
-        !store.acquire(&hit(2, 1, 1), T0 + 3 * SEC).allowed,
+        !store.acquire(&hit(2, 1, 1), T0 + 3 * SEC).verdict.allowed,
         "state kept"
     );
 }
@@ -86,17 +89,17 @@ fn sweeping_drops_only_idle_buckets() {
 #[test]
 fn at_the_cap_new_values_share_their_limits_overflow_bucket() {
     let store = MemoryStore::new(2);
-    assert!(store.acquire(&hit(1, 3, 1), T0).allowed);
-    assert!(store.acquire(&hit(2, 3, 1), T0).allowed);
+    assert!(store.acquire(&hit(1, 3, 1), T0).verdict.allowed);
+    assert!(store.acquire(&hit(2, 3, 1), T0).verdict.allowed);
     // Full: keys 3.. all land in the overflow bucket, which admits 3 in total.
     let admitted = (3..10)
-        .filter(|k| store.acquire(&hit(*k, 3, 1), T0).allowed)
+        .filter(|k| store.acquire(&hit(*k, 3, 1), T0).verdict.allowed)
         .count();
     assert_eq!(admitted, 3);
     assert_eq!(store.live(), 2);
     // Tracked buckets keep their own exact state.
-    assert!(store.acquire(&hit(1, 3, 2), T0).allowed);
-    assert!(!store.acquire(&hit(1, 3, 1), T0).allowed);
+    assert!(store.acquire(&hit(1, 3, 2), T0).verdict.allowed);
+    assert!(!store.acquire(&hit(1, 3, 1), T0).verdict.allowed);
     // Once idle buckets are swept, new values get their own bucket again.
     let later = T0 + 62 * SEC;
     assert_eq!(
@@ -106,7 +109,7 @@ fn at_the_cap_new_values_share_their_limits_overflow_bucket() {
             live: 0
         }
     );
-    assert!(store.acquire(&hit(42, 3, 3), later).allowed);
+    assert!(store.acquire(&hit(42, 3, 3), later).verdict.allowed);
     assert_eq!(store.live(), 1);
 }
 
@@ -142,4 +145,66 @@ fn the_cas_loop_retries_on_interference() {
     });
     assert_eq!(verdict.state, 8);
     assert_eq!(state.load(Ordering::SeqCst), 8);
+}
+
+#[test]
+fn a_changed_rate_keeps_the_tokens_consumed() {
+    let store = MemoryStore::new(10);
+    assert!(store.acquire(&hit(1, 100, 80), T0).verdict.allowed);
+    // A reload raises the limit to 200: 80 stay consumed.
+    assert_eq!(store.acquire(&hit(1, 200, 0), T0).verdict.remaining, 120);
+    assert_eq!(store.acquire(&hit(1, 200, 1), T0).verdict.remaining, 119);
+}
+
+#[test]
+fn forgetting_a_tag_drops_its_buckets() {
+    let store = MemoryStore::new(10);
+    for key in 0..4 {
+        store.acquire(&hit(key, 5, 1), T0);
+    }
+    let report = store.forget(&HashSet::from([1]));
+    assert_eq!(
+        report,
+        SweepReport {
+            evicted: 2,
+            live: 2
+        }
+    );
+    assert_eq!(
+        store.acquire(&hit(1, 5, 0), T0).verdict.remaining,
+        5,
+        "key 1 starts afresh"
+    );
+    assert_eq!(
+        store.acquire(&hit(2, 5, 0), T0).verdict.remaining,
+        4,
+        "key 2 kept"
+    );
+}
+
+#[test]
+fn refunds_and_checks_use_the_bucket_that_was_charged() {
+    let store = MemoryStore::new(1);
+    store.acquire(&hit(1, 3, 1), T0);
+    // Key 2 is charged to the overflow bucket.
+    let taken = store.acquire(&hit(2, 3, 3), T0);
+    assert_eq!(taken.key, BucketKey(u128::MAX));
+    // A check of key 2 sees the exhausted overflow bucket, not a fresh one.
+    assert!(!store.acquire(&hit(2, 3, 0), T0).verdict.allowed);
+    store.refund(&hit(2, 3, 3), &taken, T0);
+    assert!(store.acquire(&hit(2, 3, 3), T0).verdict.allowed);
+}
+
+#[test]
+fn denied_requests_do_not_hold_bucket_slots() {
+    let store = MemoryStore::new(2);
+    for key in 10..1000 {
+        let h = Hit {
+            quota: Quota::new(5, Unit::Day, Algorithm::FixedWindow),
+            ..hit(key, 5, 1)
+        };
+        let taken = store.acquire(&h, T0);
+        store.refund(&h, &taken, T0);
+    }
+    assert_eq!(store.live(), 0);
 }
