@@ -63,6 +63,8 @@ fn help_explains_every_command() {
         "127.0.0.1:8080",
         "--max-buckets",
         "--shadow-mode",
+        "--no-watch",
+        "SIGHUP",
         "SIGTERM",
     ] {
         assert!(serve.contains(word), "missing {word}: {serve}");
@@ -193,4 +195,65 @@ fn serve_reads_flags_from_the_environment_and_exits_0_on_sigterm() {
         "JSON logs: {first}"
     );
     assert!(stderr.contains("draining"), "{stderr}");
+}
+
+/// GET `path` on the admin port, as JSON, if the server answers.
+async fn get_json(http: u16, path: &str) -> Option<serde_json::Value> {
+    let response = reqwest::get(format!("http://127.0.0.1:{http}{path}"))
+        .await
+        .ok()?;
+    response.json().await.ok()
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("limits.yaml");
+    std::fs::write(&file, "domain: d\n").unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--no-watch",
+            "--config",
+            dir.path().to_str().unwrap(),
+        ])
+        .args([
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(status) = get_json(http, "/config").await {
+            break status;
+        }
+        assert!(Instant::now() < end, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    std::fs::write(&file, "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n").unwrap();
+    let kill = |signal: &str| {
+        let ok = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {signal}");
+    };
+    kill("-HUP");
+    let reloaded = loop {
+        let status = get_json(http, "/config").await.unwrap();
+        if status["version"] != first["version"] {
+            break status;
+        }
+        assert!(Instant::now() < end, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(reloaded["loaded_by"], "SIGHUP");
+    kill("-TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
 }

@@ -66,6 +66,11 @@ pub async fn start(yaml: &str) -> TestServer {
 pub async fn start_with(yaml: &str, setup: Setup) -> TestServer {
     let tempdir = tempfile::tempdir().unwrap();
     std::fs::write(tempdir.path().join("limits.yaml"), yaml).unwrap();
+    start_in(tempdir, setup).await
+}
+
+/// Starts a server on the configuration directory `tempdir`, prepared by the caller.
+pub async fn start_in(tempdir: tempfile::TempDir, setup: Setup) -> TestServer {
     let clock = Arc::new(ManualClock::at(T0));
     let settings = Settings {
         shadow_mode: setup.shadow_mode,
