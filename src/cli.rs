@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::clock::SystemClock;
 use crate::config::{self, Options};
 use crate::decision::{Limiter, Settings};
+use crate::metrics::MetricsOptions;
 use crate::quota::Algorithm;
 use crate::reload::{Reloader, Trigger};
 use crate::server::{Server, ServerOptions};
@@ -89,6 +90,19 @@ struct ServeArgs {
         default_value_t = 1_000_000
     )]
     max_buckets: usize,
+    /// Share of a limit in use from which admitted hits also count as near the limit.
+    #[arg(long, env = "TOLLGATE_NEAR_LIMIT_RATIO", value_name = "RATIO", default_value_t = 0.8,
+          value_parser = parse_ratio)]
+    near_limit_ratio: f64,
+    /// Most per-limit metric series. Series named from request values (detailed_metric,
+    /// value_to_metric, limits sent by Envoy) past it fold into one __overflow__ series.
+    #[arg(
+        long,
+        env = "TOLLGATE_MAX_METRIC_SERIES",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    max_metric_series: usize,
     /// Do not watch the configuration files; reload only on SIGHUP or POST /reload.
     #[arg(long, env = "TOLLGATE_NO_WATCH")]
     no_watch: bool,
@@ -138,6 +152,13 @@ impl CompileArgs {
                 AlgorithmArg::FixedWindow => Algorithm::FixedWindow,
             },
         }
+    }
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("expected a number from 0 to 1, got {text:?}")),
     }
 }
 
@@ -234,6 +255,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         http_addr: args.http_addr,
         sweep_interval: Duration::from_secs(args.sweep_interval),
         watch: !args.no_watch,
+        metrics: MetricsOptions {
+            near_limit_ratio: args.near_limit_ratio,
+            max_series: args.max_metric_series,
+        },
     };
     let server = match Server::bind(reloader, server_options).await {
         Ok(server) => server,

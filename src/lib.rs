@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod decision;
 pub mod matcher;
+pub mod metrics;
 pub mod protocol;
 pub mod quota;
 pub mod reload;

@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::decision::Limiter;
-use crate::protocol::{admin, rls::RateLimitGrpc};
+use crate::metrics::{Metrics, MetricsOptions};
+use crate::protocol::{Shared, admin, rls::RateLimitGrpc};
 use crate::reload::{Reloader, watch};
 
 /// A failure to start or to keep serving.
@@ -56,6 +57,8 @@ pub struct ServerOptions {
     pub sweep_interval: Duration,
     /// Reload when the configuration files change.
     pub watch: bool,
+    /// Metric settings.
+    pub metrics: MetricsOptions,
 }
 
 /// A server with its ports bound, ready to serve.
@@ -101,6 +104,10 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let limiter = self.reloader.limiter().clone();
+        let shared = Shared {
+            metrics: Arc::new(Metrics::new(self.reloader.clone(), self.options.metrics)),
+            reloader: self.reloader.clone(),
+        };
         // The watcher lives as long as `serve`; dropping it stops the reload task.
         let _watcher = if self.options.watch {
             let path = self.reloader.path();
@@ -137,13 +144,13 @@ impl Server {
         let grpc = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(health_service)
-            .add_service(RateLimitGrpc::new(limiter).into_server())
+            .add_service(RateLimitGrpc::new(shared.clone()).into_server())
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.grpc),
                 stopped(stop_rx.clone()),
             );
-        let http = axum::serve(self.http, admin::router(self.reloader.clone()))
-            .with_graceful_shutdown(stopped(stop_rx));
+        let http =
+            axum::serve(self.http, admin::router(shared)).with_graceful_shutdown(stopped(stop_rx));
         let (grpc, http) = tokio::join!(grpc, async { http.await.map_err(ServeError::Http) });
         sweeper.abort();
         grpc?;

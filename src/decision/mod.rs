@@ -9,7 +9,7 @@
 mod outcome;
 mod request;
 
-pub use outcome::{Code, Decision, DescriptorStatus, ReportedLimit};
+pub use outcome::{Code, Decision, DescriptorStatus, ReportedLimit, Usage};
 pub use request::{MAX_DESCRIPTORS, RequestError};
 
 use std::sync::Arc;
@@ -20,7 +20,6 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use crate::clock::Clock;
 use crate::config::RateLimitConfig;
 use crate::quota::Algorithm;
-use crate::rule::Rule;
 use crate::store::{Acquired, Hit, KeyBuilder, MemoryStore};
 use request::Limit;
 
@@ -56,6 +55,8 @@ struct Claim<'a> {
     limit: Limit<'a>,
     hit: Option<Hit>,
     acquired: Option<Acquired>,
+    /// Its hits were given back because the request was denied.
+    refunded: bool,
 }
 
 impl Limiter {
@@ -120,6 +121,7 @@ impl Limiter {
                 limit,
                 hit,
                 acquired: None,
+                refunded: false,
             });
         }
         drop_replaced(&mut claims);
@@ -132,6 +134,7 @@ impl Limiter {
                 if let (Some(hit), Some(acquired)) = (&claim.hit, &mut claim.acquired) {
                     if acquired.verdict.allowed && hit.cost > 0 {
                         self.store.refund(hit, acquired, now);
+                        claim.refunded = true;
                         // Report the bucket as it stands, untouched by this request.
                         *acquired = self.store.acquire(&Hit { cost: 0, ..*hit }, now);
                     }
@@ -139,7 +142,11 @@ impl Limiter {
             }
         }
         let statuses = claims.iter().map(|c| self.status(c)).collect();
-        Ok(Decision { overall, statuses })
+        Ok(Decision {
+            overall,
+            unknown_domain: config.domain(&request.domain).is_none(),
+            statuses,
+        })
     }
 
     fn denies(&self, claim: &Claim<'_>) -> bool {
@@ -172,12 +179,22 @@ impl Limiter {
         }
         match (&claim.hit, &claim.acquired) {
             (Some(hit), Some(Acquired { verdict, .. })) => {
-                let code = if self.denies(claim) {
-                    Code::OverLimit
-                } else {
-                    Code::Ok
+                let denies = self.denies(claim);
+                let code = if denies { Code::OverLimit } else { Code::Ok };
+                let capacity = hit.quota.burst();
+                let mut used_after = u64::from(capacity).saturating_sub(verdict.remaining);
+                if claim.refunded {
+                    used_after += hit.cost;
+                }
+                let usage = Usage {
+                    rule: claim.limit.rule().cloned(),
+                    hits: hit.cost,
+                    capacity,
+                    used_after,
+                    over_limit: !verdict.allowed,
+                    shadowed: !verdict.allowed && !denies,
                 };
-                DescriptorStatus::limited(code, claim.limit.name(), &hit.quota, verdict)
+                DescriptorStatus::limited(code, claim.limit.name(), &hit.quota, verdict, usage)
             }
             _ => DescriptorStatus::no_limit(),
         }
@@ -189,7 +206,7 @@ fn drop_replaced(claims: &mut [Claim<'_>]) {
     let replaced: Vec<Arc<str>> = claims
         .iter()
         .filter_map(|c| c.limit.rule())
-        .flat_map(|rule: &Rule| rule.replaces.iter().cloned())
+        .flat_map(|rule| rule.replaces.iter().cloned())
         .collect();
     if replaced.is_empty() {
         return;

@@ -1,8 +1,11 @@
 //! The decision, independent of how it is sent back (gRPC or JSON).
 
+use std::sync::Arc;
+
 use crate::algorithm::Verdict;
 use crate::clock::Nanos;
 use crate::quota::{Quota, Unit};
+use crate::rule::Rule;
 
 /// Allowed or over the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +27,25 @@ pub struct ReportedLimit {
     pub unit: Unit,
 }
 
+/// What a counted descriptor used, for the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    /// The configured limit, or `None` for a limit Envoy sent in the request.
+    pub rule: Option<Arc<Rule>>,
+    /// The descriptor's cost (hits_addend).
+    pub hits: u64,
+    /// The bucket's capacity.
+    pub capacity: u32,
+    /// Units of the capacity in use once this request's hits are counted.
+    pub used_after: u64,
+    /// The bucket had too few units left.
+    pub over_limit: bool,
+    /// Over the limit, but let through by shadow mode.
+    pub shadowed: bool,
+}
+
 /// One descriptor's outcome, in request order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DescriptorStatus {
     /// This descriptor's code.
     pub code: Code,
@@ -37,13 +57,17 @@ pub struct DescriptorStatus {
     pub reset_after: Option<Nanos>,
     /// For a denial that can succeed later, how long to wait.
     pub retry_after: Option<Nanos>,
+    /// What was counted, when a limit counted this descriptor.
+    pub usage: Option<Usage>,
 }
 
 /// The decision for a whole request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// OVER_LIMIT when the request is denied.
     pub overall: Code,
+    /// The request named a domain no configuration file defines.
+    pub unknown_domain: bool,
     /// One status per request descriptor, same order.
     pub statuses: Vec<DescriptorStatus>,
 }
@@ -57,6 +81,7 @@ impl DescriptorStatus {
             remaining: 0,
             reset_after: None,
             retry_after: None,
+            usage: None,
         }
     }
 
@@ -69,7 +94,13 @@ impl DescriptorStatus {
     }
 
     /// A counted limit.
-    pub fn limited(code: Code, name: Option<&str>, quota: &Quota, verdict: &Verdict) -> Self {
+    pub fn limited(
+        code: Code,
+        name: Option<&str>,
+        quota: &Quota,
+        verdict: &Verdict,
+        usage: Usage,
+    ) -> Self {
         Self {
             code,
             limit: Some(ReportedLimit {
@@ -84,6 +115,7 @@ impl DescriptorStatus {
             } else {
                 verdict.retry_after
             },
+            usage: Some(usage),
         }
     }
 }

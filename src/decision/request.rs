@@ -120,7 +120,7 @@ pub fn limit<'a>(
 
 impl Limit<'_> {
     /// The configured rule, if the limit is one.
-    pub fn rule(&self) -> Option<&Rule> {
+    pub fn rule(&self) -> Option<&Arc<Rule>> {
         match self {
             Limit::Rule(rule) => Some(rule),
             Limit::None | Limit::Override(_) => None,

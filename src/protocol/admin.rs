@@ -4,8 +4,6 @@
 //! It binds to loopback by default; it carries no secrets but can consume quota (`/json`), so
 //! expose it only where callers are trusted.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -13,20 +11,36 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use super::json;
+use super::{Shared, json};
 use crate::decision::Code;
-use crate::reload::{Outcome, Reloader, Trigger};
+use crate::reload::{Outcome, Trigger};
 use crate::rule::Policy;
 
-/// The admin routes, answering from `reloader` and its limiter.
-pub fn router(reloader: Arc<Reloader>) -> Router {
+/// The admin routes.
+pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/healthcheck", get(healthcheck))
         .route("/json", post(decide_json))
         .route("/reload", post(reload))
         .route("/config", get(config_status))
         .route("/rlconfig", get(rlconfig))
-        .with_state(reloader)
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// Every metric, as OpenMetrics text.
+async fn metrics(State(shared): State<Shared>) -> Response {
+    match shared.metrics.encode() {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
 }
 
 async fn healthcheck() -> &'static str {
@@ -34,13 +48,24 @@ async fn healthcheck() -> &'static str {
 }
 
 /// 200 with the JSON response when OK, 429 when OVER_LIMIT, 400 with a message on bad input.
-async fn decide_json(State(reloader): State<Arc<Reloader>>, body: Bytes) -> Response {
-    let limiter = reloader.limiter();
+async fn decide_json(State(shared): State<Shared>, body: Bytes) -> Response {
     let request = match json::parse_request(&body) {
         Ok(request) => request,
-        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+        Err(message) => {
+            shared.count_call("json", "INVALID_ARGUMENT");
+            return (StatusCode::BAD_REQUEST, message).into_response();
+        }
     };
-    match limiter.should_rate_limit(&request) {
+    let decision = shared.decide(&request);
+    shared.count_call(
+        "json",
+        if decision.is_ok() {
+            "OK"
+        } else {
+            "INVALID_ARGUMENT"
+        },
+    );
+    match decision {
         Ok(decision) => {
             let status = match decision.overall {
                 Code::Ok => StatusCode::OK,
@@ -54,7 +79,7 @@ async fn decide_json(State(reloader): State<Arc<Reloader>>, body: Bytes) -> Resp
 
 /// Reloads now: 200 with the status when applied or unchanged, 422 with every problem when the
 /// files are invalid (the configuration in force is kept).
-async fn reload(State(reloader): State<Arc<Reloader>>) -> Response {
+async fn reload(State(Shared { reloader, .. }): State<Shared>) -> Response {
     match reloader.reload(Trigger::Http).await {
         Ok(outcome) => {
             let result = match outcome {
@@ -73,12 +98,12 @@ async fn reload(State(reloader): State<Arc<Reloader>>) -> Response {
 }
 
 /// The version in force, when and from which files it was loaded, and the last reload error.
-async fn config_status(State(reloader): State<Arc<Reloader>>) -> Response {
+async fn config_status(State(Shared { reloader, .. }): State<Shared>) -> Response {
     axum::Json(reloader.status()).into_response()
 }
 
 /// The limits in force, one line each, like the reference service's debug page.
-async fn rlconfig(State(reloader): State<Arc<Reloader>>) -> String {
+async fn rlconfig(State(Shared { reloader, .. }): State<Shared>) -> String {
     let config = reloader.limiter().config();
     let mut out = String::new();
     for domain in config.domains() {

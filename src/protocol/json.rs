@@ -249,6 +249,7 @@ mod tests {
     fn responses_omit_defaults_like_protojson() {
         let decision = Decision {
             overall: Code::OverLimit,
+            unknown_domain: false,
             statuses: vec![
                 DescriptorStatus {
                     code: Code::OverLimit,
@@ -260,6 +261,7 @@ mod tests {
                     remaining: 0,
                     reset_after: Some(1_500_000_000),
                     retry_after: Some(1),
+                    usage: None,
                 },
                 DescriptorStatus::no_limit(),
             ],

@@ -1,5 +1,55 @@
-//! The wire: Envoy's gRPC `RateLimitService`, and the HTTP admin port (health, JSON).
+//! The wire: Envoy's gRPC `RateLimitService`, and the HTTP admin port (health, JSON, reload,
+//! metrics).
 
 pub mod admin;
 pub mod json;
 pub mod rls;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+
+use crate::decision::{Decision, RequestError};
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
+
+/// What the wire handlers share: the reloader (and through it the limiter) and the metrics.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The configuration in force and its limiter.
+    pub reloader: Arc<Reloader>,
+    /// Every metric.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// Decides `request` and counts it in the metrics.
+    pub fn decide(&self, request: &RateLimitRequest) -> Result<Decision, RequestError> {
+        let started = Instant::now();
+        let result = self.reloader.limiter().should_rate_limit(request);
+        let service = &self.metrics.service;
+        service
+            .decision_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Ok(decision) = &result {
+            if decision.unknown_domain {
+                service.unknown_domain.inc();
+            }
+            for (descriptor, status) in request.descriptors.iter().zip(&decision.statuses) {
+                if let Some(usage) = &status.usage {
+                    self.metrics
+                        .limits
+                        .record(&request.domain, &descriptor.entries, usage);
+                }
+            }
+        }
+        result
+    }
+
+    /// Counts a call by method and result code.
+    pub fn count_call(&self, method: &'static str, code: &'static str) {
+        let labels = crate::metrics::service::CallLabels { method, code };
+        self.metrics.service.calls.get_or_create(&labels).inc();
+    }
+}

@@ -1,7 +1,5 @@
 //! `envoy.service.ratelimit.v3.RateLimitService` over gRPC.
 
-use std::sync::Arc;
-
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     self, DescriptorStatus as ProtoStatus, RateLimit,
 };
@@ -12,19 +10,20 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use tonic::{Request, Response, Status};
 
+use super::Shared;
 use crate::clock::NANOS_PER_SEC;
-use crate::decision::{Code, Decision, DescriptorStatus, Limiter, RequestError};
+use crate::decision::{Code, Decision, DescriptorStatus, RequestError};
 
-/// The gRPC service, deciding with a shared [`Limiter`].
+/// The gRPC service, deciding with the shared limiter.
 #[derive(Debug, Clone)]
 pub struct RateLimitGrpc {
-    limiter: Arc<Limiter>,
+    shared: Shared,
 }
 
 impl RateLimitGrpc {
-    /// A service answering from `limiter`.
-    pub fn new(limiter: Arc<Limiter>) -> Self {
-        Self { limiter }
+    /// A service answering from `shared`.
+    pub fn new(shared: Shared) -> Self {
+        Self { shared }
     }
 
     /// The tonic server wrapping this service.
@@ -40,9 +39,14 @@ impl RateLimitService for RateLimitGrpc {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let request = request.into_inner();
-        match self.limiter.should_rate_limit(&request) {
-            Ok(decision) => Ok(Response::new(to_proto(&decision))),
+        match self.shared.decide(&request) {
+            Ok(decision) => {
+                self.shared.count_call("ShouldRateLimit", "OK");
+                Ok(Response::new(to_proto(&decision)))
+            }
             Err(error) => {
+                self.shared
+                    .count_call("ShouldRateLimit", "INVALID_ARGUMENT");
                 tracing::debug!(domain = %request.domain, %error, "invalid rate limit request");
                 Err(invalid_argument(&error))
             }

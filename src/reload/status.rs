@@ -14,6 +14,8 @@ pub struct ReloadStatus {
     pub version: String,
     /// When they were loaded (RFC 3339, UTC).
     pub loaded_at: String,
+    /// The same instant as Unix seconds.
+    pub loaded_at_unix: f64,
     /// What loaded them.
     pub loaded_by: String,
     /// The files in force.
@@ -49,6 +51,9 @@ impl ReloadStatus {
         Self {
             version: loaded.version.clone(),
             loaded_at: timestamp(at),
+            loaded_at_unix: at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             loaded_by: trigger.to_string(),
             files: loaded
                 .files

@@ -65,6 +65,7 @@ impl Bucket {
 pub struct MemoryStore {
     buckets: DashMap<BucketKey, Bucket, BuildHasherDefault<FoldHasher>>,
     live: AtomicUsize,
+    evicted: AtomicU64,
     max_buckets: usize,
 }
 
@@ -92,6 +93,7 @@ impl MemoryStore {
         Self {
             buckets: DashMap::default(),
             live: AtomicUsize::new(0),
+            evicted: AtomicU64::new(0),
             max_buckets,
         }
     }
@@ -99,6 +101,11 @@ impl MemoryStore {
     /// Live per-value buckets (overflow buckets not included).
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// Buckets dropped since start: idle, refunded to fresh, or of removed rules.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Takes `hit.cost` from the hit's bucket if it conforms. At the cap, a value without a
@@ -184,6 +191,7 @@ impl MemoryStore {
         };
         if algorithm::idle_at(algorithm, after.state) <= now {
             if let Some((_, gone)) = self.buckets.remove_if(&acquired.key, |_, b| idle(b)) {
+                self.evicted.fetch_add(1, Ordering::Relaxed);
                 if gone.counted {
                     self.release();
                 }
@@ -222,6 +230,7 @@ impl MemoryStore {
             !gone
         });
         self.live.fetch_sub(uncounted, Ordering::Relaxed);
+        self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
         SweepReport {
             evicted,
             live: self.live(),

@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 use tollgate::clock::{ManualClock, NANOS_PER_SEC};
 use tollgate::config::Options;
 use tollgate::decision::{Limiter, Settings};
+use tollgate::metrics::MetricsOptions;
 use tollgate::quota::Algorithm;
 use tollgate::reload::Reloader;
 use tollgate::server::{Server, ServerOptions};
@@ -46,6 +47,7 @@ pub struct Setup {
     pub max_buckets: usize,
     /// Watch the config directory for changes.
     pub watch: bool,
+    pub max_metric_series: usize,
 }
 
 impl Default for Setup {
@@ -54,6 +56,7 @@ impl Default for Setup {
             shadow_mode: false,
             max_buckets: 100_000,
             watch: false,
+            max_metric_series: 10_000,
         }
     }
 }
@@ -90,6 +93,10 @@ pub async fn start_in(tempdir: tempfile::TempDir, setup: Setup) -> TestServer {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         sweep_interval: Duration::from_secs(3600),
         watch: setup.watch,
+        metrics: MetricsOptions {
+            near_limit_ratio: 0.8,
+            max_series: setup.max_metric_series,
+        },
     };
     let server = Server::bind(reloader.clone(), options).await.unwrap();
     let (grpc, http) = (server.grpc_addr().unwrap(), server.http_addr().unwrap());

@@ -1,0 +1,137 @@
+//! Values read at scrape time: buckets, reloads and the process.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::reload::Reloader;
+
+/// Registers the scrape-time collectors.
+pub fn register(registry: &mut Registry, reloader: Arc<Reloader>) {
+    registry.register_collector(Box::new(StateCollector { reloader }));
+    registry.register_collector(Box::new(ProcessCollector));
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> std::fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// Buckets and configuration reloads.
+#[derive(Debug)]
+struct StateCollector {
+    reloader: Arc<Reloader>,
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let store = self.reloader.limiter().store();
+        gauge(
+            &mut encoder,
+            "buckets",
+            "Live per-value buckets in memory",
+            store.live() as f64,
+        )?;
+        counter(
+            &mut encoder,
+            "bucket_evictions",
+            "Buckets dropped: idle, refunded to full, or of removed limits",
+            store.evicted(),
+        )?;
+        let status = self.reloader.status();
+        counter(
+            &mut encoder,
+            "config_loads",
+            "Successful configuration loads, the first included",
+            status.loads,
+        )?;
+        counter(
+            &mut encoder,
+            "config_load_failures",
+            "Configuration reloads that failed (the last good configuration stayed)",
+            status.failures,
+        )?;
+        gauge(
+            &mut encoder,
+            "config_last_load_success_timestamp_seconds",
+            "When the configuration in force was loaded (Unix time)",
+            status.loaded_at_unix,
+        )?;
+        let info = [("version", status.version.as_str())];
+        encoder
+            .encode_descriptor(
+                "config",
+                "The configuration in force",
+                None,
+                prometheus_client::metrics::MetricType::Info,
+            )?
+            .encode_info(&info)?;
+        gauge(
+            &mut encoder,
+            "config_last_load_failed",
+            "1 while the last reload failed",
+            f64::from(u8::from(status.last_error.is_some())),
+        )
+    }
+}
+
+/// The process, from /proc: resident memory, CPU time, open files, start time.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let ticks = procfs::ticks_per_second() as f64;
+        if let Ok(stat) = me.stat() {
+            let rss = stat.rss * procfs::page_size();
+            gauge(
+                &mut encoder,
+                "process_resident_memory_bytes",
+                "Resident memory",
+                rss as f64,
+            )?;
+            let cpu = (stat.utime + stat.stime) as f64 / ticks;
+            let metric = ConstCounter::new(cpu);
+            metric.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time",
+                None,
+                metric.metric_type(),
+            )?)?;
+            if let Ok(boot) = procfs::boot_time_secs() {
+                gauge(
+                    &mut encoder,
+                    "process_start_time_seconds",
+                    "Start time (Unix time)",
+                    boot as f64 + stat.starttime as f64 / ticks,
+                )?;
+            }
+        }
+        if let Ok(fds) = me.fd_count() {
+            gauge(
+                &mut encoder,
+                "process_open_fds",
+                "Open file descriptors",
+                fds as f64,
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,210 @@
+//! Per-limit hit counters, named the way envoyproxy/ratelimit names its stats.
+//!
+//! Each limit's series carries `domain` and `descriptor` labels. `descriptor` is the limit's
+//! composite key from the configuration (`key_value.key`), so the number of series is bounded
+//! by the configuration, unless a limit asks for request values with `detailed_metric` or
+//! `value_to_metric` (or Envoy sends its own `limit`). Those are capped: past `max_series`, new
+//! series fold into one `descriptor="__overflow__"` series per domain, and
+//! `tollgate_metric_series_overflow_hits_total` counts what was folded.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::MetricsOptions;
+use crate::decision::Usage;
+use crate::rule::{KeyPart, Rule};
+
+/// The label value of series folded at the cap.
+pub const OVERFLOW: &str = "__overflow__";
+
+/// Labels of a limit's series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// The domain.
+    pub domain: String,
+    /// The limit's composite key within the domain, e.g. `user_id` or `tenant.path_/upload*`.
+    pub descriptor: String,
+}
+
+/// One series' counters.
+#[derive(Debug, Clone)]
+struct Series {
+    hits: Counter,
+    over_limit: Counter,
+    near_limit: Counter,
+    within_limit: Counter,
+    shadow_mode: Counter,
+    /// Set on a domain's overflow series: counts the hits folded into it.
+    folded: Option<Counter>,
+}
+
+/// The per-limit families and the cache of their series.
+#[derive(Debug)]
+pub struct LimitMetrics {
+    hits: Family<LimitLabels, Counter>,
+    over_limit: Family<LimitLabels, Counter>,
+    near_limit: Family<LimitLabels, Counter>,
+    within_limit: Family<LimitLabels, Counter>,
+    shadow_mode: Family<LimitLabels, Counter>,
+    overflow_hits: Counter,
+    /// Series of configured limits, by rule id: looked up without allocating.
+    by_rule: DashMap<Arc<str>, Series>,
+    /// Series named from request values, by (domain, descriptor).
+    by_value: DashMap<(String, String), Series>,
+    series: AtomicUsize,
+    options: MetricsOptions,
+}
+
+impl LimitMetrics {
+    /// Registers the per-limit families.
+    pub fn register(registry: &mut Registry, options: MetricsOptions) -> Self {
+        let metrics = Self {
+            hits: Family::default(),
+            over_limit: Family::default(),
+            near_limit: Family::default(),
+            within_limit: Family::default(),
+            shadow_mode: Family::default(),
+            overflow_hits: Counter::default(),
+            by_rule: DashMap::new(),
+            by_value: DashMap::new(),
+            series: AtomicUsize::new(0),
+            options,
+        };
+        let families = [
+            (
+                "rate_limit_hits",
+                "Hits (hits_addend units) on a limit (reference: total_hits)",
+                &metrics.hits,
+            ),
+            (
+                "rate_limit_over_limit_hits",
+                "Hits over the limit, denied or shadowed (reference: over_limit)",
+                &metrics.over_limit,
+            ),
+            (
+                "rate_limit_near_limit_hits",
+                "Admitted hits past the near-limit ratio of the limit (reference: near_limit)",
+                &metrics.near_limit,
+            ),
+            (
+                "rate_limit_within_limit_hits",
+                "Hits within the limit (reference: within_limit)",
+                &metrics.within_limit,
+            ),
+            (
+                "rate_limit_shadow_mode_hits",
+                "Hits over a shadow-mode limit, let through (reference: shadow_mode)",
+                &metrics.shadow_mode,
+            ),
+        ];
+        for (name, help, family) in families {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "metric_series_overflow_hits",
+            "Hits counted in an __overflow__ series because the per-limit series cap was reached",
+            metrics.overflow_hits.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one descriptor's hits on its limit.
+    pub fn record(&self, domain: &str, entries: &[Entry], usage: &Usage) {
+        let series = self.series(domain, entries, usage.rule.as_deref());
+        let hits = usage.hits;
+        series.hits.inc_by(hits);
+        if let Some(folded) = &series.folded {
+            folded.inc_by(hits);
+        }
+        if usage.over_limit {
+            series.over_limit.inc_by(hits);
+            if usage.shadowed {
+                series.shadow_mode.inc_by(hits);
+            }
+            return;
+        }
+        series.within_limit.inc_by(hits);
+        let threshold = (f64::from(usage.capacity) * self.options.near_limit_ratio).floor() as u64;
+        series
+            .near_limit
+            .inc_by(hits.min(usage.used_after.saturating_sub(threshold)));
+    }
+
+    fn series(&self, domain: &str, entries: &[Entry], rule: Option<&Rule>) -> Series {
+        match rule {
+            Some(rule) if !rule.detailed_metric && !rule.value_to_metric => {
+                if let Some(series) = self.by_rule.get(&*rule.id) {
+                    return series.clone();
+                }
+                let descriptor = rule
+                    .id
+                    .strip_prefix(domain)
+                    .and_then(|d| d.strip_prefix('.'));
+                let series = self.create(domain, descriptor.unwrap_or(&rule.id));
+                self.by_rule.insert(rule.id.clone(), series.clone());
+                series
+            }
+            _ => {
+                let key = (domain.to_owned(), descriptor_from_values(entries, rule));
+                if let Some(series) = self.by_value.get(&key) {
+                    return series.clone();
+                }
+                let series = self.create(&key.0, &key.1);
+                // Folded series are not cached: the cache must not grow past the cap either.
+                if series.folded.is_none() {
+                    self.by_value.insert(key, series.clone());
+                }
+                series
+            }
+        }
+    }
+
+    /// A new series for `descriptor`, or the domain's overflow series at the cap.
+    fn create(&self, domain: &str, descriptor: &str) -> Series {
+        let room = self
+            .series
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.options.max_series).then_some(n + 1)
+            })
+            .is_ok();
+        let labels = LimitLabels {
+            domain: domain.to_owned(),
+            descriptor: if room { descriptor } else { OVERFLOW }.to_owned(),
+        };
+        Series {
+            hits: self.hits.get_or_create(&labels).clone(),
+            over_limit: self.over_limit.get_or_create(&labels).clone(),
+            near_limit: self.near_limit.get_or_create(&labels).clone(),
+            within_limit: self.within_limit.get_or_create(&labels).clone(),
+            shadow_mode: self.shadow_mode.get_or_create(&labels).clone(),
+            folded: (!room).then(|| self.overflow_hits.clone()),
+        }
+    }
+}
+
+/// `key_value` per level from the request's values; `share_threshold` levels keep their pattern.
+fn descriptor_from_values(entries: &[Entry], rule: Option<&Rule>) -> String {
+    let mut out = String::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(&entry.key);
+        let value = match rule.and_then(|r| r.key_parts.get(i)) {
+            Some(KeyPart::Shared(pattern)) => pattern,
+            _ => entry.value.as_str(),
+        };
+        if !value.is_empty() {
+            out.push('_');
+            out.push_str(value);
+        }
+    }
+    out
+}

@@ -1,0 +1,56 @@
+//! Service-level metrics: calls by method and result, decision latency, unknown domains.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Labels of a call: the RPC (or HTTP endpoint) and its result code.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CallLabels {
+    /// `ShouldRateLimit`, or `json` for `POST /json`.
+    pub method: &'static str,
+    /// `OK` or the gRPC error code name.
+    pub code: &'static str,
+}
+
+/// Calls, latency and unknown domains.
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    /// Calls by method and result code.
+    pub calls: Family<CallLabels, Counter>,
+    /// Time to decide a request (matching, buckets), without transport.
+    pub decision_seconds: Histogram,
+    /// Descriptors sent for a domain the configuration does not have.
+    pub unknown_domain: Counter,
+}
+
+impl ServiceMetrics {
+    /// Registers the service metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            calls: Family::default(),
+            // 1 µs … ~16 ms, doubling.
+            decision_seconds: Histogram::new(exponential_buckets(1e-6, 2.0, 15)),
+            unknown_domain: Counter::default(),
+        };
+        registry.register(
+            "calls",
+            "Rate limit calls by method and result code",
+            metrics.calls.clone(),
+        );
+        registry.register_with_unit(
+            "decision_duration",
+            "Time to decide one request, without transport",
+            Unit::Seconds,
+            metrics.decision_seconds.clone(),
+        );
+        registry.register(
+            "unknown_domain_requests",
+            "Requests for a domain that no configuration file defines",
+            metrics.unknown_domain.clone(),
+        );
+        metrics
+    }
+}
