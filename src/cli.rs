@@ -16,6 +16,7 @@ use crate::quota::Algorithm;
 use crate::reload::{Reloader, Trigger};
 use crate::server::{Server, ServerOptions};
 use crate::store::MemoryStore;
+use crate::telemetry::{self, LogFormat};
 
 /// tollgate: an Envoy rate limit service (envoy.service.ratelimit.v3) with hot in-memory
 /// token buckets, reading envoyproxy/ratelimit YAML files unchanged.
@@ -35,6 +36,15 @@ pub struct Cli {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, global = true, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Export spans over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318), continuing
+    /// the trace context Envoy sends. Needs a build with `--features otlp`.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,12 +148,6 @@ enum AlgorithmArg {
     FixedWindow,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 impl CompileArgs {
     fn options(&self) -> Options {
         Options {
@@ -165,8 +169,15 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
-    match cli.command {
+    let telemetry =
+        match telemetry::init(&cli.log_level, cli.log_format, cli.otlp_endpoint.as_deref()) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let code = match cli.command {
         Command::Validate(args) => validate(&args.path, &args.compile.options()),
         Command::Serve(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -181,21 +192,9 @@ pub fn main() -> ExitCode {
             };
             runtime.block_on(serve(args))
         }
-    }
-}
-
-fn init_logging(level: &str, format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    };
+    telemetry.flush();
+    code
 }
 
 fn validate(path: &Path, options: &Options) -> ExitCode {

@@ -20,3 +20,4 @@ pub mod reload;
 pub mod rule;
 pub mod server;
 pub mod store;
+pub mod telemetry;

@@ -38,7 +38,11 @@ impl RateLimitService for RateLimitGrpc {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
+        let span = tracing::info_span!("should_rate_limit", domain = tracing::field::Empty);
+        crate::telemetry::continue_trace(&span, request.metadata());
+        let _entered = span.enter();
         let request = request.into_inner();
+        span.record("domain", request.domain.as_str());
         match self.shared.decide(&request) {
             Ok(decision) => {
                 self.shared.count_call("ShouldRateLimit", "OK");
