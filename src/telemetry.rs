@@ -2,9 +2,19 @@
 //! feature and `--otlp-endpoint`, span export over OTLP/HTTP that continues the trace Envoy
 //! started (W3C `traceparent` in the gRPC metadata).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+/// Whether spans are exported (OTLP is on); requests make spans only then.
+static SPANS_EXPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported, so worth creating per request.
+pub fn spans_exported() -> bool {
+    SPANS_EXPORTED.load(Ordering::Relaxed)
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,6 +83,7 @@ pub fn init(
         Some(endpoint) => {
             let (layer, provider) = otlp::layer(endpoint)?;
             registry.with(layer).try_init().map_err(|e| e.to_string())?;
+            SPANS_EXPORTED.store(true, Ordering::Relaxed);
             Ok(Telemetry {
                 provider: Some(provider),
             })

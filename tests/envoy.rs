@@ -175,7 +175,10 @@ async fn http_limits_and_headers_through_envoy() {
     for remaining in ["2", "1", "0"] {
         let a = get(port, "/api/orders", Some("alice")).await;
         assert_eq!(a.status, 200);
-        assert_eq!(a.header("x-ratelimit-limit"), Some("3, 3;w=60;name=\"per_user\""));
+        assert_eq!(
+            a.header("x-ratelimit-limit"),
+            Some("3, 3;w=60;name=\"per_user\"")
+        );
         assert_eq!(a.header("x-ratelimit-remaining"), Some(remaining));
     }
     let denied = get(port, "/api/orders", Some("alice")).await;
@@ -238,7 +241,10 @@ async fn a_reload_is_seen_through_envoy() {
     .unwrap();
     s.reloader.reload(Trigger::Http).await.unwrap();
     let a = get(port, "/api/x", Some("carol")).await;
-    assert_eq!(a.header("x-ratelimit-limit"), Some("10, 10;w=60;name=\"per_user\""));
+    assert_eq!(
+        a.header("x-ratelimit-limit"),
+        Some("10, 10;w=60;name=\"per_user\"")
+    );
     assert_eq!(
         a.header("x-ratelimit-remaining"),
         Some("8"),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use smallvec::SmallVec;
 
 use crate::clock::Clock;
 use crate::config::RateLimitConfig;
@@ -112,7 +113,7 @@ impl Limiter {
         request::check(request)?;
         let config = self.config.load();
         let now = self.clock.now();
-        let mut claims = Vec::with_capacity(request.descriptors.len());
+        let mut claims: SmallVec<[Claim<'_>; 4]> = SmallVec::new();
         for (index, descriptor) in request.descriptors.iter().enumerate() {
             let limit = request::limit(&config, request, index, self.settings.default_algorithm)?;
             let cost = request::cost(request, descriptor);

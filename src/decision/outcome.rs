@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::algorithm::Verdict;
 use crate::clock::Nanos;
 use crate::quota::{Quota, Unit};
@@ -19,8 +21,8 @@ pub enum Code {
 /// The limit as reported to Envoy in `current_limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportedLimit {
-    /// The rule's `name`, or empty.
-    pub name: String,
+    /// The rule's `name`, if it has one.
+    pub name: Option<Arc<str>>,
     /// Requests per unit.
     pub requests_per_unit: u32,
     /// The unit.
@@ -68,8 +70,8 @@ pub struct Decision {
     pub overall: Code,
     /// The request named a domain no configuration file defines.
     pub unknown_domain: bool,
-    /// One status per request descriptor, same order.
-    pub statuses: Vec<DescriptorStatus>,
+    /// One status per request descriptor, same order (inline up to four: no allocation).
+    pub statuses: SmallVec<[DescriptorStatus; 4]>,
 }
 
 impl DescriptorStatus {
@@ -96,7 +98,7 @@ impl DescriptorStatus {
     /// A counted limit.
     pub fn limited(
         code: Code,
-        name: Option<&str>,
+        name: Option<&Arc<str>>,
         quota: &Quota,
         verdict: &Verdict,
         usage: Usage,
@@ -104,7 +106,7 @@ impl DescriptorStatus {
         Self {
             code,
             limit: Some(ReportedLimit {
-                name: name.unwrap_or_default().to_owned(),
+                name: name.cloned(),
                 requests_per_unit: quota.requests_per_unit(),
                 unit: quota.unit(),
             }),

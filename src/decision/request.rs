@@ -145,8 +145,8 @@ impl Limit<'_> {
     }
 
     /// The name reported to Envoy.
-    pub fn name(&self) -> Option<&str> {
-        self.rule().and_then(|r| r.name.as_deref())
+    pub fn name(&self) -> Option<&Arc<str>> {
+        self.rule().and_then(|r| r.name.as_ref())
     }
 
     /// The bucket claim of a descriptor with `entries` taking `cost`, if this limit counts.

@@ -151,8 +151,8 @@ fn status(status: &DescriptorStatus) -> Value {
     out.insert("code".into(), code(status.code).into());
     if let Some(limit) = &status.limit {
         let mut current = Map::new();
-        if !limit.name.is_empty() {
-            current.insert("name".into(), limit.name.clone().into());
+        if let Some(name) = &limit.name {
+            current.insert("name".into(), name.to_string().into());
         }
         if limit.requests_per_unit != 0 {
             current.insert("requestsPerUnit".into(), limit.requests_per_unit.into());
@@ -250,11 +250,11 @@ mod tests {
         let decision = Decision {
             overall: Code::OverLimit,
             unknown_domain: false,
-            statuses: vec![
+            statuses: smallvec::smallvec![
                 DescriptorStatus {
                     code: Code::OverLimit,
                     limit: Some(ReportedLimit {
-                        name: String::new(),
+                        name: None,
                         requests_per_unit: 5,
                         unit: Unit::Minute,
                     }),

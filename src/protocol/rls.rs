@@ -38,7 +38,12 @@ impl RateLimitService for RateLimitGrpc {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let span = tracing::info_span!("should_rate_limit", domain = tracing::field::Empty);
+        // A span per call only when spans are exported: it costs allocations otherwise unneeded.
+        let span = if crate::telemetry::spans_exported() {
+            tracing::info_span!("should_rate_limit", domain = tracing::field::Empty)
+        } else {
+            tracing::Span::none()
+        };
         crate::telemetry::continue_trace(&span, request.metadata());
         let _entered = span.enter();
         let request = request.into_inner();
@@ -83,7 +88,7 @@ fn status(status: &DescriptorStatus) -> ProtoStatus {
     ProtoStatus {
         code: code(status.code),
         current_limit: status.limit.as_ref().map(|limit| RateLimit {
-            name: limit.name.clone(),
+            name: limit.name.as_deref().unwrap_or_default().to_owned(),
             requests_per_unit: limit.requests_per_unit,
             unit: limit.unit.to_envoy(),
         }),

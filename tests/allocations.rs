@@ -1,0 +1,100 @@
+//! The decision path allocates nothing per request: matching, bucket keys, the bucket update,
+//! all-or-nothing settlement and the metrics all run on borrowed and inline data. (Decoding the
+//! request and encoding the response are tonic's.)
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use tollgate::clock::SystemClock;
+use tollgate::config::Options;
+use tollgate::decision::{Code, Limiter, Settings};
+use tollgate::metrics::{Metrics, MetricsOptions};
+use tollgate::protocol::Shared;
+use tollgate::quota::Algorithm;
+use tollgate::reload::Reloader;
+use tollgate::store::MemoryStore;
+
+const CONFIG: &str = "domain: a\ndescriptors:\n  - key: user\n    rate_limit: {name: per_user, unit: hour, requests_per_unit: 1000000}\n  - key: route\n    value: /api/*\n    descriptors:\n      - key: method\n        rate_limit: {unit: minute, requests_per_unit: 1000000, algorithm: fixed_window}\n  - key: blocked\n    rate_limit: {unit: second, requests_per_unit: 0}\n";
+
+fn shared() -> (Shared, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), CONFIG).unwrap();
+    let settings = Settings {
+        shadow_mode: false,
+        default_algorithm: Algorithm::TokenBucket,
+    };
+    let build = |config| {
+        Limiter::new(
+            config,
+            MemoryStore::new(1000),
+            Arc::new(SystemClock::new()),
+            settings,
+        )
+    };
+    let reloader = Arc::new(Reloader::start(dir.path(), Options::default(), build).unwrap());
+    let metrics = Arc::new(Metrics::new(reloader.clone(), MetricsOptions::default()));
+    (Shared { reloader, metrics }, dir)
+}
+
+fn request(descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "a".into(),
+        descriptors: descriptors
+            .iter()
+            .map(|entries| RateLimitDescriptor {
+                entries: entries
+                    .iter()
+                    .map(|(k, v)| Entry {
+                        key: (*k).into(),
+                        value: (*v).into(),
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
+        hits_addend: 1,
+    }
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    let info = allocation_counter::measure(|| drop(std::hint::black_box(vec![1u8; 16])));
+    assert_eq!(info.count_total, 1);
+}
+
+#[test]
+fn an_admitted_request_allocates_nothing() {
+    let (shared, _dir) = shared();
+    let req = request(&[
+        &[("user", "alice")],
+        &[("route", "/api/users"), ("method", "GET")],
+    ]);
+    assert_eq!(
+        shared.decide(&req).unwrap().overall,
+        Code::Ok,
+        "warm-up: buckets and series exist"
+    );
+    let info = allocation_counter::measure(|| {
+        for _ in 0..100 {
+            assert_eq!(shared.decide(&req).unwrap().overall, Code::Ok);
+        }
+    });
+    assert_eq!(info.count_total, 0, "{info:?}");
+}
+
+#[test]
+fn a_denied_request_allocates_nothing() {
+    let (shared, _dir) = shared();
+    let req = request(&[&[("user", "bob")], &[("blocked", "x")]]);
+    assert_eq!(shared.decide(&req).unwrap().overall, Code::OverLimit);
+    let info = allocation_counter::measure(|| {
+        for _ in 0..100 {
+            assert_eq!(shared.decide(&req).unwrap().overall, Code::OverLimit);
+        }
+    });
+    assert_eq!(info.count_total, 0, "{info:?}");
+}
