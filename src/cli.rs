@@ -113,6 +113,14 @@ struct ServeArgs {
         default_value_t = 10_000
     )]
     max_metric_series: usize,
+    /// Seconds to wait, after SIGTERM/SIGINT, for in-flight calls and open connections.
+    #[arg(
+        long,
+        env = "TOLLGATE_DRAIN_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
+    drain_timeout: u64,
     /// Do not watch the configuration files; reload only on SIGHUP or POST /reload.
     #[arg(long, env = "TOLLGATE_NO_WATCH")]
     no_watch: bool,
@@ -254,6 +262,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         http_addr: args.http_addr,
         sweep_interval: Duration::from_secs(args.sweep_interval),
         watch: !args.no_watch,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
         metrics: MetricsOptions {
             near_limit_ratio: args.near_limit_ratio,
             max_series: args.max_metric_series,

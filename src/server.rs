@@ -59,6 +59,8 @@ pub struct ServerOptions {
     pub watch: bool,
     /// Metric settings.
     pub metrics: MetricsOptions,
+    /// Longest wait for in-flight calls and open connections after a stop signal.
+    pub drain_timeout: Duration,
 }
 
 /// A server with its ports bound, ready to serve.
@@ -121,6 +123,7 @@ impl Server {
             None
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let deadline_rx = stop_rx.clone();
         let (health, health_service) = tonic_health::server::health_reporter();
         type Rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RateLimitGrpc>;
         health.set_serving::<Rls>().await;
@@ -132,6 +135,12 @@ impl Server {
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
+            // Dropping the statuses ends open Health/Watch streams, which would otherwise keep
+            // their connections, and the drain, open forever.
+            let mut health = health;
+            for service in ["", <Rls as tonic::server::NamedService>::NAME] {
+                health.clear_service_status(service).await;
+            }
             let _ = stop_tx.send(true);
         });
 
@@ -151,7 +160,19 @@ impl Server {
             );
         let http =
             axum::serve(self.http, admin::router(shared)).with_graceful_shutdown(stopped(stop_rx));
-        let (grpc, http) = tokio::join!(grpc, async { http.await.map_err(ServeError::Http) });
+        let drain = self.options.drain_timeout;
+        let deadline = async move {
+            stopped(deadline_rx).await;
+            tokio::time::sleep(drain).await;
+        };
+        let serving = async { tokio::join!(grpc, async { http.await.map_err(ServeError::Http) }) };
+        let (grpc, http) = tokio::select! {
+            both = serving => both,
+            () = deadline => {
+                tracing::warn!(?drain, "drain timeout: closing the connections still open");
+                (Ok(()), Ok(()))
+            }
+        };
         sweeper.abort();
         grpc?;
         http
@@ -173,7 +194,10 @@ async fn sweep(limiter: Arc<Limiter>, interval: Duration, stop: impl Future<Outp
         tokio::select! {
             _ = &mut stop => return,
             _ = ticks.tick() => {
-                let report = limiter.store().sweep(limiter.clock().now());
+                // A sweep scans the whole map: keep it off the request workers.
+                let sweeping = limiter.clone();
+                let swept = tokio::task::spawn_blocking(move || sweeping.store().sweep(sweeping.clock().now()));
+                let Ok(report) = swept.await else { return };
                 if report.evicted > 0 {
                     tracing::debug!(evicted = report.evicted, live = report.live, "swept idle buckets");
                 }

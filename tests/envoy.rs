@@ -52,6 +52,8 @@ impl Envoy {
         for fixed in [9901, 10000, 10001, 10002] {
             ports.push((fixed, free_port()));
         }
+        // The files' 50 ms timeout suits production; a debug build on a busy CI machine gets 1 s.
+        text = text.replace("timeout: 0.05s", "timeout: 1s");
         for (fixed, actual) in &ports {
             text = text.replace(
                 &format!("port_value: {fixed}}}"),
@@ -268,6 +270,7 @@ async fn with_tollgate_down_envoy_fails_open_or_closed_as_configured() {
         get(closed.port(10000), "/api/x", Some("erin")).await.status,
         200
     );
+    assert_eq!(failure_mode_allowed(&open).await, 0);
     s.stop().await;
     assert_eq!(
         get(open.port(10000), "/api/x", Some("dave")).await.status,
@@ -275,10 +278,29 @@ async fn with_tollgate_down_envoy_fails_open_or_closed_as_configured() {
         "fail open"
     );
     assert_eq!(
+        failure_mode_allowed(&open).await,
+        1,
+        "Envoy let it through because tollgate failed"
+    );
+    assert_eq!(
         get(closed.port(10000), "/api/x", Some("erin")).await.status,
         500,
         "fail closed"
     );
+}
+
+/// Envoy's count of requests it let through because the rate limit service failed.
+async fn failure_mode_allowed(envoy: &Envoy) -> u64 {
+    let url = format!(
+        "http://127.0.0.1:{}/stats?filter=ratelimit.failure_mode_allowed",
+        envoy.port(9901)
+    );
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter_map(|line| line.split_once(": "))
+        .filter(|(name, _)| name.ends_with("ratelimit.failure_mode_allowed"))
+        .map(|(_, value)| value.trim().parse::<u64>().unwrap())
+        .sum()
 }
 
 /// Opens a TCP connection through Envoy and sends one HTTP request; the status line, or `None`

@@ -165,6 +165,29 @@ async fn per_limit_counters_are_exact() {
 }
 
 #[tokio::test]
+async fn long_values_make_bounded_labels() {
+    let mut s = start(CONFIG).await;
+    let long = format!("/{}", "x".repeat(100_000));
+    s.call(request("m", vec![descriptor(&[("path", &long)])]))
+        .await;
+    let m = scrape(&s).await;
+    let label = m
+        .iter()
+        .find(|x| {
+            x.metric == "tollgate_rate_limit_hits_total"
+                && x.labels
+                    .get("descriptor")
+                    .is_some_and(|d| d.starts_with("path_/x"))
+        })
+        .and_then(|x| x.labels.get("descriptor"))
+        .unwrap()
+        .to_owned();
+    assert!(label.len() <= 128, "{} bytes", label.len());
+    assert!(label.contains('~'), "cut labels carry a hash: {label}");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn a_flood_of_unique_values_cannot_grow_the_metrics() {
     let mut s = start_with(
         CONFIG,
@@ -195,5 +218,12 @@ async fn a_flood_of_unique_values_cannot_grow_the_metrics() {
     );
     let lines = m.len();
     assert!(lines < 10_000, "{lines} samples");
+
+    // A configured limit still gets its own series after the cap is reached.
+    s.call(request("m", vec![descriptor(&[("user", "late")])]))
+        .await;
+    let m = scrape(&s).await;
+    assert_eq!(limit(&m, "hits", "user"), 1.0);
+    assert_eq!(limit(&m, "hits", "__overflow__"), 99_000.0);
     s.stop().await;
 }

@@ -65,6 +65,21 @@ async fn an_in_place_write_is_picked_up() {
 }
 
 #[tokio::test]
+async fn a_single_file_config_is_watched_too() {
+    let setup = Setup {
+        single_file: true,
+        ..watching()
+    };
+    let mut s = start_with(&limits("d", 3), setup).await;
+    let before = s.reloader.status().version;
+    fs::write(s.dir.join("limits.yaml"), limits("d", 9)).unwrap();
+    wait_new_version(&s, &before).await;
+    assert_eq!(user_limit(&mut s).await, Some(9));
+    assert_eq!(s.reloader.status().files.len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn a_rename_over_is_picked_up() {
     let mut s = start_with(&limits("d", 3), watching()).await;
     let before = s.reloader.status().version;

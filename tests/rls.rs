@@ -518,3 +518,38 @@ async fn grpc_health_reports_serving() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn stopping_ends_open_health_watch_streams() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let s = start(CONFIG).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let stopping = tokio::spawn(s.stop());
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(update)) = watch.message().await {
+            seen.push(update.status);
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch stream stayed open: {seen:?}");
+    assert!(
+        seen.contains(&(ServingStatus::NotServing as i32)),
+        "{seen:?}"
+    );
+    stopping.await.unwrap();
+}

@@ -73,7 +73,7 @@ pub fn scale(quota: &Quota) -> u64 {
 /// Re-expresses `state`, written at scale `from`, at `quota`'s scale, keeping what was consumed.
 pub fn rescale(quota: &Quota, state: u64, now: Nanos, from: u64) -> u64 {
     match quota.algorithm() {
-        Algorithm::TokenBucket => token_bucket::rescale(state, now, from, scale(quota)),
+        Algorithm::TokenBucket => token_bucket::rescale(quota, state, now, from),
         Algorithm::FixedWindow => state,
     }
 }

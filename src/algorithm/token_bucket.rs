@@ -48,7 +48,10 @@ pub fn token_nanos(quota: &Quota) -> u64 {
 
 /// Decides a request of `cost` tokens at `now`.
 pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
-    let tat = u128::from(state.max(now));
+    // A bucket is never emptier than empty: debt beyond the capacity (left by a lowered
+    // `burst` or rate) counts as an empty bucket, which refills within `burst·T`.
+    let capacity_nanos = u128::from(quota.burst()) * u128::from(token_nanos(quota));
+    let tat = u128::from(state.max(now)).min(u128::from(now) + capacity_nanos);
     let now_wide = u128::from(now);
     if quota.requests_per_unit() == 0 || quota.burst() == 0 {
         // A zero rate never refills: every request that wants a token is denied.
@@ -110,10 +113,13 @@ pub fn refund(quota: &Quota, tat: u64, cost: u64) -> u64 {
 /// Re-expresses a bucket written with tokens of `from` nanoseconds in tokens of `to`
 /// nanoseconds, keeping the number of tokens consumed: after a reload raises a limit from 100 to
 /// 200, a user who had used 80 has 120 left, not 200 and not 40.
-pub fn rescale(tat: u64, now: Nanos, from: u64, to: u64) -> u64 {
+pub fn rescale(quota: &Quota, tat: u64, now: Nanos, from: u64) -> u64 {
+    let to = u128::from(token_nanos(quota));
     let debt = u128::from(tat.saturating_sub(now));
-    let scaled = (debt * u128::from(to)).div_ceil(u128::from(from.max(1)));
-    clamp_u64(u128::from(now) + scaled)
+    let scaled = (debt * to).div_ceil(u128::from(from.max(1)));
+    // At most an empty bucket, so it refills (and can be swept) within `burst·T`.
+    let capacity = u128::from(quota.burst()) * to;
+    clamp_u64(u128::from(now) + scaled.min(capacity))
 }
 
 /// A bucket is full, so carries no information, from its `tat` on.

@@ -106,11 +106,10 @@ pub fn limit<'a>(
             index,
             unit: limit.unit,
         })?;
-        return Ok(Limit::Override(Quota::new(
-            limit.requests_per_unit,
-            unit,
-            algorithm,
-        )));
+        let quota = Quota::new(limit.requests_per_unit, unit, algorithm);
+        crate::algorithm::check(&quota)
+            .map_err(|reason| RequestError::UnenforceableOverride { index, reason })?;
+        return Ok(Limit::Override(quota));
     }
     Ok(domain
         .root

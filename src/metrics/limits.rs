@@ -24,6 +24,13 @@ use crate::rule::{KeyPart, Rule};
 /// The label value of series folded at the cap.
 pub const OVERFLOW: &str = "__overflow__";
 
+/// Longest `descriptor` label taken from request values; longer ones are cut and suffixed
+/// with a hash of the whole, so memory per series stays bounded.
+pub const MAX_LABEL_BYTES: usize = 128;
+
+/// Most hits one descriptor adds to a counter, so absurd `hits_addend` values cannot wrap it.
+pub const MAX_COUNTED_HITS: u64 = 1 << 32;
+
 /// Labels of a limit's series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct LimitLabels {
@@ -118,7 +125,7 @@ impl LimitMetrics {
     /// Counts one descriptor's hits on its limit.
     pub fn record(&self, domain: &str, entries: &[Entry], usage: &Usage) {
         let series = self.series(domain, entries, usage.rule.as_deref());
-        let hits = usage.hits;
+        let hits = usage.hits.min(MAX_COUNTED_HITS);
         series.hits.inc_by(hits);
         if let Some(folded) = &series.folded {
             folded.inc_by(hits);
@@ -143,50 +150,84 @@ impl LimitMetrics {
                 if let Some(series) = self.by_rule.get(&*rule.id) {
                     return series.clone();
                 }
+                // Configured limits are bounded by the configuration: never capped or folded.
                 let descriptor = rule
                     .id
                     .strip_prefix(domain)
                     .and_then(|d| d.strip_prefix('.'));
-                let series = self.create(domain, descriptor.unwrap_or(&rule.id));
+                let labels = LimitLabels {
+                    domain: domain.to_owned(),
+                    descriptor: descriptor.unwrap_or(&rule.id).to_owned(),
+                };
+                let series = self.series_for(&labels, false);
                 self.by_rule.insert(rule.id.clone(), series.clone());
                 series
             }
             _ => {
-                let key = (domain.to_owned(), descriptor_from_values(entries, rule));
+                let key = (
+                    domain.to_owned(),
+                    bounded(descriptor_from_values(entries, rule)),
+                );
                 if let Some(series) = self.by_value.get(&key) {
                     return series.clone();
                 }
-                let series = self.create(&key.0, &key.1);
-                // Folded series are not cached: the cache must not grow past the cap either.
-                if series.folded.is_none() {
-                    self.by_value.insert(key, series.clone());
+                self.create(key)
+            }
+        }
+    }
+
+    /// A new series named from request values, or the domain's overflow series at the cap.
+    /// Folded series are not cached, so the cache cannot grow past the cap either.
+    fn create(&self, key: (String, String)) -> Series {
+        let room = |n: usize| (n < self.options.max_series).then_some(n + 1);
+        match self.by_value.entry(key) {
+            dashmap::Entry::Occupied(existing) => existing.get().clone(),
+            dashmap::Entry::Vacant(slot) => {
+                if self
+                    .series
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, room)
+                    .is_err()
+                {
+                    let (domain, _) = slot.into_key();
+                    let labels = LimitLabels {
+                        domain,
+                        descriptor: OVERFLOW.to_owned(),
+                    };
+                    return self.series_for(&labels, true);
                 }
+                let (domain, descriptor) = slot.key().clone();
+                let series = self.series_for(&LimitLabels { domain, descriptor }, false);
+                slot.insert(series.clone());
                 series
             }
         }
     }
 
-    /// A new series for `descriptor`, or the domain's overflow series at the cap.
-    fn create(&self, domain: &str, descriptor: &str) -> Series {
-        let room = self
-            .series
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.options.max_series).then_some(n + 1)
-            })
-            .is_ok();
-        let labels = LimitLabels {
-            domain: domain.to_owned(),
-            descriptor: if room { descriptor } else { OVERFLOW }.to_owned(),
-        };
+    fn series_for(&self, labels: &LimitLabels, folded: bool) -> Series {
         Series {
-            hits: self.hits.get_or_create(&labels).clone(),
-            over_limit: self.over_limit.get_or_create(&labels).clone(),
-            near_limit: self.near_limit.get_or_create(&labels).clone(),
-            within_limit: self.within_limit.get_or_create(&labels).clone(),
-            shadow_mode: self.shadow_mode.get_or_create(&labels).clone(),
-            folded: (!room).then(|| self.overflow_hits.clone()),
+            hits: self.hits.get_or_create(labels).clone(),
+            over_limit: self.over_limit.get_or_create(labels).clone(),
+            near_limit: self.near_limit.get_or_create(labels).clone(),
+            within_limit: self.within_limit.get_or_create(labels).clone(),
+            shadow_mode: self.shadow_mode.get_or_create(labels).clone(),
+            folded: folded.then(|| self.overflow_hits.clone()),
         }
     }
+}
+
+/// `label` cut to [`MAX_LABEL_BYTES`], with a hash of the whole when it was longer.
+fn bounded(label: String) -> String {
+    if label.len() <= MAX_LABEL_BYTES {
+        return label;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    label.hash(&mut hasher);
+    let mut cut = MAX_LABEL_BYTES - 20;
+    while !label.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{:016x}", &label[..cut], hasher.finish())
 }
 
 /// `key_value` per level from the request's values; `share_threshold` levels keep their pattern.

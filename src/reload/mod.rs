@@ -155,7 +155,13 @@ impl Reloader {
             }
             Ok(loaded) => {
                 let next = ReloadStatus::loaded(&loaded, trigger, now);
-                self.limiter.swap_config(loaded.config);
+                // Dropping removed rules' buckets scans the map: keep it off the request workers.
+                let limiter = self.limiter.clone();
+                let swapped =
+                    tokio::task::spawn_blocking(move || limiter.swap_config(loaded.config));
+                if let Err(join) = swapped.await {
+                    tracing::error!(%join, "configuration swap task failed");
+                }
                 tracing::info!(%trigger, version = %next.version, domains = next.domains.len(), "configuration reloaded");
                 self.update_status(|s| *s = next.after(s));
                 Ok(Outcome::Applied)

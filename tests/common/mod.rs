@@ -48,6 +48,8 @@ pub struct Setup {
     /// Watch the config directory for changes.
     pub watch: bool,
     pub max_metric_series: usize,
+    /// Serve the single file `limits.yaml` instead of its directory.
+    pub single_file: bool,
 }
 
 impl Default for Setup {
@@ -57,6 +59,7 @@ impl Default for Setup {
             max_buckets: 100_000,
             watch: false,
             max_metric_series: 10_000,
+            single_file: false,
         }
     }
 }
@@ -87,12 +90,24 @@ pub async fn start_in(tempdir: tempfile::TempDir, setup: Setup) -> TestServer {
             settings,
         )
     };
-    let reloader = Arc::new(Reloader::start(tempdir.path(), Options::default(), build).unwrap());
+    let reloader = Arc::new(
+        Reloader::start(
+            &if setup.single_file {
+                tempdir.path().join("limits.yaml")
+            } else {
+                tempdir.path().to_path_buf()
+            },
+            Options::default(),
+            build,
+        )
+        .unwrap(),
+    );
     let options = ServerOptions {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         sweep_interval: Duration::from_secs(3600),
         watch: setup.watch,
+        drain_timeout: Duration::from_secs(5),
         metrics: MetricsOptions {
             near_limit_ratio: 0.8,
             max_series: setup.max_metric_series,

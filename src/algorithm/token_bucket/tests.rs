@@ -175,16 +175,43 @@ fn rescaling_keeps_the_tokens_consumed() {
     let old = quota(100, Unit::Minute, 100);
     let new = quota(200, Unit::Minute, 200);
     let used = decide(&old, FRESH, T0, 80).state;
-    let moved = rescale(used, T0, token_nanos(&old), token_nanos(&new));
+    let moved = rescale(&new, used, T0, token_nanos(&old));
     assert_eq!(decide(&new, moved, T0, 0).remaining, 120);
     let lowered = quota(50, Unit::Minute, 50);
-    let moved = rescale(used, T0, token_nanos(&old), token_nanos(&lowered));
+    let moved = rescale(&lowered, used, T0, token_nanos(&old));
     assert_eq!(
         decide(&lowered, moved, T0, 0).remaining,
         0,
         "80 used of a new 50"
     );
-    assert_eq!(rescale(FRESH, T0, 7, 3), T0, "a full bucket stays full");
+    assert_eq!(
+        moved,
+        T0 + 60 * SEC,
+        "but at most an empty bucket: full again in one unit"
+    );
+    assert_eq!(rescale(&new, FRESH, T0, 7), T0, "a full bucket stays full");
+    // From a very fast rate to a very slow one: no overflow, no endless debt.
+    let fast = quota(1_000_000, Unit::Second, 1_000_000);
+    let slow = quota(1, Unit::Day, 1);
+    let drained = decide(&fast, FRESH, T0, 1_000_000).state;
+    assert_eq!(
+        rescale(&slow, drained, T0, token_nanos(&fast)),
+        T0 + 86_400 * SEC
+    );
+}
+
+#[test]
+fn a_lowered_burst_caps_the_debt() {
+    let big = quota(60, Unit::Minute, 60);
+    let used = decide(&big, FRESH, T0, 60).state;
+    let small = quota(60, Unit::Minute, 1);
+    let v = decide(&small, used, T0, 1);
+    assert!(!v.allowed);
+    assert_eq!(
+        v.retry_after,
+        Some(SEC),
+        "an empty bucket of 1 refills in one token's time"
+    );
 }
 
 #[test]
