@@ -4,10 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
+mod common;
+
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use tollgate::clock::SystemClock;
 use tollgate::config::Options;
@@ -41,23 +41,12 @@ fn shared() -> (Shared, tempfile::TempDir) {
 }
 
 fn request(descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: "a".into(),
-        descriptors: descriptors
-            .iter()
-            .map(|entries| RateLimitDescriptor {
-                entries: entries
-                    .iter()
-                    .map(|(k, v)| Entry {
-                        key: (*k).into(),
-                        value: (*v).into(),
-                    })
-                    .collect(),
-                ..Default::default()
-            })
-            .collect(),
-        hits_addend: 1,
-    }
+    let mut request = common::request(
+        "a",
+        descriptors.iter().map(|d| common::descriptor(d)).collect(),
+    );
+    request.hits_addend = 1;
+    request
 }
 
 #[test]

@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Setup, TestServer, start_in};
+use common::{Setup, TestServer, free_port, start_in};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate::reload::Trigger;
 
@@ -28,14 +27,6 @@ fn envoy_binary() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running Envoy on one of the `envoy/` files, its fixed ports replaced by free ones.

@@ -497,15 +497,9 @@ async fn at_the_bucket_cap_new_values_share_an_overflow_bucket() {
 
 #[tokio::test]
 async fn grpc_health_reports_serving() {
-    use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let s = start(CONFIG).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
+    let mut health = s.health_client().await;
     for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
         let r = health
             .check(HealthCheckRequest {
@@ -521,15 +515,11 @@ async fn grpc_health_reports_serving() {
 
 #[tokio::test]
 async fn stopping_ends_open_health_watch_streams() {
-    use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let s = start(CONFIG).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.grpc))
-        .unwrap()
-        .connect()
+    let mut watch = s
+        .health_client()
         .await
-        .unwrap();
-    let mut watch = HealthClient::new(channel)
         .watch(HealthCheckRequest {
             service: String::new(),
         })

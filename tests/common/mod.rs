@@ -157,11 +157,30 @@ impl TestServer {
         self.clock.advance(by);
     }
 
+    /// A grpc.health.v1 client on the server's gRPC port.
+    pub async fn health_client(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic_health::pb::health_client::HealthClient::new(channel)
+    }
+
     /// Stops the server and waits until it has drained.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap();
     }
+}
+
+/// A free loopback port (free when asked; bind it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One descriptor from key/value pairs.
