@@ -38,6 +38,9 @@ struct Args {
     /// Distinct descriptor values (1 … 10 000 000).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     keys: u64,
+    /// The first key's number: successive runs can cover new keys.
+    #[arg(long, default_value_t = 0)]
+    first_key: u64,
     /// Descriptors per request.
     #[arg(long, default_value_t = 1)]
     descriptors: usize,
@@ -66,7 +69,10 @@ fn request(args: &Args, n: u64) -> RateLimitRequest {
             } else {
                 (
                     "user".to_owned(),
-                    format!("u{}", (mixed >> 16).wrapping_add(d) % args.keys),
+                    format!(
+                        "u{}",
+                        args.first_key.wrapping_add(n).wrapping_add(d) % args.keys
+                    ),
                 )
             };
             RateLimitDescriptor {
