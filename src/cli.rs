@@ -229,6 +229,7 @@ fn validate(path: &Path, options: &Options) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
+    let hangups = catch_hangups();
     let options = args.compile.options();
     let settings = Settings {
         shadow_mode: args.shadow_mode,
@@ -256,7 +257,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         tracing::info!("loaded {}", domain.summary());
     }
     tracing::info!(version = %reloader.status().version, "configuration in force");
-    tokio::spawn(reload_on_sighup(reloader.clone()));
+    tokio::spawn(reload_on_sighup(reloader.clone(), hangups));
     let server_options = ServerOptions {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
@@ -288,25 +289,38 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// Reloads the configuration on every SIGHUP.
-async fn reload_on_sighup(reloader: Arc<Reloader>) {
+/// SIGHUP, caught from the start of `serve`: its default action would kill the process if
+/// one arrived while the configuration loads.
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+fn catch_hangups() -> Hangups {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
+        match signal(SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
             Err(error) => {
                 tracing::warn!(%error, "cannot watch SIGHUP; reload with POST /reload");
-                return;
+                None
             }
-        };
+        }
+    }
+}
+
+/// Reloads the configuration on every SIGHUP.
+async fn reload_on_sighup(reloader: Arc<Reloader>, hangups: Hangups) {
+    #[cfg(unix)]
+    if let Some(mut hangups) = hangups {
         while hangups.recv().await.is_some() {
             // Errors are logged and kept in the status by the reloader.
             let _ = reloader.reload(Trigger::Signal).await;
         }
     }
     #[cfg(not(unix))]
-    drop(reloader);
+    let _ = (reloader, hangups);
 }
 
 /// Resolves on SIGTERM or SIGINT.

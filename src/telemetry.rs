@@ -73,7 +73,9 @@ pub fn init(
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let registry = tracing_subscriber::registry().with(filter).with(logs);
+    // The level filters the logs only: exported spans have their own filter (below), so
+    // `--log-level warn` does not silence tracing.
+    let registry = tracing_subscriber::registry().with(logs.with_filter(filter));
     match otlp_endpoint {
         None => {
             registry.try_init().map_err(|e| e.to_string())?;
@@ -82,7 +84,12 @@ pub fn init(
         #[cfg(feature = "otlp")]
         Some(endpoint) => {
             let (layer, provider) = otlp::layer(endpoint)?;
-            registry.with(layer).try_init().map_err(|e| e.to_string())?;
+            let spans = tracing_subscriber::filter::Targets::new()
+                .with_target("tollgate", tracing::Level::INFO);
+            registry
+                .with(layer.with_filter(spans))
+                .try_init()
+                .map_err(|e| e.to_string())?;
             SPANS_EXPORTED.store(true, Ordering::Relaxed);
             Ok(Telemetry {
                 provider: Some(provider),

@@ -41,7 +41,8 @@ async fn spans_continue_the_trace_envoy_sends() {
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, collector).await.unwrap() });
 
-    let telemetry = telemetry::init("info", LogFormat::Text, Some(&endpoint)).unwrap();
+    // Logs at warn: the exported spans have their own filter.
+    let telemetry = telemetry::init("warn", LogFormat::Text, Some(&endpoint)).unwrap();
     let mut s = start("domain: t\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 5}\n").await;
     let mut call = tonic::Request::new(request("t", vec![descriptor(&[("k", "v")])]));
     let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
