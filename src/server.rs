@@ -109,20 +109,21 @@ impl Server {
             metrics: Arc::new(Metrics::new(self.reloader.clone(), self.options.metrics)),
             reloader: self.reloader.clone(),
         };
-        // The watcher lives as long as `serve`; dropping it stops the reload task.
-        let _watcher = if self.options.watch {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let deadline_rx = stop_rx.clone();
+        if self.options.watch {
             let path = self.reloader.path();
-            let (watcher, events) = watch::watch(path).map_err(|source| ServeError::Watch {
+            let (watch, events) = watch::watch(path).map_err(|source| ServeError::Watch {
                 path: path.display().to_string(),
                 source,
             })?;
-            tokio::spawn(watch::run(self.reloader.clone(), events));
-            Some(watcher)
-        } else {
-            None
-        };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let deadline_rx = stop_rx.clone();
+            tokio::spawn(watch::run(
+                self.reloader.clone(),
+                watch,
+                events,
+                stopped(stop_rx.clone()),
+            ));
+        }
         let (health, health_service) = tonic_health::server::health_reporter();
         type Rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RateLimitGrpc>;
         health.set_serving::<Rls>().await;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Setup, TestServer, descriptor, eventually, request, start, start_in, start_with};
+use common::{
+    Setup, TestServer, descriptor, eventually, request, start, start_at, start_in, start_with,
+};
 use serde_json::Value;
 use tollgate::reload::Trigger;
 
@@ -126,6 +128,33 @@ async fn a_configmap_symlink_swap_is_picked_up() {
     fs::remove_dir_all(s.dir.join("..2026_11_22_01")).unwrap();
     wait_new_version(&s, &before).await;
     assert_eq!(user_limit(&mut s).await, Some(30));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_retargeted_config_symlink_is_followed() {
+    // --config root/current, a symlink to a directory, as deploy tools switch releases.
+    let tempdir = tempfile::tempdir().unwrap();
+    let root = tempdir.path().to_path_buf();
+    for (version, limit) in [("v1", 3), ("v2", 4)] {
+        fs::create_dir(root.join(version)).unwrap();
+        fs::write(root.join(version).join("limits.yaml"), limits("d", limit)).unwrap();
+    }
+    symlink("v1", root.join("current")).unwrap();
+    let mut s = start_at(tempdir, "current", watching()).await;
+    assert_eq!(user_limit(&mut s).await, Some(3));
+
+    let before = s.reloader.status().version;
+    symlink("v2", root.join("current.tmp")).unwrap();
+    fs::rename(root.join("current.tmp"), root.join("current")).unwrap();
+    wait_new_version(&s, &before).await;
+    assert_eq!(user_limit(&mut s).await, Some(4));
+
+    // The watch follows the new target: an edit in v2 is picked up.
+    let before = s.reloader.status().version;
+    fs::write(root.join("v2").join("limits.yaml"), limits("d", 5)).unwrap();
+    wait_new_version(&s, &before).await;
+    assert_eq!(user_limit(&mut s).await, Some(5));
     s.stop().await;
 }
 

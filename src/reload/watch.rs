@@ -9,8 +9,7 @@
 //! (and ConfigMap `..` entries) count. A reload of unchanged files is a no-op, so spurious
 //! events cost one read.
 
-use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,50 +34,96 @@ fn is_change(event: &Event) -> bool {
     }
 }
 
-/// Whether an event concerns the configuration: anything in a watched directory, or, for a
-/// single file, that file and the ConfigMap's `..`-prefixed entries beside it.
-fn concerns(event: &Event, file: Option<&OsStr>) -> bool {
-    let Some(file) = file else {
-        return true;
-    };
-    event
-        .paths
-        .iter()
-        .filter_map(|p| p.file_name())
-        .any(|name| name == file || name.to_string_lossy().starts_with(".."))
+/// Whether an event concerns the configuration at `path`: for a directory, anything inside it
+/// and the directory entry itself (replaced, or a symlink to it retargeted); for a single file,
+/// that file and the ConfigMap's `..`-prefixed entries beside it.
+fn concerns(event: &Event, path: &Path, is_dir: bool) -> bool {
+    event.paths.iter().any(|p| {
+        if is_dir {
+            p.starts_with(path) || p.file_name() == path.file_name()
+        } else {
+            p.file_name().is_some_and(|name| {
+                Some(name) == path.file_name() || name.to_string_lossy().starts_with("..")
+            })
+        }
+    })
+}
+
+/// The file watch on a configuration path.
+pub struct ConfigWatch {
+    watcher: RecommendedWatcher,
+    /// The directory whose entries are the configuration.
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for ConfigWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigWatch")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigWatch {
+    /// Watches `dir` again, so a directory that was replaced, or a symlink that now points
+    /// elsewhere, is followed: inotify watches an inode, not a name.
+    fn rearm(&mut self) {
+        let _ = self.watcher.unwatch(&self.dir);
+        if let Err(error) = self.watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(%error, dir = %self.dir.display(), "cannot watch the configuration directory");
+        }
+    }
 }
 
 /// Starts watching `path`; the receiver yields once per batch of change events.
-pub fn watch(path: &Path) -> notify::Result<(RecommendedWatcher, mpsc::Receiver<()>)> {
+pub fn watch(path: &Path) -> notify::Result<(ConfigWatch, mpsc::Receiver<()>)> {
     let (tx, rx) = mpsc::channel(1);
-    let file = if path.is_dir() {
-        None
-    } else {
-        path.file_name().map(OsStr::to_owned)
+    let is_dir = path.is_dir();
+    let parent_of = |p: &Path| {
+        p.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
     };
+    let watched = path.to_path_buf();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<Event>| match event {
             // A full channel already holds a pending wake-up, which is all that is needed.
-            Ok(event) if is_change(&event) && concerns(&event, file.as_deref()) => {
+            Ok(event) if is_change(&event) && concerns(&event, &watched, is_dir) => {
                 let _ = tx.try_send(());
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "file watcher error"),
         })?;
-    let dir = if path.is_dir() {
-        path
+    let dir = if is_dir {
+        path.to_path_buf()
     } else {
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
+        parent_of(path)
     };
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    Ok((watcher, rx))
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    if is_dir {
+        // The directory's own entry lives in its parent: watch that too, to see it replaced.
+        let parent = parent_of(path);
+        if parent != dir {
+            watcher.watch(&parent, RecursiveMode::NonRecursive)?;
+        }
+    }
+    Ok((ConfigWatch { watcher, dir }, rx))
 }
 
-/// Reloads after each debounced batch of changes until `events` closes.
-pub async fn run(reloader: Arc<Reloader>, mut events: mpsc::Receiver<()>) {
-    while events.recv().await.is_some() {
+/// Reloads after each debounced batch of changes until `events` closes or `stop` resolves.
+pub async fn run(
+    reloader: Arc<Reloader>,
+    mut watch: ConfigWatch,
+    mut events: mpsc::Receiver<()>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            event = events.recv() => if event.is_none() { return },
+        }
         let latest = tokio::time::Instant::now() + MAX_DELAY;
         loop {
             let quiet_until = (tokio::time::Instant::now() + QUIET).min(latest);
@@ -88,6 +133,7 @@ pub async fn run(reloader: Arc<Reloader>, mut events: mpsc::Receiver<()>) {
                 Err(_quiet_or_max_delay) => break,
             }
         }
+        watch.rearm();
         // Errors are logged and kept in the status by the reloader.
         let _ = reloader.reload(Trigger::Watch).await;
     }

@@ -77,6 +77,13 @@ pub async fn start_with(yaml: &str, setup: Setup) -> TestServer {
 
 /// Starts a server on the configuration directory `tempdir`, prepared by the caller.
 pub async fn start_in(tempdir: tempfile::TempDir, setup: Setup) -> TestServer {
+    let inside = if setup.single_file { "limits.yaml" } else { "" };
+    start_at(tempdir, inside, setup).await
+}
+
+/// Starts a server on the configuration at `inside` (relative to `tempdir`; empty for the
+/// directory itself).
+pub async fn start_at(tempdir: tempfile::TempDir, inside: &str, setup: Setup) -> TestServer {
     let clock = Arc::new(ManualClock::at(T0));
     let settings = Settings {
         shadow_mode: setup.shadow_mode,
@@ -92,10 +99,10 @@ pub async fn start_in(tempdir: tempfile::TempDir, setup: Setup) -> TestServer {
     };
     let reloader = Arc::new(
         Reloader::start(
-            &if setup.single_file {
-                tempdir.path().join("limits.yaml")
-            } else {
+            &if inside.is_empty() {
                 tempdir.path().to_path_buf()
+            } else {
+                tempdir.path().join(inside)
             },
             Options::default(),
             build,
