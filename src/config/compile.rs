@@ -77,16 +77,13 @@ fn compile_file(
         file,
         options,
         errors,
-        rules: 0,
     };
     let mut path = vec![Step::Key("descriptors")];
     let root = builder.level(&spec.descriptors, &spec.domain, &mut path, &[]);
-    let rules = builder.rules;
     (errors.len() == before).then(|| Domain {
         name: spec.domain,
         file: file.path.clone(),
         root,
-        rules,
     })
 }
 
@@ -127,7 +124,6 @@ struct TreeBuilder<'a> {
     file: &'a SourceFile,
     options: &'a Options,
     errors: &'a mut Vec<ConfigError>,
-    rules: usize,
 }
 
 impl TreeBuilder<'_> {
@@ -201,30 +197,27 @@ impl TreeBuilder<'_> {
             policy.map(|policy| (limit, policy))
         });
         let rule = match rule {
-            Some((limit, policy)) => {
-                self.rules += 1;
-                Some(Arc::new(Rule {
-                    id: id.as_str().into(),
-                    name: limit
-                        .name
-                        .as_deref()
-                        .filter(|n| !n.is_empty())
-                        .map(Into::into),
-                    policy,
-                    shadow_mode: spec.shadow_mode,
-                    quota_mode: spec.quota_mode,
-                    replaces: limit
-                        .replaces
-                        .iter()
-                        .map(|r| r.name.as_str().into())
-                        .collect(),
-                    detailed_metric: spec.detailed_metric,
-                    value_to_metric: spec.value_to_metric,
-                    key_parts: parts.clone(),
-                    metadata: spec.metadata.clone(),
-                    tag: Rule::tag_of(self.domain, &id),
-                }))
-            }
+            Some((limit, policy)) => Some(Arc::new(Rule {
+                id: id.as_str().into(),
+                name: limit
+                    .name
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .map(Into::into),
+                policy,
+                shadow_mode: spec.shadow_mode,
+                quota_mode: spec.quota_mode,
+                replaces: limit
+                    .replaces
+                    .iter()
+                    .map(|r| r.name.as_str().into())
+                    .collect(),
+                detailed_metric: spec.detailed_metric,
+                value_to_metric: spec.value_to_metric,
+                key_parts: parts.clone(),
+                metadata: spec.metadata.clone(),
+                tag: Rule::tag_of(self.domain, &id),
+            })),
             None => None,
         };
         path.push(Step::Key("descriptors"));

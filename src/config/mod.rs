@@ -36,8 +36,6 @@ pub struct Domain {
     pub file: PathBuf,
     /// The top level of its descriptor tree.
     pub root: Level,
-    /// How many rules the tree holds.
-    pub rules: usize,
 }
 
 /// The compiled configuration: every domain's matcher.
@@ -83,7 +81,7 @@ impl Domain {
             "{}: domain '{}': {} limits ({} unlimited, {} shadow mode)",
             self.file.display(),
             self.name,
-            self.rules,
+            rules.len(),
             count(|r| r.policy == Policy::Unlimited),
             count(|r| r.shadow_mode),
         )

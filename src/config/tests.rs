@@ -64,7 +64,7 @@ descriptors:
     )
     .unwrap();
     let domain = config.domain("mongo_cps").unwrap();
-    assert_eq!(domain.rules, 5);
+    assert_eq!(domain.root.rules().len(), 5);
     let rule = config.find("mongo_cps", &[("status", "200")]).unwrap();
     assert_eq!(&*rule.id, "mongo_cps.status_200");
     assert!(rule.shadow_mode && rule.detailed_metric);

@@ -130,6 +130,15 @@ impl Reloader {
             .clone()
     }
 
+    /// Whether `version` is the configuration in force.
+    fn in_force(&self, version: &str) -> bool {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .version
+            == version
+    }
+
     fn update_status(&self, change: impl FnOnce(&mut ReloadStatus)) {
         change(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
     }
@@ -148,7 +157,7 @@ impl Reloader {
             });
         let now = SystemTime::now();
         match loaded {
-            Ok(loaded) if loaded.version == self.status().version => {
+            Ok(loaded) if self.in_force(&loaded.version) => {
                 self.update_status(|s| s.last_error = None);
                 tracing::debug!(%trigger, "configuration unchanged");
                 Ok(Outcome::Unchanged)
