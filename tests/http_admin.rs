@@ -9,41 +9,26 @@ use serde_json::{Value, json};
 
 const CONFIG: &str = "domain: web\ndescriptors:\n  - key: user\n    rate_limit: {name: per_user, unit: minute, requests_per_unit: 2}\n";
 
-async fn post(url: &str, body: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .post(url)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
 #[tokio::test]
 async fn healthcheck_answers_ok() {
     let s = start(CONFIG).await;
-    let response = reqwest::get(format!("http://{}/healthcheck", s.http))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), "OK");
+    assert_eq!(s.admin_get("/healthcheck").await, (200, "OK".to_owned()));
     s.stop().await;
 }
 
 #[tokio::test]
 async fn json_answers_200_then_429_like_the_reference_service() {
     let s = start(CONFIG).await;
-    let url = format!("http://{}/json", s.http);
     let body = r#"{"domain":"web","descriptors":[{"entries":[{"key":"user","value":"a"}]}]}"#;
-    let (status, text) = post(&url, body).await;
+    let (status, text) = s.admin_post("/json", body).await;
     assert_eq!(status, 200);
     let answer: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
         answer,
         json!({"overallCode":"OK","statuses":[{"code":"OK","currentLimit":{"name":"per_user","requestsPerUnit":2,"unit":"MINUTE"},"limitRemaining":1,"durationUntilReset":"30s"}]})
     );
-    post(&url, body).await;
-    let (status, text) = post(&url, body).await;
+    s.admin_post("/json", body).await;
+    let (status, text) = s.admin_post("/json", body).await;
     assert_eq!(status, 429);
     assert_eq!(
         serde_json::from_str::<Value>(&text).unwrap()["overallCode"],
@@ -55,7 +40,6 @@ async fn json_answers_200_then_429_like_the_reference_service() {
 #[tokio::test]
 async fn json_rejects_bad_input_with_400_and_a_message() {
     let s = start(CONFIG).await;
-    let url = format!("http://{}/json", s.http);
     for (body, message) in [
         ("{", "invalid RateLimitRequest JSON"),
         (
@@ -71,7 +55,7 @@ async fn json_rejects_bad_input_with_400_and_a_message() {
             "descriptor list must not be empty",
         ),
     ] {
-        let (status, text) = post(&url, body).await;
+        let (status, text) = s.admin_post("/json", body).await;
         assert_eq!(status, 400, "{body}");
         assert!(text.contains(message), "{body}: {text}");
     }

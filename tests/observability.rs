@@ -17,12 +17,8 @@ async fn exported_names() -> BTreeSet<String> {
     for key in ["user", "user", "trial", "trial"] {
         s.call(request("o", vec![descriptor(&[(key, "x")])])).await;
     }
-    let text = reqwest::get(format!("http://{}/metrics", s.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (status, text) = s.admin_get("/metrics").await;
+    assert_eq!(status, 200);
     s.stop().await;
     text.lines()
         .filter(|line| !line.starts_with('#'))

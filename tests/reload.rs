@@ -185,26 +185,16 @@ async fn an_invalid_change_keeps_the_last_good_config_until_a_valid_one() {
     s.stop().await;
 }
 
-async fn get(s: &TestServer, path: &str) -> (u16, String) {
-    let r = reqwest::get(format!("http://{}{path}", s.http))
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
+/// POST `path` on the admin port, with the JSON answer.
 async fn post(s: &TestServer, path: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("http://{}{path}", s.http))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    let (status, body) = s.admin_post(path, "").await;
+    (status, serde_json::from_str(&body).unwrap())
 }
 
 #[tokio::test]
 async fn post_reload_get_config_and_rlconfig() {
     let s = start(&limits("d", 3)).await;
-    let (status, body) = get(&s, "/config").await;
+    let (status, body) = s.admin_get("/config").await;
     assert_eq!(status, 200);
     let config: Value = serde_json::from_str(&body).unwrap();
     let v1 = config["version"].as_str().unwrap().to_owned();
@@ -220,7 +210,7 @@ async fn post_reload_get_config_and_rlconfig() {
 
     fs::write(s.dir.join("limits.yaml"), limits("d", 4)).unwrap();
     assert_eq!(
-        get(&s, "/config").await.1,
+        s.admin_get("/config").await.1,
         body,
         "without a watcher nothing changes by itself"
     );
@@ -244,12 +234,12 @@ async fn post_reload_get_config_and_rlconfig() {
             .contains("limits.yaml:2: error loading config file: unknown field `bogus`"),
         "{answer}"
     );
-    let (_, config) = get(&s, "/config").await;
+    let (_, config) = s.admin_get("/config").await;
     let config: Value = serde_json::from_str(&config).unwrap();
     assert_eq!(config["failures"], 1);
     assert_eq!(config["last_error"]["trigger"], "POST /reload");
 
-    let (status, text) = get(&s, "/rlconfig").await;
+    let (status, text) = s.admin_get("/rlconfig").await;
     assert_eq!(status, 200);
     assert_eq!(
         text,

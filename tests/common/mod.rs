@@ -164,6 +164,25 @@ impl TestServer {
         self.clock.advance(by);
     }
 
+    /// GET `path` on the admin port: status and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.http))
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// POST `body` to `path` on the admin port: status and body.
+    pub async fn admin_post(&self, path: &str, body: &str) -> (u16, String) {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.http))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
     /// A grpc.health.v1 client on the server's gRPC port.
     pub async fn health_client(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
