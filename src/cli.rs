@@ -10,12 +10,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::clock::SystemClock;
 use crate::config::{self, Options};
+use crate::decision::Global;
 use crate::decision::{Limiter, Settings};
 use crate::metrics::MetricsOptions;
 use crate::quota::Algorithm;
 use crate::reload::{Reloader, Trigger};
 use crate::server::{Server, ServerOptions};
-use crate::store::MemoryStore;
+use crate::store::{Consistency, FailurePolicy, MemoryStore, RedisOptions, RedisStore};
 use crate::telemetry::{self, LogFormat};
 
 /// tollgate: an Envoy rate limit service (envoy.service.ratelimit.v3) with hot in-memory
@@ -62,6 +63,11 @@ enum Command {
     /// Prints one summary line per domain and exits 0 when valid; prints one line per problem
     /// (file, line, descriptor, what is wrong) and exits 1 when not.
     Validate(ValidateArgs),
+    /// Print the digest of an API key read from stdin, for a tenant's `api_keys:`.
+    ///
+    /// Reads the key from standard input (a trailing newline is ignored) so it never appears
+    /// in the process list or shell history, and prints `sha256:<64 hex digits>`.
+    HashKey,
 }
 
 #[derive(Debug, Args)]
@@ -124,10 +130,121 @@ struct ServeArgs {
     /// Do not watch the configuration files; reload only on SIGHUP or POST /reload.
     #[arg(long, env = "TOLLGATE_NO_WATCH")]
     no_watch: bool,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Seconds between sweeps that drop idle (full) buckets.
     #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", value_name = "SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
     sweep_interval: u64,
+}
+
+/// Where buckets live.
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// Where buckets live: this process's memory, or Redis shared by every replica.
+    #[arg(long, env = "TOLLGATE_STORE", value_enum, default_value_t = StoreArg::Memory)]
+    store: StoreArg,
+    /// Redis to count in (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS).
+    /// Repeat it (or give a comma-separated list) with --redis-cluster to seed a Redis Cluster.
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_URL",
+        value_name = "URL",
+        value_delimiter = ',',
+        required_if_eq("store", "redis")
+    )]
+    redis_url: Vec<String>,
+    /// The --redis-url addresses are Redis Cluster nodes.
+    #[arg(long, env = "TOLLGATE_REDIS_CLUSTER")]
+    redis_cluster: bool,
+    /// How replicas agree on a limit: `strict` decides every request atomically in Redis;
+    /// `cached` spends tokens leased from Redis in slices, off the request path. A limit's
+    /// `consistency:` overrides it.
+    #[arg(long, env = "TOLLGATE_CONSISTENCY", value_enum, default_value_t = ConsistencyArg::Strict)]
+    consistency: ConsistencyArg,
+    /// What to answer while Redis is unreachable or slower than --redis-timeout: decide from
+    /// this replica's memory buckets (`local`), admit (`allow`), or deny (`deny`).
+    #[arg(long, env = "TOLLGATE_REDIS_FAILURE", value_enum, default_value_t = FailureArg::Local)]
+    redis_failure: FailureArg,
+    /// Longest wait for Redis on one request before the failure policy answers; keep it well
+    /// below Envoy's rate limit timeout (20ms by default).
+    #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT", value_name = "DURATION", default_value = "5ms",
+          value_parser = humantime::parse_duration)]
+    redis_timeout: Duration,
+    /// Prefix of every Redis key (also seeds bucket names: replicas sharing limits must agree).
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_PREFIX",
+        value_name = "PREFIX",
+        default_value = "tollgate:"
+    )]
+    redis_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreArg {
+    /// Buckets in this process (per replica).
+    Memory,
+    /// Buckets in Redis (global across replicas).
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ConsistencyArg {
+    /// Every decision atomic in Redis: never more than the limit across replicas.
+    Strict,
+    /// Leased slices spent locally: memory-speed, never more than the limit, up to a slice per
+    /// replica less while leases are out.
+    Cached,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FailureArg {
+    /// Decide from this replica's memory buckets.
+    Local,
+    /// Admit every request.
+    Allow,
+    /// Deny every request that has a limit.
+    Deny,
+}
+
+impl StoreArgs {
+    /// The Redis side, when --store redis.
+    fn global(&self, max_leases: usize) -> Result<Option<Global>, String> {
+        if self.store == StoreArg::Memory {
+            return Ok(None);
+        }
+        let options = RedisOptions {
+            urls: self.redis_url.clone(),
+            cluster: self.redis_cluster,
+            prefix: self.redis_prefix.clone(),
+            timeout: self.redis_timeout,
+        };
+        let redis = RedisStore::start(&options).map_err(|e| e.to_string())?;
+        let consistency = match self.consistency {
+            ConsistencyArg::Strict => Consistency::Strict,
+            ConsistencyArg::Cached => Consistency::Cached,
+        };
+        let failure = match self.redis_failure {
+            FailureArg::Local => FailurePolicy::Local,
+            FailureArg::Allow => FailurePolicy::Allow,
+            FailureArg::Deny => FailurePolicy::Deny,
+        };
+        Ok(Some(
+            Global::new(redis, consistency, failure, &self.redis_prefix)
+                .with_max_leases(max_leases),
+        ))
+    }
+}
+
+/// `url` without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +271,12 @@ enum AlgorithmArg {
     /// envoyproxy/ratelimit's epoch-aligned window counter.
     #[value(name = "fixed_window")]
     FixedWindow,
+    /// The weighted two-window counter: no burst at window edges.
+    #[value(name = "sliding_window")]
+    SlidingWindow,
+    /// Exact counting over the last unit (at most 10 000 per unit).
+    #[value(name = "sliding_log")]
+    SlidingLog,
 }
 
 impl CompileArgs {
@@ -162,6 +285,8 @@ impl CompileArgs {
             default_algorithm: match self.default_algorithm {
                 AlgorithmArg::TokenBucket => Algorithm::TokenBucket,
                 AlgorithmArg::FixedWindow => Algorithm::FixedWindow,
+                AlgorithmArg::SlidingWindow => Algorithm::SlidingWindow,
+                AlgorithmArg::SlidingLog => Algorithm::SlidingLog,
             },
         }
     }
@@ -187,6 +312,7 @@ pub fn main() -> ExitCode {
         };
     let code = match cli.command {
         Command::Validate(args) => validate(&args.path, &args.compile.options()),
+        Command::HashKey => hash_key(),
         Command::Serve(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -203,6 +329,21 @@ pub fn main() -> ExitCode {
     };
     telemetry.flush();
     code
+}
+
+fn hash_key() -> ExitCode {
+    let mut key = String::new();
+    if let Err(error) = std::io::stdin().read_line(&mut key) {
+        eprintln!("error: cannot read the key from stdin: {error}");
+        return ExitCode::FAILURE;
+    }
+    let key = key.trim_end_matches(['\n', '\r']);
+    if key.is_empty() {
+        eprintln!("error: no key on stdin (usage: printf %s \"$KEY\" | tollgate hash-key)");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", crate::authz::hash_key(key));
+    ExitCode::SUCCESS
 }
 
 fn validate(path: &Path, options: &Options) -> ExitCode {
@@ -235,13 +376,36 @@ async fn serve(args: ServeArgs) -> ExitCode {
         shadow_mode: args.shadow_mode,
         default_algorithm: options.default_algorithm,
     };
+    let global = match args.store.global(args.max_buckets) {
+        Ok(global) => global,
+        Err(error) => {
+            tracing::error!("invalid --redis-url: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(global) = &global {
+        let urls: Vec<String> = args.store.redis_url.iter().map(|u| redacted(u)).collect();
+        if global.redis().wait_ready(Duration::from_secs(1)).await {
+            tracing::info!(?urls, "counting in redis");
+        } else {
+            tracing::warn!(
+                ?urls,
+                policy = global.failure_name(),
+                "redis not reachable yet: answering by the failure policy until it is"
+            );
+        }
+    }
     let build = |config| {
-        Limiter::new(
+        let limiter = Limiter::new(
             config,
             MemoryStore::new(args.max_buckets),
             Arc::new(SystemClock::new()),
             settings,
-        )
+        );
+        match global {
+            Some(global) => limiter.with_global(global),
+            None => limiter,
+        }
     };
     let reloader = match Reloader::start(&args.config, options, build) {
         Ok(reloader) => Arc::new(reloader),

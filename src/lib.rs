@@ -4,10 +4,13 @@
 //! - [`config`]: read YAML files, validate, compile to an immutable [`matcher`] tree.
 //! - [`decision`]: match request descriptors to [`rule`]s, run the [`algorithm`]s on the
 //!   buckets of a [`store`], and decide all-or-nothing.
-//! - [`protocol`]: Envoy's gRPC `RateLimitService`, the HTTP admin endpoints and JSON.
+//! - [`authz`]: ext_authz tenants: API keys → tenant → tier → descriptors.
+//! - [`protocol`]: Envoy's gRPC `RateLimitService` and `Authorization`, the HTTP admin
+//!   endpoints and JSON.
 //! - [`server`]: listeners, health, shutdown and background upkeep.
 
 pub mod algorithm;
+pub mod authz;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -119,23 +119,41 @@ pub enum Algorithm {
     TokenBucket,
     /// envoyproxy/ratelimit's counter per epoch-aligned window of one unit.
     FixedWindow,
+    /// The weighted two-window counter: the previous window's count, weighted by how much of
+    /// it is still inside the last unit, plus the current window's.
+    SlidingWindow,
+    /// Exact: one timestamp per admitted hit over the last unit.
+    SlidingLog,
 }
 
 impl Algorithm {
     /// Every algorithm.
-    pub const ALL: [Algorithm; 2] = [Algorithm::TokenBucket, Algorithm::FixedWindow];
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::TokenBucket,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::SlidingLog,
+    ];
 
     /// The snake_case name used in YAML and on the command line.
     pub const fn name(self) -> &'static str {
         match self {
             Algorithm::TokenBucket => "token_bucket",
             Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::SlidingLog => "sliding_log",
         }
     }
 
-    /// Parses a snake_case algorithm name.
+    /// Parses a snake_case algorithm name. `gcra` and `leaky_bucket` name the token bucket:
+    /// the generic cell rate algorithm is how it is computed, and a leaky bucket used as a
+    /// meter (capacity `burst`, draining at `requests_per_unit` per unit) admits exactly the
+    /// same requests (a test checks it against a leaky-bucket model).
     pub fn parse(name: &str) -> Option<Algorithm> {
-        Algorithm::ALL.into_iter().find(|a| a.name() == name)
+        match name {
+            "gcra" | "leaky_bucket" => Some(Algorithm::TokenBucket),
+            _ => Algorithm::ALL.into_iter().find(|a| a.name() == name),
+        }
     }
 }
 
@@ -187,11 +205,13 @@ impl Quota {
         self.algorithm
     }
 
-    /// The token-bucket capacity (equal to `requests_per_unit` for fixed windows).
+    /// The token-bucket capacity (equal to `requests_per_unit` for the window algorithms).
     pub const fn burst(&self) -> u32 {
         match self.algorithm {
             Algorithm::TokenBucket => self.burst,
-            Algorithm::FixedWindow => self.requests_per_unit,
+            Algorithm::FixedWindow | Algorithm::SlidingWindow | Algorithm::SlidingLog => {
+                self.requests_per_unit
+            }
         }
     }
 }

@@ -45,6 +45,11 @@ pub struct Rule {
     pub key_parts: Vec<KeyPart>,
     /// Free-form `metadata` from the file.
     pub metadata: Option<serde_yaml::Value>,
+    /// `consistency:` when the limit sets it (Redis store only): how replicas agree on it.
+    pub consistency: Option<crate::store::Consistency>,
+    /// `max_delay:` (ext_authz only): hold a request that would be denied until it conforms,
+    /// for at most this long, instead of denying it.
+    pub max_delay: Option<std::time::Duration>,
     /// A stable 32-bit digest of the domain and `id`, stamped on the rule's buckets so a reload
     /// can drop the buckets of removed rules.
     pub tag: u32,

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::decision::Limiter;
 use crate::metrics::{Metrics, MetricsOptions};
-use crate::protocol::{Shared, admin, rls::RateLimitGrpc};
+use crate::protocol::{Shared, admin, authz::AuthorizationGrpc, rls::RateLimitGrpc};
 use crate::reload::{Reloader, watch};
 
 /// A failure to start or to keep serving.
@@ -149,11 +149,13 @@ impl Server {
             self.options.sweep_interval,
             stopped(stop_rx.clone()),
         ));
+        let keeper = tokio::spawn(keep_leases(limiter.clone(), stopped(stop_rx.clone())));
 
         let grpc = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(RateLimitGrpc::new(shared.clone()).into_server())
+            .add_service(AuthorizationGrpc::new(shared.clone()).into_server())
             .serve_with_incoming_shutdown(
                 // Accepted sockets get TCP_NODELAY here: the builder's setting only reaches
                 // listeners it binds itself, and Nagle + delayed ACKs stall answers ~40 ms.
@@ -176,8 +178,29 @@ impl Server {
             }
         };
         sweeper.abort();
+        // Give the leases back so other replicas can spend them; gone for good on a crash.
+        if let Ok(Some(returned)) = keeper.await {
+            tracing::info!(leases = returned, "gave back unspent cached-mode leases");
+        }
         grpc?;
         http
+    }
+}
+
+/// Cached mode: gives back the unspent tokens of expired leases until `stop`, then of all
+/// leases. Returns how many leases were given back at the end (`None` without Redis).
+async fn keep_leases(limiter: Arc<Limiter>, stop: impl Future<Output = ()>) -> Option<usize> {
+    let global = limiter.global()?;
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Some(global.return_leases(limiter.clock().now(), true).await),
+            _ = ticks.tick() => {
+                global.return_leases(limiter.clock().now(), false).await;
+            }
+        }
     }
 }
 

@@ -74,7 +74,7 @@ fn validate_summarises_valid_configs() {
     let out = run(&["validate", "examples/config"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
     assert!(stdout.contains("domain 'api'"), "{stdout}");
 }
 

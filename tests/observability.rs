@@ -7,23 +7,33 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{descriptor, request, start};
+use common::redis::RedisServer;
+use common::{RedisSetup, descriptor, request, start, start_with};
 
 const CONFIG: &str = "domain: o\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 1}\n  - key: trial\n    shadow_mode: true\n    rate_limit: {unit: minute, requests_per_unit: 1}\n";
 
-/// Every sample name the server exports after some traffic.
+/// Every sample name a server exports after some traffic: one counting in memory and one
+/// counting in Redis (which adds the Redis metrics).
 async fn exported_names() -> BTreeSet<String> {
-    let mut s = start(CONFIG).await;
-    for key in ["user", "user", "trial", "trial"] {
-        s.call(request("o", vec![descriptor(&[(key, "x")])])).await;
+    let redis = RedisServer::start();
+    let mut names = BTreeSet::new();
+    for mut s in [
+        start(CONFIG).await,
+        start_with(CONFIG, RedisSetup::cached(&redis.url()).setup()).await,
+    ] {
+        for key in ["user", "user", "trial", "trial"] {
+            s.call(request("o", vec![descriptor(&[(key, "x")])])).await;
+        }
+        let (status, text) = s.admin_get("/metrics").await;
+        assert_eq!(status, 200);
+        s.stop().await;
+        names.extend(
+            text.lines()
+                .filter(|line| !line.starts_with('#'))
+                .map(|line| line.split(['{', ' ']).next().unwrap().to_owned()),
+        );
     }
-    let (status, text) = s.admin_get("/metrics").await;
-    assert_eq!(status, 200);
-    s.stop().await;
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .map(|line| line.split(['{', ' ']).next().unwrap().to_owned())
-        .collect()
+    names
 }
 
 /// The `tollgate_*` names a PromQL expression uses.
@@ -67,6 +77,7 @@ async fn alert_rules_are_well_formed_and_use_exported_metrics() {
         "TollgateOverLimitSpike",
         "TollgateConfigReloadFailing",
         "TollgateDecisionLatencyHigh",
+        "TollgateRedisDegraded",
     ] {
         assert!(
             alerts.iter().any(|a| a == wanted),
@@ -103,6 +114,7 @@ async fn the_dashboard_is_well_formed_and_uses_exported_metrics() {
         "tollgate_rate_limit_over_limit_hits_total",
         "tollgate_decision_duration_seconds_bucket",
         "tollgate_config_load_failures_total",
+        "tollgate_redis_degraded",
     ] {
         assert!(used.contains(wanted), "dashboard lacks {wanted}");
     }

@@ -6,73 +6,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Setup, descriptor, request, start, start_with};
+use common::{Setup, codes, descriptor, one, request, reset_secs, start, start_with};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
-use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::google::protobuf::UInt64Value;
 
-const CONFIG: &str = r#"
-domain: test
-descriptors:
-  - key: user
-    rate_limit: {name: per_user, unit: minute, requests_per_unit: 3}
-  - key: window
-    rate_limit: {unit: minute, requests_per_unit: 2, algorithm: fixed_window}
-  - key: bursty
-    rate_limit: {unit: second, requests_per_unit: 1, burst: 3}
-  - key: free
-    rate_limit: {unlimited: true}
-  - key: blocked
-    rate_limit: {unit: second, requests_per_unit: 0}
-  - key: shadow
-    shadow_mode: true
-    rate_limit: {unit: minute, requests_per_unit: 1}
-  - key: general
-    rate_limit: {name: general, unit: minute, requests_per_unit: 100}
-  - key: special
-    rate_limit: {name: special, unit: minute, requests_per_unit: 1, replaces: [{name: general}]}
-  - key: quota_a
-    quota_mode: true
-    rate_limit: {unit: minute, requests_per_unit: 1}
-  - key: quota_b
-    quota_mode: true
-    rate_limit: {unit: minute, requests_per_unit: 2}
-  - key: files
-    value: "*.pdf"
-    share_threshold: true
-    rate_limit: {unit: minute, requests_per_unit: 2}
-  - key: ip
-    value: 10.0.0.1
-  - key: ip
-    rate_limit: {unit: minute, requests_per_unit: 1}
-"#;
+use common::SEMANTICS as CONFIG;
 
 const OK: i32 = Code::Ok as i32;
 const OVER: i32 = Code::OverLimit as i32;
 const SEC: Duration = Duration::from_secs(1);
-
-fn one(
-    key: &str,
-    value: &str,
-) -> Vec<envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor> {
-    vec![descriptor(&[(key, value)])]
-}
-
-fn codes(response: &RateLimitResponse) -> (i32, Vec<i32>) {
-    (
-        response.overall_code,
-        response.statuses.iter().map(|s| s.code).collect(),
-    )
-}
-
-fn reset_secs(status: &DescriptorStatus) -> f64 {
-    let d = status
-        .duration_until_reset
-        .as_ref()
-        .expect("duration_until_reset");
-    d.seconds as f64 + f64::from(d.nanos) / 1e9
-}
 
 #[tokio::test]
 async fn token_bucket_admits_the_limit_then_refills() {

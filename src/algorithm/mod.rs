@@ -5,6 +5,8 @@
 //! map or does I/O: the functions are exact, deterministic and cheap to test.
 
 pub mod fixed_window;
+pub mod sliding_log;
+pub mod sliding_window;
 pub mod token_bucket;
 
 use crate::clock::Nanos;
@@ -36,11 +38,21 @@ impl Verdict {
     }
 }
 
-/// Decides a request of `cost` units against `state` at `now`.
+/// Decides a request of `cost` units against the state word `state` at `now`. The sliding
+/// log keeps a log instead of a word and is decided by [`sliding_log::decide`]; given a word,
+/// it fails closed (denies) rather than guess.
 pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
     match quota.algorithm() {
+        Algorithm::SlidingLog => Verdict {
+            allowed: false,
+            state,
+            remaining: 0,
+            reset_after: quota.unit().nanos(),
+            retry_after: None,
+        },
         Algorithm::TokenBucket => token_bucket::decide(quota, state, now, cost),
         Algorithm::FixedWindow => fixed_window::decide(quota, state, now, cost),
+        Algorithm::SlidingWindow => sliding_window::decide(quota, state, now, cost),
     }
 }
 
@@ -49,6 +61,8 @@ pub fn check(quota: &Quota) -> Result<(), String> {
     match quota.algorithm() {
         Algorithm::TokenBucket => token_bucket::check(quota),
         Algorithm::FixedWindow => Ok(()),
+        Algorithm::SlidingWindow => sliding_window::check(quota),
+        Algorithm::SlidingLog => sliding_log::check(quota),
     }
 }
 
@@ -58,15 +72,19 @@ pub fn refund(quota: &Quota, current: u64, acquired: u64, cost: u64) -> u64 {
     match quota.algorithm() {
         Algorithm::TokenBucket => token_bucket::refund(quota, current, cost),
         Algorithm::FixedWindow => fixed_window::refund(current, acquired, cost),
+        Algorithm::SlidingWindow => sliding_window::refund(current, acquired, cost),
+        Algorithm::SlidingLog => current,
     }
 }
 
 /// The size of one unit in `quota`'s state, for algorithms whose state depends on it (the
-/// token bucket's token length); 0 for those whose state does not.
+/// token bucket's token length, the sliding window's window length); 0 for those whose state
+/// does not.
 pub fn scale(quota: &Quota) -> u64 {
     match quota.algorithm() {
         Algorithm::TokenBucket => token_bucket::token_nanos(quota),
         Algorithm::FixedWindow => 0,
+        Algorithm::SlidingWindow | Algorithm::SlidingLog => quota.unit().nanos(),
     }
 }
 
@@ -75,16 +93,30 @@ pub fn rescale(quota: &Quota, state: u64, now: Nanos, from: u64) -> u64 {
     match quota.algorithm() {
         Algorithm::TokenBucket => token_bucket::rescale(quota, state, now, from),
         Algorithm::FixedWindow => state,
+        Algorithm::SlidingWindow => sliding_window::rescale(quota, state, now, from),
+        Algorithm::SlidingLog => state,
     }
 }
 
-/// The time from which `state` holds no information (the bucket is as good as fresh), so the
-/// bucket can be dropped.
-pub fn idle_at(algorithm: Algorithm, state: u64) -> Nanos {
+/// The time from which `state` (written at `scale`, seen at `now`) holds no information (the
+/// bucket is as good as fresh), so the bucket can be dropped.
+pub fn idle_at(algorithm: Algorithm, state: u64, scale: u64, now: Nanos) -> Nanos {
     match algorithm {
         Algorithm::TokenBucket => token_bucket::idle_at(state),
         Algorithm::FixedWindow => fixed_window::idle_at(state),
+        Algorithm::SlidingWindow => sliding_window::idle_at(state, scale, now),
+        Algorithm::SlidingLog => 0,
     }
+}
+
+/// Nanoseconds per millisecond: the window algorithms count in whole milliseconds, as the
+/// Redis script does.
+pub(crate) const NANOS_PER_MS: u64 = 1_000_000;
+
+/// `ms` milliseconds after the last whole millisecond at or before `now`, as nanoseconds from
+/// `now`.
+pub(crate) fn after_ms(ms: u64, now: Nanos) -> Nanos {
+    (ms * NANOS_PER_MS).saturating_sub(now % NANOS_PER_MS)
 }
 
 /// Saturating conversion for counts reported to callers.

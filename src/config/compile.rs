@@ -14,9 +14,11 @@ use super::schema::{DescriptorSpec, FileSpec, RateLimitSpec};
 use super::source::SourceFile;
 use super::{Domain, Options, RateLimitConfig};
 use crate::algorithm;
+use crate::authz::Authorization;
 use crate::matcher::{Level, Node, ValueMatch};
 use crate::quota::{Algorithm, Quota, Unit};
 use crate::rule::{KeyPart, Policy, Rule};
+use crate::store::Consistency;
 
 /// Compiles `files` into a configuration, or returns every problem found.
 pub fn compile(
@@ -80,10 +82,27 @@ fn compile_file(
     };
     let mut path = vec![Step::Key("descriptors")];
     let root = builder.level(&spec.descriptors, &spec.domain, &mut path, &[]);
+    let authorization =
+        spec.authorization
+            .as_ref()
+            .and_then(|section| match Authorization::compile(section) {
+                Ok(compiled) => Some(Arc::new(compiled)),
+                Err(problems) => {
+                    let line = line_of(&file.text, &[Step::Key("authorization")]);
+                    for problem in problems {
+                        errors.push(ConfigError {
+                            line,
+                            ..ConfigError::file(&file.path, format!("authorization: {problem}"))
+                        });
+                    }
+                    None
+                }
+            });
     (errors.len() == before).then(|| Domain {
         name: spec.domain,
         file: file.path.clone(),
         root,
+        authorization,
     })
 }
 
@@ -216,6 +235,11 @@ impl TreeBuilder<'_> {
                 value_to_metric: spec.value_to_metric,
                 key_parts: parts.clone(),
                 metadata: spec.metadata.clone(),
+                consistency: limit.consistency.as_deref().and_then(Consistency::parse),
+                max_delay: limit
+                    .max_delay
+                    .as_deref()
+                    .and_then(|d| parse_max_delay(d).ok()),
                 tag: Rule::tag_of(self.domain, &id),
             })),
             None => None,
@@ -235,6 +259,16 @@ impl TreeBuilder<'_> {
                 problems.push("replaces should not contain name of same descriptor".to_owned());
             }
         }
+        if let Some(Err(problem)) = spec.max_delay.as_deref().map(parse_max_delay) {
+            problems.push(problem);
+        }
+        if let Some(name) = spec.consistency.as_deref() {
+            if Consistency::parse(name).is_none() {
+                problems.push(format!(
+                    "unknown consistency '{name}' (expected strict or cached)"
+                ));
+            }
+        }
         let policy = if spec.unlimited {
             if spec.unit.as_deref().is_some_and(|u| !u.is_empty()) {
                 problems.push("should not specify rate limit unit when unlimited".to_owned());
@@ -243,6 +277,8 @@ impl TreeBuilder<'_> {
                 ("requests_per_unit", spec.requests_per_unit.is_some()),
                 ("algorithm", spec.algorithm.is_some()),
                 ("burst", spec.burst.is_some()),
+                ("consistency", spec.consistency.is_some()),
+                ("max_delay", spec.max_delay.is_some()),
             ] {
                 if given {
                     problems.push(format!("should not specify {field} when unlimited"));
@@ -277,7 +313,7 @@ impl TreeBuilder<'_> {
                 let parsed = Algorithm::parse(name);
                 if parsed.is_none() {
                     problems.push(format!(
-                        "unknown algorithm '{name}' (expected token_bucket or fixed_window)"
+                        "unknown algorithm '{name}' (expected token_bucket, fixed_window, sliding_window, sliding_log, gcra or leaky_bucket)"
                     ));
                 }
                 parsed
@@ -293,7 +329,10 @@ impl TreeBuilder<'_> {
         let (unit, algorithm) = (unit?, algorithm?);
         let mut quota = Quota::new(rpu, unit, algorithm);
         match (algorithm, spec.burst) {
-            (Algorithm::FixedWindow, Some(_)) => {
+            (
+                Algorithm::FixedWindow | Algorithm::SlidingWindow | Algorithm::SlidingLog,
+                Some(_),
+            ) => {
                 problems.push("burst applies only to algorithm token_bucket".to_owned());
             }
             (Algorithm::TokenBucket, Some(0)) if rpu > 0 => {
@@ -318,6 +357,22 @@ impl TreeBuilder<'_> {
             message,
         });
     }
+}
+
+/// The longest `max_delay`: a held request keeps a connection and a task.
+const MAX_DELAY_CAP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Parses `max_delay` (`250ms`, `2s`), at most [`MAX_DELAY_CAP`].
+fn parse_max_delay(text: &str) -> Result<std::time::Duration, String> {
+    let delay = humantime::parse_duration(text)
+        .map_err(|e| format!("invalid max_delay '{text}': {e} (e.g. 250ms, 2s)"))?;
+    if delay > MAX_DELAY_CAP {
+        return Err(format!(
+            "max_delay '{text}' is longer than {}s: a held request keeps its connection",
+            MAX_DELAY_CAP.as_secs()
+        ));
+    }
+    Ok(delay)
 }
 
 /// Names of `replaces` targets that no rule in the configuration defines.

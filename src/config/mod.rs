@@ -36,6 +36,8 @@ pub struct Domain {
     pub file: PathBuf,
     /// The top level of its descriptor tree.
     pub root: Level,
+    /// Its ext_authz tenants, when the file has an `authorization:` section.
+    pub authorization: Option<Arc<crate::authz::Authorization>>,
 }
 
 /// The compiled configuration: every domain's matcher.
@@ -64,6 +66,17 @@ impl RateLimitConfig {
             .flat_map(|domain| domain.root.rules())
             .map(|rule| rule.tag)
             .collect()
+    }
+
+    /// The domains that serve ext_authz, by name.
+    pub fn authorization_domains(&self) -> Vec<&Domain> {
+        let mut domains: Vec<_> = self
+            .domains
+            .values()
+            .filter(|d| d.authorization.is_some())
+            .collect();
+        domains.sort_by(|a, b| a.name.cmp(&b.name));
+        domains
     }
 
     /// The rule a request descriptor matches in `domain`, if any.

@@ -15,6 +15,67 @@ pub struct FileSpec {
     /// Top-level descriptors.
     #[serde(default)]
     pub descriptors: Vec<DescriptorSpec>,
+    /// tollgate: serve Envoy's ext_authz for this domain (API keys → tenants → tier limits).
+    pub authorization: Option<AuthorizationSpec>,
+}
+
+/// A domain's `authorization:` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationSpec {
+    /// The request header carrying the API key; `authorization` reads `Bearer <key>`.
+    #[serde(default = "default_api_key_header")]
+    pub api_key_header: String,
+    /// Remove the API key header from the request sent upstream.
+    #[serde(default)]
+    pub strip_api_key: bool,
+    /// Deny (403) a tenant whose request matches no limit, instead of allowing it.
+    #[serde(default)]
+    pub deny_unlimited: bool,
+    /// Tier name → the descriptors a tenant of that tier sends.
+    #[serde(default)]
+    pub tiers: std::collections::BTreeMap<String, TierSpec>,
+    /// The tenants and their keys.
+    #[serde(default)]
+    pub tenants: Vec<TenantSpec>,
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".to_owned()
+}
+
+/// One tier: the descriptors counted for each request of its tenants.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSpec {
+    /// Each descriptor: its entries, in order.
+    pub descriptors: Vec<Vec<EntrySpec>>,
+}
+
+/// One entry of a tier descriptor: a fixed value, or one taken from the request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntrySpec {
+    /// The entry key.
+    pub key: String,
+    /// A fixed value.
+    pub value: Option<String>,
+    /// Where the value comes from: `tenant`, `tier`, `method`, `path`, `host` or
+    /// `header:NAME`.
+    pub from: Option<String>,
+}
+
+/// One tenant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// The tenant id, sent upstream in `x-tenant-id` and used as a metric label.
+    pub id: String,
+    /// Its tier.
+    pub tier: String,
+    /// SHA-256 digests of its API keys (`sha256:<64 hex>`, from `tollgate hash-key`).
+    #[serde(default)]
+    pub api_keys: Vec<String>,
 }
 
 /// A node of the descriptor tree.
@@ -74,6 +135,11 @@ pub struct RateLimitSpec {
     pub algorithm: Option<String>,
     /// tollgate: token-bucket capacity when it should differ from `requests_per_unit`.
     pub burst: Option<u32>,
+    /// tollgate: `strict` or `cached`, overriding `--consistency` for this limit.
+    pub consistency: Option<String>,
+    /// tollgate, ext_authz: hold a request that would be denied for up to this long (e.g.
+    /// `250ms`) until it conforms.
+    pub max_delay: Option<String>,
 }
 
 /// One entry of `replaces`.

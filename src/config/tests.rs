@@ -214,6 +214,18 @@ fn descriptor_errors_name_line_and_descriptor() {
 }
 
 #[test]
+fn a_limit_may_choose_its_consistency() {
+    let config = compile_one(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: minute, requests_per_unit: 60, consistency: cached}\n  - key: b\n    rate_limit: {unit: minute, requests_per_unit: 60}\n",
+    )
+    .unwrap();
+    let a = config.find("d", &[("a", "x")]).unwrap();
+    assert_eq!(a.consistency, Some(crate::store::Consistency::Cached));
+    let b = config.find("d", &[("b", "x")]).unwrap();
+    assert_eq!(b.consistency, None, "the server's --consistency applies");
+}
+
+#[test]
 fn rate_limit_errors() {
     let limit =
         |body: &str| format!("domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n{body}");
@@ -259,6 +271,22 @@ fn rate_limit_errors() {
         (
             "      unit: second\n      requests_per_unit: 4000000\n",
             "faster than a token bucket counts exactly",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 1\n      consistency: eventual\n",
+            "unknown consistency 'eventual' (expected strict or cached)",
+        ),
+        (
+            "      unlimited: true\n      consistency: cached\n",
+            "should not specify consistency when unlimited",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 1\n      max_delay: soon\n",
+            "invalid max_delay 'soon'",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 1\n      max_delay: 20s\n",
+            "max_delay '20s' is longer than 10s",
         ),
     ];
     for (body, message) in cases {

@@ -6,9 +6,11 @@
 //! service, by contrast, counts denied hits). Shadow-mode limits count but never deny;
 //! quota-mode limits deny only when all the request's quota-mode limits are over.
 
+mod global;
 mod outcome;
 mod request;
 
+pub use global::Global;
 pub use outcome::{Code, Decision, DescriptorStatus, ReportedLimit, Usage};
 pub use request::{MAX_DESCRIPTORS, RequestError};
 
@@ -18,7 +20,7 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use smallvec::SmallVec;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Nanos};
 use crate::config::RateLimitConfig;
 use crate::quota::Algorithm;
 use crate::store::{Acquired, Hit, KeyBuilder, MemoryStore};
@@ -37,6 +39,7 @@ pub struct Settings {
 pub struct Limiter {
     config: ArcSwap<RateLimitConfig>,
     store: MemoryStore,
+    global: Option<Global>,
     keys: KeyBuilder,
     clock: Arc<dyn Clock>,
     settings: Settings,
@@ -56,8 +59,23 @@ struct Claim<'a> {
     limit: Limit<'a>,
     hit: Option<Hit>,
     acquired: Option<Acquired>,
+    /// Where `acquired` was decided, so a denial gives back to the right place.
+    source: Source,
     /// Its hits were given back because the request was denied.
     refunded: bool,
+}
+
+/// Where a claim was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// This process's memory buckets.
+    Memory,
+    /// Redis, atomically with the rest of the request (it gives back by itself).
+    Redis,
+    /// A cached-mode lease held here.
+    Lease,
+    /// The Redis failure policy `allow` or `deny`: nothing was taken.
+    Policy,
 }
 
 impl Limiter {
@@ -71,10 +89,24 @@ impl Limiter {
         Self {
             config: ArcSwap::from_pointee(config),
             store,
+            global: None,
             keys: KeyBuilder::random(),
             clock,
             settings,
         }
+    }
+
+    /// Counts limits in Redis through `global`. Bucket identities then no longer depend on a
+    /// per-process secret, so every replica (and a restarted one) names a bucket alike.
+    pub fn with_global(mut self, global: Global) -> Self {
+        self.keys = KeyBuilder::shared(global.key_seed());
+        self.global = Some(global);
+        self
+    }
+
+    /// The Redis side, when limits are counted there.
+    pub fn global(&self) -> Option<&Global> {
+        self.global.as_ref()
     }
 
     /// The configuration in force.
@@ -108,51 +140,123 @@ impl Limiter {
         &*self.clock
     }
 
-    /// Decides `request`, taking from buckets if it is admitted.
+    /// Decides `request`, taking from buckets if it is admitted: in Redis when limits are
+    /// counted there, else in memory.
+    pub async fn decide(&self, request: &RateLimitRequest) -> Result<Decision, RequestError> {
+        let Some(global) = &self.global else {
+            return self.should_rate_limit(request);
+        };
+        request::check(request)?;
+        let config = self.config.load_full();
+        let now = self.clock.now();
+        let mut claims = self.claims(&config, request)?;
+        global
+            .acquire(self, &request.domain, &mut claims, now)
+            .await;
+        let overall = self.settle(&claims);
+        if overall == Code::OverLimit {
+            for claim in &mut claims {
+                global.give_back(self, claim, now);
+            }
+            self.report_untouched(&mut claims, now);
+        }
+        Ok(self.finish(&config, request, overall, &claims))
+    }
+
+    /// Decides `request` on this process's memory buckets only (the memory store, and the
+    /// Redis failure policy `local`).
     pub fn should_rate_limit(&self, request: &RateLimitRequest) -> Result<Decision, RequestError> {
         request::check(request)?;
         let config = self.config.load();
         let now = self.clock.now();
+        let mut claims = self.claims(&config, request)?;
+        for claim in &mut claims {
+            self.acquire_in_memory(claim, now);
+        }
+        let overall = self.settle(&claims);
+        if overall == Code::OverLimit {
+            for claim in &mut claims {
+                self.give_back_in_memory(claim, now);
+            }
+            self.report_untouched(&mut claims, now);
+        }
+        Ok(self.finish(&config, request, overall, &claims))
+    }
+
+    /// Each descriptor's limit and bucket claim, after `replaces`.
+    fn claims<'c>(
+        &self,
+        config: &'c RateLimitConfig,
+        request: &RateLimitRequest,
+    ) -> Result<SmallVec<[Claim<'c>; 4]>, RequestError> {
         let mut claims: SmallVec<[Claim<'_>; 4]> = SmallVec::new();
         for (index, descriptor) in request.descriptors.iter().enumerate() {
-            let limit = request::limit(&config, request, index, self.settings.default_algorithm)?;
+            let limit = request::limit(config, request, index, self.settings.default_algorithm)?;
             let cost = request::cost(request, descriptor);
             let hit = limit.hit(&self.keys, &request.domain, &descriptor.entries, cost);
             claims.push(Claim {
                 limit,
                 hit,
                 acquired: None,
+                source: Source::Memory,
                 refunded: false,
             });
         }
         drop_replaced(&mut claims);
-        for claim in &mut claims {
-            claim.acquired = claim.hit.as_ref().map(|hit| self.store.acquire(hit, now));
-        }
-        let overall = self.settle(&claims);
-        if overall == Code::OverLimit {
-            for claim in &mut claims {
-                if let (Some(hit), Some(acquired)) = (&claim.hit, &mut claim.acquired) {
-                    if acquired.verdict.allowed && hit.cost > 0 {
-                        self.store.refund(hit, acquired, now);
-                        claim.refunded = true;
-                        // Report the bucket as it stands, untouched by this request.
-                        *acquired = self.store.acquire(&Hit { cost: 0, ..*hit }, now);
-                    }
-                }
+        Ok(claims)
+    }
+
+    fn acquire_in_memory(&self, claim: &mut Claim<'_>, now: Nanos) {
+        claim.source = Source::Memory;
+        claim.acquired = claim.hit.as_ref().map(|hit| self.store.acquire(hit, now));
+    }
+
+    /// Gives back what a memory claim took, for a denied request.
+    fn give_back_in_memory(&self, claim: &mut Claim<'_>, now: Nanos) {
+        if let (Some(hit), Some(acquired)) = (&claim.hit, &claim.acquired) {
+            if acquired.verdict.allowed && hit.cost > 0 {
+                self.store.refund(hit, acquired, now);
+                claim.refunded = true;
             }
         }
-        let statuses = claims.iter().map(|c| self.status(c)).collect();
-        Ok(Decision {
+    }
+
+    /// Once every claim of a denied request has given back, reports each memory bucket as it
+    /// stands, untouched by the request (also when two claims share a bucket).
+    fn report_untouched(&self, claims: &mut [Claim<'_>], now: Nanos) {
+        for claim in claims {
+            if let (true, Source::Memory, Some(hit), Some(acquired)) = (
+                claim.refunded,
+                claim.source,
+                &claim.hit,
+                &mut claim.acquired,
+            ) {
+                *acquired = self.store.acquire(&Hit { cost: 0, ..*hit }, now);
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        config: &RateLimitConfig,
+        request: &RateLimitRequest,
+        overall: Code,
+        claims: &[Claim<'_>],
+    ) -> Decision {
+        Decision {
             overall,
             unknown_domain: config.domain(&request.domain).is_none(),
-            statuses,
-        })
+            statuses: claims.iter().map(|c| self.status(c)).collect(),
+        }
+    }
+
+    /// Whether the claim's limit may deny at all (not in shadow mode).
+    fn can_deny(&self, claim: &Claim<'_>) -> bool {
+        !self.settings.shadow_mode && !claim.limit.rule().is_some_and(|r| r.shadow_mode)
     }
 
     fn denies(&self, claim: &Claim<'_>) -> bool {
-        let over = claim.acquired.is_some_and(|a| !a.verdict.allowed);
-        over && !self.settings.shadow_mode && !claim.limit.rule().is_some_and(|r| r.shadow_mode)
+        claim.acquired.is_some_and(|a| !a.verdict.allowed) && self.can_deny(claim)
     }
 
     fn settle(&self, claims: &[Claim<'_>]) -> Code {

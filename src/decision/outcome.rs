@@ -95,6 +95,11 @@ impl DescriptorStatus {
         }
     }
 
+    /// Whether a limit applied: a counted one, or `unlimited: true`.
+    pub fn has_limit(&self) -> bool {
+        self.limit.is_some() || self.remaining == u32::MAX
+    }
+
     /// A counted limit.
     pub fn limited(
         code: Code,

@@ -52,6 +52,9 @@ impl Collector for StateCollector {
             "Buckets dropped: idle, refunded to full, or of removed limits",
             store.evicted(),
         )?;
+        if let Some(global) = self.reloader.limiter().global() {
+            redis(&mut encoder, global)?;
+        }
         let status = self.reloader.status();
         counter(
             &mut encoder,
@@ -87,6 +90,41 @@ impl Collector for StateCollector {
             f64::from(u8::from(status.last_error.is_some())),
         )
     }
+}
+
+/// The Redis store's health and this replica's cached-mode leases.
+fn redis(encoder: &mut DescriptorEncoder, global: &crate::decision::Global) -> std::fmt::Result {
+    let redis = global.redis();
+    gauge(
+        encoder,
+        "redis_degraded",
+        "1 while Redis is unavailable and the failure policy answers",
+        f64::from(u8::from(redis.is_degraded())),
+    )?;
+    counter(
+        encoder,
+        "redis_errors",
+        "Redis calls that failed with an error",
+        redis.errors(),
+    )?;
+    counter(
+        encoder,
+        "redis_timeouts",
+        "Redis calls that outlasted --redis-timeout",
+        redis.timeouts(),
+    )?;
+    counter(
+        encoder,
+        "redis_fallback_decisions",
+        "Descriptors decided by --redis-failure because Redis was unavailable",
+        global.fallbacks(),
+    )?;
+    gauge(
+        encoder,
+        "redis_leases",
+        "Cached-mode leases held by this replica",
+        global.leases().len() as f64,
+    )
 }
 
 /// The process, from /proc: resident memory, CPU time, open files, start time.

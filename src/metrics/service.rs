@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -15,6 +16,21 @@ pub struct CallLabels {
     pub code: &'static str,
 }
 
+/// Labels of an ext_authz check. Tenant ids come from the configuration, never from requests
+/// (an unknown key is counted with an empty tenant), so the series are bounded; the API key
+/// itself is never a label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// The domain that served the check.
+    pub domain: String,
+    /// The tenant id, empty when the key was missing or unknown.
+    pub tenant: String,
+    /// The tenant's tier.
+    pub tier: String,
+    /// `ok`, `over_limit`, `unauthorized` or `forbidden`.
+    pub result: &'static str,
+}
+
 /// Calls, latency and unknown domains.
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
@@ -24,6 +40,10 @@ pub struct ServiceMetrics {
     pub decision_seconds: Histogram,
     /// Descriptors sent for a domain the configuration does not have.
     pub unknown_domain: Counter,
+    /// ext_authz checks by tenant and result.
+    pub authz_checks: Family<AuthzLabels, Counter>,
+    /// ext_authz requests held by `max_delay` right now.
+    pub authz_held: Gauge,
 }
 
 impl ServiceMetrics {
@@ -34,6 +54,8 @@ impl ServiceMetrics {
             // 1 µs … ~16 ms, doubling.
             decision_seconds: Histogram::new(exponential_buckets(1e-6, 2.0, 15)),
             unknown_domain: Counter::default(),
+            authz_checks: Family::default(),
+            authz_held: Gauge::default(),
         };
         registry.register(
             "calls",
@@ -50,6 +72,16 @@ impl ServiceMetrics {
             "unknown_domain_requests",
             "Requests for a domain that no configuration file defines",
             metrics.unknown_domain.clone(),
+        );
+        registry.register(
+            "authz_checks",
+            "ext_authz checks by domain, tenant, tier and result",
+            metrics.authz_checks.clone(),
+        );
+        registry.register(
+            "authz_held_requests",
+            "ext_authz requests held by max_delay until they conform, right now",
+            metrics.authz_held.clone(),
         );
         metrics
     }

@@ -43,8 +43,16 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     }
 }
 
-async fn healthcheck() -> &'static str {
-    "OK"
+/// 200 while serving. With Redis unavailable it stays 200 (the failure policy answers) and
+/// says so on a second line, for readiness checks and people.
+async fn healthcheck(State(shared): State<Shared>) -> String {
+    match shared.reloader.limiter().global() {
+        Some(global) if global.redis().is_degraded() => format!(
+            "OK\ndegraded: redis unavailable, answering by --redis-failure {}\n",
+            global.failure_name()
+        ),
+        _ => "OK".to_owned(),
+    }
 }
 
 /// 200 with the JSON response when OK, 429 when OVER_LIMIT, 400 with a message on bad input.
@@ -56,7 +64,7 @@ async fn decide_json(State(shared): State<Shared>, body: Bytes) -> Response {
             return (StatusCode::BAD_REQUEST, message).into_response();
         }
     };
-    let decision = shared.decide(&request);
+    let decision = shared.decide(&request).await;
     shared.count_call(
         "json",
         if decision.is_ok() {

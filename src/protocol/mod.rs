@@ -1,7 +1,8 @@
-//! The wire: Envoy's gRPC `RateLimitService`, and the HTTP admin port (health, JSON, reload,
+//! The wire: Envoy's gRPC `RateLimitService` and ext_authz `Authorization`, and the HTTP admin port (health, JSON, reload,
 //! metrics).
 
 pub mod admin;
+pub mod authz;
 pub mod json;
 pub mod rls;
 
@@ -25,14 +26,25 @@ pub struct Shared {
 
 impl Shared {
     /// Decides `request` and counts it in the metrics.
-    pub fn decide(&self, request: &RateLimitRequest) -> Result<Decision, RequestError> {
+    pub async fn decide(&self, request: &RateLimitRequest) -> Result<Decision, RequestError> {
         let started = Instant::now();
-        let result = self.reloader.limiter().should_rate_limit(request);
+        let result = self.reloader.limiter().decide(request).await;
+        self.record(request, &result, started);
+        result
+    }
+
+    /// Counts a decision of `request` made since `started` in the metrics.
+    pub fn record(
+        &self,
+        request: &RateLimitRequest,
+        result: &Result<Decision, RequestError>,
+        started: Instant,
+    ) {
         let service = &self.metrics.service;
         service
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
-        if let Ok(decision) = &result {
+        if let Ok(decision) = result {
             if decision.unknown_domain {
                 service.unknown_domain.inc();
             }
@@ -44,7 +56,6 @@ impl Shared {
                 }
             }
         }
-        result
     }
 
     /// Counts a call by method and result code.

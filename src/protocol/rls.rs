@@ -32,6 +32,8 @@ impl RateLimitGrpc {
     }
 }
 
+use tracing::Instrument;
+
 #[tonic::async_trait]
 impl RateLimitService for RateLimitGrpc {
     async fn should_rate_limit(
@@ -45,10 +47,10 @@ impl RateLimitService for RateLimitGrpc {
             tracing::Span::none()
         };
         crate::telemetry::continue_trace(&span, request.metadata());
-        let _entered = span.enter();
         let request = request.into_inner();
         span.record("domain", request.domain.as_str());
-        match self.shared.decide(&request) {
+        let decided = self.shared.decide(&request).instrument(span).await;
+        match decided {
             Ok(decision) => {
                 self.shared.count_call("ShouldRateLimit", "OK");
                 Ok(Response::new(to_proto(&decision)))

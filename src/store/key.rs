@@ -47,6 +47,26 @@ impl KeyBuilder {
         }
     }
 
+    /// A builder whose key is derived from `seed`, so every process given the same seed names
+    /// a bucket alike (buckets shared through Redis). Collision resistance then rests on the
+    /// 128-bit width alone, not on a secret.
+    pub fn shared(seed: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(seed.as_bytes());
+        let (a, rest) = digest.split_at(8);
+        Self {
+            k0: u64::from_le_bytes(a.try_into().unwrap_or_default()),
+            k1: u64::from_le_bytes(rest[..8].try_into().unwrap_or_default()),
+        }
+    }
+
+    /// A 64-bit digest of `domain`, the Redis hash tag that keeps a request's keys together.
+    pub fn domain_tag(&self, domain: &str) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        write_str(&mut h, domain);
+        h.finish()
+    }
+
     fn hasher(&self, kind: Kind, domain: &str, algorithm: Algorithm) -> SipHasher13 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         h.write_u8(kind as u8);
@@ -150,6 +170,8 @@ mod tests {
             value_to_metric: false,
             key_parts: parts,
             metadata: None,
+            consistency: None,
+            max_delay: None,
             tag: 0,
         }
     }

@@ -11,7 +11,7 @@
 //! exact state, a flood of new values shares one limit (it can only exhaust its own overflow
 //! bucket), and new values get their own bucket again as soon as sweeping frees room.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -20,7 +20,7 @@ use dashmap::mapref::entry::Entry;
 
 use super::Hit;
 use super::key::{BucketKey, FoldHasher};
-use crate::algorithm::{self, FRESH, Verdict};
+use crate::algorithm::{self, FRESH, Verdict, sliding_log};
 use crate::clock::{NANOS_PER_SEC, Nanos};
 use crate::quota::Algorithm;
 
@@ -60,10 +60,21 @@ impl Bucket {
     }
 }
 
+/// A sliding log's bucket: its admitted hits' times, in ms, oldest first.
+#[derive(Debug)]
+struct LogBucket {
+    log: VecDeque<u64>,
+    unit_ms: u64,
+    tag: u32,
+    counted: bool,
+}
+
 /// In-process bucket store.
 #[derive(Debug)]
 pub struct MemoryStore {
     buckets: DashMap<BucketKey, Bucket, BuildHasherDefault<FoldHasher>>,
+    /// Sliding logs, which keep a log instead of a state word (under the shard lock).
+    logs: DashMap<BucketKey, LogBucket, BuildHasherDefault<FoldHasher>>,
     live: AtomicUsize,
     evicted: AtomicU64,
     max_buckets: usize,
@@ -92,6 +103,7 @@ impl MemoryStore {
     pub fn new(max_buckets: usize) -> Self {
         Self {
             buckets: DashMap::default(),
+            logs: DashMap::default(),
             live: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
             max_buckets,
@@ -111,6 +123,9 @@ impl MemoryStore {
     /// Takes `hit.cost` from the hit's bucket if it conforms. At the cap, a value without a
     /// bucket of its own is decided on its limit's overflow bucket.
     pub fn acquire(&self, hit: &Hit, now: Nanos) -> Acquired {
+        if hit.quota.algorithm() == Algorithm::SlidingLog {
+            return self.acquire_log(hit, now);
+        }
         if let Some(verdict) = self.decide_existing(hit.key, hit, now) {
             return Acquired {
                 verdict,
@@ -158,6 +173,54 @@ impl MemoryStore {
         Acquired { verdict, key }
     }
 
+    /// [`MemoryStore::acquire`] for a sliding log: the same cap and overflow rules.
+    fn acquire_log(&self, hit: &Hit, now: Nanos) -> Acquired {
+        let decide = |log: &mut VecDeque<u64>| sliding_log::decide(&hit.quota, log, now, hit.cost);
+        if let Some(mut bucket) = self.logs.get_mut(&hit.key) {
+            let verdict = decide(&mut bucket.log);
+            return Acquired {
+                verdict,
+                key: hit.key,
+            };
+        }
+        let full = self.live() >= self.max_buckets;
+        let fresh = decide(&mut VecDeque::new());
+        if !fresh.allowed || hit.cost == 0 {
+            // Nothing to remember.
+            let key = if full { hit.overflow } else { hit.key };
+            if let Some(mut bucket) = self.logs.get_mut(&key) {
+                return Acquired {
+                    verdict: decide(&mut bucket.log),
+                    key,
+                };
+            }
+            return Acquired {
+                verdict: fresh,
+                key,
+            };
+        }
+        let counted = self.reserve();
+        let key = if counted { hit.key } else { hit.overflow };
+        let mut bucket = match self.logs.entry(key) {
+            Entry::Occupied(existing) => {
+                if counted {
+                    self.release();
+                }
+                existing.into_ref()
+            }
+            Entry::Vacant(slot) => slot.insert(LogBucket {
+                log: VecDeque::new(),
+                unit_ms: sliding_log::unit_ms(&hit.quota),
+                tag: hit.tag,
+                counted,
+            }),
+        };
+        Acquired {
+            verdict: decide(&mut bucket.log),
+            key,
+        }
+    }
+
     /// Decides `hit` on the bucket at `key`, if it exists.
     fn decide_existing(&self, key: BucketKey, hit: &Hit, now: Nanos) -> Option<Verdict> {
         let bucket = self.buckets.get(&key)?;
@@ -177,6 +240,21 @@ impl MemoryStore {
     /// bucket that is as good as fresh afterwards is dropped, freeing its slot, as if the
     /// request had never come.
     pub fn refund(&self, hit: &Hit, acquired: &Acquired, now: Nanos) {
+        if hit.quota.algorithm() == Algorithm::SlidingLog {
+            if let Some(mut bucket) = self.logs.get_mut(&acquired.key) {
+                sliding_log::refund(&mut bucket.log, now, hit.cost);
+            }
+            if let Some((_, gone)) = self
+                .logs
+                .remove_if(&acquired.key, |_, bucket| bucket.log.is_empty())
+            {
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+                if gone.counted {
+                    self.release();
+                }
+            }
+            return;
+        }
         let Some(bucket) = self.buckets.get(&acquired.key) else {
             return;
         };
@@ -184,12 +262,13 @@ impl MemoryStore {
             state: algorithm::refund(&hit.quota, state, acquired.verdict.state, hit.cost),
             ..acquired.verdict
         });
-        let algorithm = bucket.algorithm;
+        let (algorithm, scale) = (bucket.algorithm, bucket.scale);
         drop(bucket);
         let idle = |bucket: &Bucket| {
-            algorithm::idle_at(bucket.algorithm, bucket.state.load(Ordering::Acquire)) <= now
+            let state = bucket.state.load(Ordering::Acquire);
+            algorithm::idle_at(bucket.algorithm, state, bucket.scale, now) <= now
         };
-        if algorithm::idle_at(algorithm, after.state) <= now {
+        if algorithm::idle_at(algorithm, after.state, scale, now) <= now {
             if let Some((_, gone)) = self.buckets.remove_if(&acquired.key, |_, b| idle(b)) {
                 self.evicted.fetch_add(1, Ordering::Relaxed);
                 if gone.counted {
@@ -201,10 +280,15 @@ impl MemoryStore {
 
     /// Drops every bucket that has been idle since before `now` (less a grace period).
     pub fn sweep(&self, now: Nanos) -> SweepReport {
-        self.drop_where(|bucket| {
-            let state = bucket.state.load(Ordering::Acquire);
-            algorithm::idle_at(bucket.algorithm, state).saturating_add(IDLE_GRACE) <= now
-        })
+        self.drop_where(
+            |bucket| {
+                let state = bucket.state.load(Ordering::Acquire);
+                algorithm::idle_at(bucket.algorithm, state, bucket.scale, now)
+                    .saturating_add(IDLE_GRACE)
+                    <= now
+            },
+            |log| sliding_log::idle_at(&log.log, log.unit_ms).saturating_add(IDLE_GRACE) <= now,
+        )
     }
 
     /// Drops the buckets of rules whose tag is in `removed` (rules a reload took away).
@@ -215,10 +299,17 @@ impl MemoryStore {
                 live: self.live(),
             };
         }
-        self.drop_where(|bucket| removed.contains(&bucket.tag))
+        self.drop_where(
+            |bucket| removed.contains(&bucket.tag),
+            |log| removed.contains(&log.tag),
+        )
     }
 
-    fn drop_where(&self, drop: impl Fn(&Bucket) -> bool) -> SweepReport {
+    fn drop_where(
+        &self,
+        drop: impl Fn(&Bucket) -> bool,
+        drop_log: impl Fn(&LogBucket) -> bool,
+    ) -> SweepReport {
         let mut evicted = 0;
         let mut uncounted = 0;
         self.buckets.retain(|_, bucket| {
@@ -226,6 +317,14 @@ impl MemoryStore {
             if gone {
                 evicted += 1;
                 uncounted += usize::from(bucket.counted);
+            }
+            !gone
+        });
+        self.logs.retain(|_, log| {
+            let gone = drop_log(log);
+            if gone {
+                evicted += 1;
+                uncounted += usize::from(log.counted);
             }
             !gone
         });

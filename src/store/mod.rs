@@ -1,10 +1,15 @@
-//! Where buckets live. Today: process memory; the Redis issue adds a shared store.
+//! Where buckets live: process memory, or Redis shared by every replica (see the README's
+//! "Global limits with Redis").
 
 pub mod key;
+pub mod lease;
 pub mod memory;
+pub mod redis;
 
 pub use key::{BucketKey, KeyBuilder};
+pub use lease::Leases;
 pub use memory::{Acquired, MemoryStore, SweepReport};
+pub use redis::{RedisOptions, RedisStore};
 
 use crate::quota::Quota;
 
@@ -21,4 +26,35 @@ pub struct Hit {
     pub cost: u64,
     /// The rule's tag (`Rule::tag`), or 0 for limits sent in the request.
     pub tag: u32,
+}
+
+/// How replicas agree on a limit kept in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Consistency {
+    /// Every decision is made atomically in Redis: admitted never exceeds the limit.
+    Strict,
+    /// Decisions are made from tokens leased from Redis in slices, off the request path.
+    Cached,
+}
+
+impl Consistency {
+    /// Parses `strict` or `cached`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "strict" => Some(Self::Strict),
+            "cached" => Some(Self::Cached),
+            _ => None,
+        }
+    }
+}
+
+/// What to answer while Redis is unreachable or slower than its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Decide from this replica's own memory buckets.
+    Local,
+    /// Admit every request.
+    Allow,
+    /// Deny every request that has a limit.
+    Deny,
 }

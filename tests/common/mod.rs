@@ -2,6 +2,9 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this helper
 
+pub mod redis;
+pub mod scrape;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +19,49 @@ use tonic::transport::Channel;
 
 use tollgate::clock::{ManualClock, NANOS_PER_SEC};
 use tollgate::config::Options;
-use tollgate::decision::{Limiter, Settings};
+use tollgate::decision::{Global, Limiter, Settings};
 use tollgate::metrics::MetricsOptions;
 use tollgate::quota::Algorithm;
 use tollgate::reload::Reloader;
 use tollgate::server::{Server, ServerOptions};
-use tollgate::store::MemoryStore;
+use tollgate::store::{Consistency, FailurePolicy, MemoryStore, RedisOptions, RedisStore};
+
+/// Limits exercising every request semantic (rls.rs; redis.rs replays it against Redis).
+pub const SEMANTICS: &str = r#"
+domain: test
+descriptors:
+  - key: user
+    rate_limit: {name: per_user, unit: minute, requests_per_unit: 3}
+  - key: window
+    rate_limit: {unit: minute, requests_per_unit: 2, algorithm: fixed_window}
+  - key: bursty
+    rate_limit: {unit: second, requests_per_unit: 1, burst: 3}
+  - key: free
+    rate_limit: {unlimited: true}
+  - key: blocked
+    rate_limit: {unit: second, requests_per_unit: 0}
+  - key: shadow
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: general
+    rate_limit: {name: general, unit: minute, requests_per_unit: 100}
+  - key: special
+    rate_limit: {name: special, unit: minute, requests_per_unit: 1, replaces: [{name: general}]}
+  - key: quota_a
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: quota_b
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: files
+    value: "*.pdf"
+    share_threshold: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: ip
+    value: 10.0.0.1
+  - key: ip
+    rate_limit: {unit: minute, requests_per_unit: 1}
+"#;
 
 /// A minute boundary, so fixed windows start at a known place.
 pub const T0: u64 = 1_800_000_000 * NANOS_PER_SEC;
@@ -41,7 +81,7 @@ pub struct TestServer {
 }
 
 /// Knobs for [`start_with`].
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Setup {
     pub shadow_mode: bool,
     pub max_buckets: usize,
@@ -50,6 +90,64 @@ pub struct Setup {
     pub max_metric_series: usize,
     /// Serve the single file `limits.yaml` instead of its directory.
     pub single_file: bool,
+    /// Count in Redis (`--store redis`) instead of memory.
+    pub redis: Option<RedisSetup>,
+}
+
+/// The `--redis-*` flags of a server counting in Redis.
+#[derive(Clone, Debug)]
+pub struct RedisSetup {
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub consistency: Consistency,
+    pub failure: FailurePolicy,
+    pub timeout: Duration,
+    pub prefix: String,
+}
+
+impl RedisSetup {
+    /// Strict consistency on the single node at `url`, failure policy `local`, a timeout
+    /// generous enough for a loaded debug build, prefix `tollgate:`.
+    pub fn strict(url: &str) -> Self {
+        Self {
+            urls: vec![url.to_owned()],
+            cluster: false,
+            consistency: Consistency::Strict,
+            failure: FailurePolicy::Local,
+            timeout: Duration::from_secs(2),
+            prefix: "tollgate:".to_owned(),
+        }
+    }
+
+    /// The same with cached consistency.
+    pub fn cached(url: &str) -> Self {
+        Self {
+            consistency: Consistency::Cached,
+            ..Self::strict(url)
+        }
+    }
+
+    /// A server setup counting in Redis with these flags.
+    pub fn setup(self) -> Setup {
+        Setup {
+            redis: Some(self),
+            ..Setup::default()
+        }
+    }
+
+    /// Starts the store and the limiter's Redis side, waiting up to 5 s for Redis to answer
+    /// (it may be down on purpose: the store then starts degraded).
+    pub async fn global(&self) -> Global {
+        let store = RedisStore::start(&RedisOptions {
+            urls: self.urls.clone(),
+            cluster: self.cluster,
+            prefix: self.prefix.clone(),
+            timeout: self.timeout,
+        })
+        .unwrap();
+        store.wait_ready(Duration::from_secs(5)).await;
+        Global::new(store, self.consistency, self.failure, &self.prefix)
+    }
 }
 
 impl Default for Setup {
@@ -60,6 +158,7 @@ impl Default for Setup {
             watch: false,
             max_metric_series: 10_000,
             single_file: false,
+            redis: None,
         }
     }
 }
@@ -89,13 +188,21 @@ pub async fn start_at(tempdir: tempfile::TempDir, inside: &str, setup: Setup) ->
         shadow_mode: setup.shadow_mode,
         default_algorithm: Algorithm::TokenBucket,
     };
+    let global = match &setup.redis {
+        Some(redis) => Some(redis.global().await),
+        None => None,
+    };
     let build = |config| {
-        Limiter::new(
+        let limiter = Limiter::new(
             config,
             MemoryStore::new(setup.max_buckets),
             clock.clone(),
             settings,
-        )
+        );
+        match global {
+            Some(global) => limiter.with_global(global),
+            None => limiter,
+        }
     };
     let reloader = Arc::new(
         Reloader::start(
@@ -162,6 +269,21 @@ impl TestServer {
 
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
+    }
+
+    /// The limiter in force.
+    pub fn limiter(&self) -> Arc<Limiter> {
+        self.reloader.limiter().clone()
+    }
+
+    /// The Redis store, for a server counting in Redis.
+    pub fn redis_store(&self) -> Arc<RedisStore> {
+        self.reloader
+            .limiter()
+            .global()
+            .expect("a server counting in redis")
+            .redis()
+            .clone()
     }
 
     /// GET `path` on the admin port: status and body.
@@ -242,4 +364,28 @@ pub async fn eventually<F: FnMut() -> bool>(deadline: Duration, mut condition: F
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     condition()
+}
+
+/// One descriptor with one entry.
+pub fn one(key: &str, value: &str) -> Vec<RateLimitDescriptor> {
+    vec![descriptor(&[(key, value)])]
+}
+
+/// A response's overall code and its statuses' codes.
+pub fn codes(response: &RateLimitResponse) -> (i32, Vec<i32>) {
+    (
+        response.overall_code,
+        response.statuses.iter().map(|s| s.code).collect(),
+    )
+}
+
+/// A status's `duration_until_reset`, in seconds.
+pub fn reset_secs(
+    status: &envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::DescriptorStatus,
+) -> f64 {
+    let d = status
+        .duration_until_reset
+        .as_ref()
+        .expect("duration_until_reset");
+    d.seconds as f64 + f64::from(d.nanos) / 1e9
 }

@@ -208,3 +208,42 @@ fn denied_requests_do_not_hold_bucket_slots() {
     }
     assert_eq!(store.live(), 0);
 }
+
+fn log_hit(key: u128, rpu: u32, cost: u64) -> Hit {
+    Hit {
+        key: BucketKey(key),
+        overflow: BucketKey(u128::MAX - 1),
+        quota: Quota::new(rpu, Unit::Second, Algorithm::SlidingLog),
+        cost,
+        tag: 7,
+    }
+}
+
+#[test]
+fn sliding_logs_share_the_cap_and_are_swept_refunded_and_forgotten() {
+    let store = MemoryStore::new(2);
+    assert!(store.acquire(&log_hit(1, 2, 1), T0).verdict.allowed);
+    assert!(store.acquire(&log_hit(2, 2, 1), T0).verdict.allowed);
+    assert_eq!(store.live(), 2);
+    // At the cap, a new value counts in its limit's overflow log.
+    let third = store.acquire(&log_hit(3, 2, 2), T0);
+    assert_eq!(third.key, BucketKey(u128::MAX - 1));
+    assert!(!store.acquire(&log_hit(4, 2, 1), T0).verdict.allowed);
+    // A refund that empties a log frees its slot.
+    let taken = store.acquire(&log_hit(1, 2, 1), T0);
+    store.refund(&log_hit(1, 2, 1), &taken, T0);
+    let first = store.acquire(&log_hit(1, 2, 1), T0);
+    store.refund(&log_hit(1, 2, 1), &first, T0);
+    assert_eq!(store.live(), 2, "hit 1 still holds its first hit");
+    // Idle logs are swept once their last hit left the unit (plus the grace).
+    assert_eq!(store.sweep(T0 + SEC).evicted, 0);
+    assert_eq!(store.sweep(T0 + 3 * SEC).live, 0);
+    assert!(
+        store
+            .acquire(&log_hit(5, 2, 1), T0 + 3 * SEC)
+            .verdict
+            .allowed
+    );
+    assert_eq!(store.forget(&HashSet::from([7])).evicted, 1);
+    assert_eq!(store.live(), 0);
+}

@@ -1,0 +1,97 @@
+//! Sliding log: exact counting over the last unit, one timestamp per admitted hit.
+//!
+//! A request is admitted while the hits admitted in the unit before it, plus its cost, stay
+//! within the limit: no estimate, no window edges. The price is memory, one timestamp per hit
+//! in the unit, so limits are capped at [`MAX_LIMIT`] per unit. Times are whole milliseconds, as
+//! in the Redis script (a sorted set scored in milliseconds), so both stores decide alike.
+//!
+//! The log is the state: the functions here take it, `now` and the cost, and change nothing
+//! but the log they are given.
+
+use std::collections::VecDeque;
+
+use super::{NANOS_PER_MS, Verdict, after_ms};
+use crate::clock::Nanos;
+use crate::quota::Quota;
+
+/// The largest `requests_per_unit` a sliding log keeps (one timestamp per hit).
+pub const MAX_LIMIT: u32 = 10_000;
+
+/// Why `quota` cannot be enforced as a sliding log, if it cannot.
+pub fn check(quota: &Quota) -> Result<(), String> {
+    let rpu = quota.requests_per_unit();
+    if rpu > MAX_LIMIT {
+        return Err(format!(
+            "requests_per_unit {rpu} is more than a sliding log keeps (at most {MAX_LIMIT}, one timestamp per hit); use sliding_window"
+        ));
+    }
+    Ok(())
+}
+
+/// The unit in milliseconds.
+pub fn unit_ms(quota: &Quota) -> u64 {
+    quota.unit().nanos() / NANOS_PER_MS
+}
+
+/// Decides a request of `cost` hits at `now` on `log` (admitted hits' times, in ms, oldest
+/// first): drops the hits that left the unit, and records the request's if it is admitted.
+pub fn decide(quota: &Quota, log: &mut VecDeque<u64>, now: Nanos, cost: u64) -> Verdict {
+    let unit = unit_ms(quota);
+    let now_ms = now / NANOS_PER_MS;
+    let after = |ms: u64| after_ms(ms, now);
+    while log.front().is_some_and(|&at| at + unit <= now_ms) {
+        log.pop_front();
+    }
+    let limit = u64::from(quota.requests_per_unit());
+    let used = log.len() as u64;
+    let available = limit.saturating_sub(used);
+    let enough = if cost == 0 {
+        available >= 1
+    } else {
+        cost <= available
+    };
+    if !enough {
+        let want = cost.max(1);
+        // The hit whose leaving makes room: the (used + want − limit)-th oldest.
+        let retry = (want <= limit)
+            .then(|| log.get((used + want - limit - 1) as usize).copied())
+            .flatten()
+            .map(|at| after(at + unit - now_ms));
+        return Verdict {
+            allowed: false,
+            state: 0,
+            remaining: available,
+            reset_after: log.back().map_or(0, |&at| after(at + unit - now_ms)),
+            retry_after: retry,
+        };
+    }
+    for _ in 0..cost {
+        log.push_back(now_ms);
+    }
+    Verdict {
+        allowed: true,
+        state: 0,
+        remaining: available - cost,
+        reset_after: log.back().map_or(0, |&at| after(at + unit - now_ms)),
+        retry_after: None,
+    }
+}
+
+/// Takes back `cost` hits that a request recorded at `now` (it was denied by another limit).
+pub fn refund(log: &mut VecDeque<u64>, now: Nanos, cost: u64) {
+    let now_ms = now / NANOS_PER_MS;
+    for _ in 0..cost {
+        if log.back() == Some(&now_ms) {
+            log.pop_back();
+        }
+    }
+}
+
+/// When `log` stops counting anything: its newest hit's time plus the unit.
+pub fn idle_at(log: &VecDeque<u64>, unit_ms: u64) -> Nanos {
+    log.back()
+        .map_or(0, |&at| (at + unit_ms).saturating_mul(NANOS_PER_MS))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,135 @@
+use super::*;
+
+fn compile(yaml: &str) -> Result<Authorization, Vec<String>> {
+    let spec: AuthorizationSpec = serde_yaml::from_str(yaml).unwrap();
+    Authorization::compile(&spec)
+}
+
+const SECTION: &str = r#"
+tiers:
+  free:
+    descriptors:
+      - [{key: tier, from: tier}, {key: tenant, from: tenant}]
+      - [{key: tenant, from: tenant}, {key: method, from: method}, {key: path, from: path}]
+      - [{key: tenant, from: tenant}, {key: client, from: "header:x-client"}]
+      - [{key: plan, value: basic}]
+tenants:
+  - id: acme
+    tier: free
+    api_keys: ["sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"]
+"#;
+
+fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn hash_key_is_sha256_hex() {
+    assert_eq!(
+        hash_key("secret"),
+        "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+    );
+}
+
+#[test]
+fn keys_are_found_by_digest_only() {
+    let authz = compile(SECTION).unwrap();
+    assert_eq!(authz.tenant("secret").unwrap().id, "acme");
+    assert!(authz.tenant("Secret").is_none());
+    assert!(authz.tenant("").is_none());
+}
+
+#[test]
+fn the_key_comes_from_the_header_or_a_bearer_token() {
+    let authz = compile(SECTION).unwrap();
+    assert_eq!(
+        authz.presented_key(&headers(&[("x-api-key", " secret ")])),
+        Some("secret")
+    );
+    assert_eq!(authz.presented_key(&headers(&[("x-api-key", "")])), None);
+    assert_eq!(authz.presented_key(&headers(&[])), None);
+    let bearer = compile(&format!("api_key_header: Authorization\n{SECTION}")).unwrap();
+    let h = headers(&[("authorization", "Bearer secret")]);
+    assert_eq!(bearer.presented_key(&h), Some("secret"));
+    let h = headers(&[("authorization", "Basic c2VjcmV0")]);
+    assert_eq!(bearer.presented_key(&h), None);
+}
+
+#[test]
+fn tier_templates_take_their_values_from_the_request() {
+    let authz = compile(SECTION).unwrap();
+    let tenant = authz.tenant("secret").unwrap();
+    let h = headers(&[("x-client", "cli")]);
+    let request = Attributes {
+        method: "GET",
+        path: "/v1/items",
+        host: "api.example.com",
+        headers: &h,
+    };
+    let entries: Vec<Vec<(String, String)>> = authz
+        .descriptors(tenant, &request)
+        .into_iter()
+        .map(|d| d.entries.into_iter().map(|e| (e.key, e.value)).collect())
+        .collect();
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    assert_eq!(
+        entries,
+        vec![
+            vec![pair("tier", "free"), pair("tenant", "acme")],
+            vec![
+                pair("tenant", "acme"),
+                pair("method", "GET"),
+                pair("path", "/v1/items")
+            ],
+            vec![pair("tenant", "acme"), pair("client", "cli")],
+            vec![pair("plan", "basic")],
+        ]
+    );
+    // Without the header, its descriptor is left out.
+    let none = HashMap::new();
+    let request = Attributes {
+        headers: &none,
+        ..request
+    };
+    assert_eq!(authz.descriptors(tenant, &request).len(), 3);
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let problems = compile(
+        r#"
+tiers:
+  free:
+    descriptors:
+      - [{key: tenant, from: tenant, value: x}]
+      - [{key: a, from: cookie}]
+      - []
+      - [{key: k, from: "header:X-Api-Key"}]
+tenants:
+  - {id: acme, tier: gold, api_keys: ["md5:abc"]}
+  - {id: acme, tier: free}
+  - id: other
+    tier: free
+    api_keys:
+      - "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+      - "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+"#,
+    )
+    .unwrap_err();
+    let all = problems.join("\n");
+    for wanted in [
+        "entry 'tenant' needs exactly one of value or from",
+        "unknown from 'cookie'",
+        "tier 'free' has an empty descriptor",
+        "tenant 'acme' has unknown tier 'gold'",
+        "api key #1 is not sha256:<64 hex digits>",
+        "reads the API key header 'x-api-key'",
+        "duplicate tenant 'acme'",
+        "is also tenant 'other''s",
+    ] {
+        assert!(all.contains(wanted), "{wanted} missing from:\n{all}");
+    }
+}

@@ -1,0 +1,372 @@
+//! Envoy's `envoy.service.auth.v3.Authorization/Check` (the ext_authz filter): API key →
+//! tenant → tier descriptors → the same decision, buckets and store as the rate limit service.
+//!
+//! Answers: no key or an unknown key → 401 (one body for both, so a caller cannot tell them
+//! apart); over a limit → 429 with `Retry-After`, `RateLimit`/`RateLimit-Policy` (IETF draft)
+//! and `X-RateLimit-*`; a tenant whose request meets no limit → allowed, or 403 with
+//! `deny_unlimited`; allowed → OK, adding `x-tenant-id` and `x-tenant-tier` upstream (and
+//! removing the key header when `strip_api_key`), and the RateLimit headers on the response.
+//! A request denied only by limits with `max_delay` is held until it conforms instead (at
+//! most that long), so callers are shaped rather than refused.
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
+    HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use crate::authz::{Attributes, Tenant};
+use crate::clock::NANOS_PER_SEC;
+use crate::decision::{Code, Decision, DescriptorStatus, RequestError};
+use crate::metrics::service::AuthzLabels;
+
+/// The ext_authz gRPC service.
+#[derive(Debug, Clone)]
+pub struct AuthorizationGrpc {
+    shared: Shared,
+}
+
+impl AuthorizationGrpc {
+    /// A service deciding with `shared`.
+    pub fn new(shared: Shared) -> Self {
+        Self { shared }
+    }
+
+    /// As a tonic service.
+    pub fn into_server(self) -> AuthorizationServer<Self> {
+        AuthorizationServer::new(self)
+    }
+}
+
+/// What one check came to, before it becomes a `CheckResponse`.
+enum Verdict {
+    Unauthorized,
+    Forbidden,
+    Limited(Box<Decision>),
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthorizationGrpc {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let check = request.into_inner();
+        let attributes = check.attributes.unwrap_or_default();
+        let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
+        let config = self.shared.reloader.limiter().config();
+        let domain = match attributes.context_extensions.get("domain") {
+            Some(name) => config.domain(name).filter(|d| d.authorization.is_some()),
+            None => match config.authorization_domains().as_slice() {
+                [only] => Some(*only),
+                _ => None,
+            },
+        };
+        let Some((domain, authz)) =
+            domain.and_then(|d| d.authorization.clone().map(|a| (d.name.clone(), a)))
+        else {
+            self.shared.count_call("Check", "FAILED_PRECONDITION");
+            return Err(Status::failed_precondition(
+                "no domain serves ext_authz: give one domain an authorization: section, or name it in the route's context_extensions (domain)",
+            ));
+        };
+        let tenant = authz
+            .presented_key(&http.headers)
+            .and_then(|key| authz.tenant(key))
+            .cloned();
+        let Some(tenant) = tenant else {
+            self.count(&domain, None, "unauthorized");
+            self.shared.count_call("Check", "OK");
+            return Ok(Response::new(answer(
+                Verdict::Unauthorized,
+                None,
+                &authz.api_key_header,
+                false,
+            )));
+        };
+        let path = http.path.split(['?', '#']).next().unwrap_or_default();
+        let request_attributes = Attributes {
+            method: &http.method,
+            path,
+            host: &http.host,
+            headers: &http.headers,
+        };
+        let descriptors = authz.descriptors(&tenant, &request_attributes);
+        let limited = if descriptors.is_empty() {
+            None
+        } else {
+            let request = RateLimitRequest {
+                domain: domain.clone(),
+                descriptors,
+                hits_addend: 1,
+            };
+            match self.decide_shaped(&request).await {
+                Ok(decision) => Some(decision),
+                Err(error) => {
+                    self.shared.count_call("Check", "INVALID_ARGUMENT");
+                    return Err(Status::invalid_argument(error.to_string()));
+                }
+            }
+        };
+        let verdict = match limited {
+            Some(decision) if decision.statuses.iter().any(DescriptorStatus::has_limit) => {
+                Verdict::Limited(Box::new(decision))
+            }
+            _ if authz.deny_unlimited => Verdict::Forbidden,
+            _ => Verdict::Limited(Box::new(Decision {
+                overall: Code::Ok,
+                unknown_domain: false,
+                statuses: Default::default(),
+            })),
+        };
+        let result = match &verdict {
+            Verdict::Unauthorized => "unauthorized",
+            Verdict::Forbidden => "forbidden",
+            Verdict::Limited(d) if d.overall == Code::OverLimit => "over_limit",
+            Verdict::Limited(_) => "ok",
+        };
+        self.count(&domain, Some(&tenant), result);
+        self.shared.count_call("Check", "OK");
+        Ok(Response::new(answer(
+            verdict,
+            Some(&tenant),
+            &authz.api_key_header,
+            authz.strip_api_key,
+        )))
+    }
+}
+
+impl AuthorizationGrpc {
+    /// Decides `request`; while it would be denied only by limits with a `max_delay`, holds it
+    /// (asynchronously: the task sleeps, no thread waits) and decides again, until it conforms
+    /// or waiting longer would pass the smallest `max_delay` among them.
+    /// Only the final decision is counted in the metrics; `tollgate_authz_held_requests`
+    /// shows the requests held meanwhile.
+    async fn decide_shaped(&self, request: &RateLimitRequest) -> Result<Decision, RequestError> {
+        let limiter = self.shared.reloader.limiter().clone();
+        let started = limiter.clock().now();
+        let held_since = Instant::now();
+        let mut held: Option<HeldGauge<'_>> = None;
+        loop {
+            let result = limiter.decide(request).await;
+            let shaping = result.as_ref().ok().and_then(hold);
+            let Some((budget, wait)) = shaping else {
+                self.shared.record(request, &result, held_since);
+                return result;
+            };
+            let waited = Duration::from_nanos(limiter.clock().now().saturating_sub(started));
+            // Past the budget by either clock: answer with the denial.
+            if waited + wait > budget || held_since.elapsed() > budget {
+                self.shared.record(request, &result, held_since);
+                return result;
+            }
+            held.get_or_insert_with(|| HeldGauge::new(&self.shared.metrics.service.authz_held));
+            tokio::time::sleep(wait.clamp(Duration::from_millis(1), HOLD_POLL)).await;
+        }
+    }
+
+    fn count(&self, domain: &str, tenant: Option<&Tenant>, result: &'static str) {
+        let labels = AuthzLabels {
+            domain: domain.to_owned(),
+            tenant: tenant.map(|t| t.id.clone()).unwrap_or_default(),
+            tier: tenant.map(|t| t.tier.clone()).unwrap_or_default(),
+            result,
+        };
+        self.shared
+            .metrics
+            .service
+            .authz_checks
+            .get_or_create(&labels)
+            .inc();
+    }
+}
+
+/// Counts a request as held for as long as it lives (also when Envoy gives up on it).
+struct HeldGauge<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> HeldGauge<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for HeldGauge<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The longest sleep between two decisions of a held request.
+const HOLD_POLL: Duration = Duration::from_millis(25);
+
+/// For a denial that every denying limit allows to be held: the smallest `max_delay` among
+/// them and the wait until the request would conform.
+fn hold(decision: &Decision) -> Option<(Duration, Duration)> {
+    if decision.overall != Code::OverLimit {
+        return None;
+    }
+    let mut budget: Option<Duration> = None;
+    let mut wait = Duration::ZERO;
+    for status in decision
+        .statuses
+        .iter()
+        .filter(|s| s.code == Code::OverLimit)
+    {
+        let rule = status.usage.as_ref()?.rule.as_ref()?;
+        let delay = rule.max_delay?;
+        budget = Some(budget.map_or(delay, |b| b.min(delay)));
+        wait = wait.max(Duration::from_nanos(status.retry_after?));
+    }
+    Some((budget?, wait))
+}
+
+const JSON: &str = "application/json";
+
+fn answer(
+    verdict: Verdict,
+    tenant: Option<&Tenant>,
+    key_header: &str,
+    strip_key: bool,
+) -> CheckResponse {
+    let mut response = CheckResponse::with_status(Status::ok(""));
+    let mut denied = DeniedHttpResponseBuilder::new();
+    let decision = match verdict {
+        Verdict::Unauthorized => {
+            denied
+                .set_http_status(HttpStatusCode::Unauthorized)
+                .add_header("content-type", JSON, None, false)
+                .add_header("www-authenticate", challenge(key_header), None, false)
+                .set_body(r#"{"error":"unauthorized","message":"a valid API key is required"}"#);
+            response
+                .set_status(Status::unauthenticated("no valid API key"))
+                .set_http_response(denied.build());
+            return response;
+        }
+        Verdict::Forbidden => {
+            denied
+                .set_http_status(HttpStatusCode::Forbidden)
+                .add_header("content-type", JSON, None, false)
+                .set_body(r#"{"error":"forbidden","message":"no quota covers this request"}"#);
+            response
+                .set_status(Status::permission_denied("no quota covers this request"))
+                .set_http_response(denied.build());
+            return response;
+        }
+        Verdict::Limited(decision) => decision,
+    };
+    let headers = rate_limit_headers(&decision);
+    if decision.overall == Code::OverLimit {
+        denied
+            .set_http_status(HttpStatusCode::TooManyRequests)
+            .add_header("content-type", JSON, None, false);
+        for (name, value) in &headers {
+            denied.add_header(*name, value.clone(), None, false);
+        }
+        let retry = retry_after_secs(&decision);
+        denied.add_header("retry-after", retry.to_string(), None, false);
+        denied.set_body(format!(
+            r#"{{"error":"rate_limited","message":"quota exceeded","retry_after_seconds":{retry}}}"#
+        ));
+        response
+            .set_status(Status::resource_exhausted("quota exceeded"))
+            .set_http_response(denied.build());
+        return response;
+    }
+    let mut ok = OkHttpResponseBuilder::new();
+    if let Some(tenant) = tenant {
+        let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+        ok.add_header("x-tenant-id", tenant.id.clone(), overwrite, false)
+            .add_header("x-tenant-tier", tenant.tier.clone(), overwrite, false);
+    }
+    if strip_key {
+        ok.remove_header(key_header);
+    }
+    for (name, value) in headers {
+        ok.add_response_header(name, value, None, false);
+    }
+    response.set_http_response(ok.build());
+    response
+}
+
+/// The `WWW-Authenticate` challenge for the header the key is read from.
+fn challenge(key_header: &str) -> &'static str {
+    if key_header == "authorization" {
+        "Bearer"
+    } else {
+        "ApiKey"
+    }
+}
+
+/// Seconds, rounded up.
+fn secs(nanos: u64) -> u64 {
+    nanos.div_ceil(NANOS_PER_SEC)
+}
+
+/// The statuses that carry a limit, with a name for each.
+fn limited(decision: &Decision) -> impl Iterator<Item = (String, &DescriptorStatus)> {
+    decision
+        .statuses
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.limit.is_some())
+        .map(|(i, s)| {
+            let name = s
+                .limit
+                .as_ref()
+                .and_then(|l| l.name.as_deref())
+                .map_or_else(|| format!("limit-{i}"), str::to_owned);
+            (name, s)
+        })
+}
+
+/// `RateLimit-Policy` for every limit, and `RateLimit` plus `X-RateLimit-*` for the one
+/// closest to running out (the one that denied, on a denial).
+fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
+    let policies: Vec<String> = limited(decision)
+        .filter_map(|(name, s)| {
+            let limit = s.limit.as_ref()?;
+            Some(format!(
+                "\"{name}\";q={};w={}",
+                limit.requests_per_unit,
+                limit.unit.seconds()
+            ))
+        })
+        .collect();
+    let binding = limited(decision).min_by_key(|(_, s)| (s.code != Code::OverLimit, s.remaining));
+    let Some((name, status)) = binding else {
+        return Vec::new();
+    };
+    let reset = secs(status.reset_after.unwrap_or_default());
+    let limit = status.limit.as_ref().map_or(0, |l| l.requests_per_unit);
+    vec![
+        ("ratelimit-policy", policies.join(", ")),
+        (
+            "ratelimit",
+            format!("\"{name}\";r={};t={reset}", status.remaining),
+        ),
+        ("x-ratelimit-limit", limit.to_string()),
+        ("x-ratelimit-remaining", status.remaining.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+    ]
+}
+
+/// How long a denied caller should wait: the longest wait among the denying limits (a limit
+/// that can never admit the request says its reset).
+fn retry_after_secs(decision: &Decision) -> u64 {
+    decision
+        .statuses
+        .iter()
+        .filter(|s| s.code == Code::OverLimit)
+        .map(|s| secs(s.retry_after.or(s.reset_after).unwrap_or_default()))
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}

@@ -1,0 +1,330 @@
+//! Real `redis-server` processes for the Redis store's tests: a single node on a free port
+//! (killed and restarted at will, on the same port) and a three-master Redis Cluster.
+//!
+//! Servers run in the foreground as children of the test (never daemonized), without
+//! persistence, in their own temporary directory, and are killed when dropped.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// How long a server may take to answer PING after it is started.
+const READY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One `redis-server` on a loopback port.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    /// Extra arguments, kept for restarts.
+    extra: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with `extra` arguments on a free port and waits until it answers.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        // A free port can be taken by someone else before redis binds it: try a few.
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let mut server = Self {
+                port: free_port(),
+                child: None,
+                extra: extra.clone(),
+                dir: tempfile::tempdir().unwrap(),
+            };
+            if server.spawn_and_wait() {
+                return server;
+            }
+            last_log = server.log();
+        }
+        panic!("redis-server did not start; last log:\n{last_log}");
+    }
+
+    /// Starts a server on `port` with `extra` arguments (for cluster nodes, whose ports are
+    /// chosen together). Panics if it does not answer.
+    pub fn start_on(port: u16, extra: &[String]) -> Self {
+        let mut server = Self {
+            port,
+            child: None,
+            extra: extra.to_vec(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        assert!(
+            server.spawn_and_wait(),
+            "redis-server on port {port} did not start:\n{}",
+            server.log()
+        );
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit: its data is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty: there is no persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn_and_wait(),
+            "redis-server did not restart on port {}:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// Runs `redis-cli -p PORT args...`, expecting success; returns its stdout, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "redis-cli {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Starts `redis-cli -p PORT args...` in the background (for commands that block).
+    pub fn cli_spawn(&self, args: &[&str]) -> Child {
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Every key matching `pattern` (`redis-cli --scan`), sorted.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .cli(&["--scan", "--pattern", pattern])
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// A key's remaining time to live in milliseconds (`PTTL`: -1 none, -2 no such key).
+    pub fn pttl(&self, key: &str) -> i64 {
+        self.cli(&["PTTL", key]).parse().unwrap()
+    }
+
+    /// Whether the server answers PING now.
+    pub fn answers(&self) -> bool {
+        ping(self.port)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// Spawns the process and waits until it answers; false if it exits or never answers.
+    fn spawn_and_wait(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .args(["--enable-debug-command", "local"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .args(&self.extra)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let end = Instant::now() + READY_DEADLINE;
+        while Instant::now() < end {
+            if !self.is_running() {
+                self.child = None;
+                return false;
+            }
+            if ping(self.port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        false
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// PING over a raw connection: true if `+PONG` comes back within 500 ms.
+fn ping(port: u16) -> bool {
+    let timeout = Duration::from_millis(500);
+    let Ok(mut stream) =
+        TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().unwrap(), timeout)
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+/// A Redis Cluster of three masters (no replicas) on free ports.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, joins them with `redis-cli --cluster create` and
+    /// waits until every node reports `cluster_state:ok`.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|n| {
+                // The cluster bus gets its own free port (the default, port + 10000, may not
+                // exist or be free).
+                let (port, bus) = (free_port(), free_port());
+                RedisServer::start_on(port, &cluster_args(dir.path(), n, bus))
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = Self { nodes, _dir: dir };
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let states: Vec<bool> = cluster
+                .nodes
+                .iter()
+                .map(|node| node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                .collect();
+            if states.iter().all(|ok| *ok) {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "the cluster never reached cluster_state:ok on every node: {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// The nodes' URLs (cluster seeds).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The hash slot of `key` (`CLUSTER KEYSLOT`).
+    pub fn keyslot(&self, key: &str) -> u16 {
+        self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .unwrap()
+    }
+
+    /// The index of the node serving `slot`: the one whose own line in `CLUSTER NODES` lists
+    /// a slot range containing it.
+    pub fn node_of_slot(&self, slot: u16) -> usize {
+        self.nodes
+            .iter()
+            .position(|node| {
+                node.cli(&["CLUSTER", "NODES"])
+                    .lines()
+                    .filter(|line| line.contains("myself"))
+                    .any(|line| {
+                        line.split_whitespace()
+                            .skip(8)
+                            .any(|range| in_range(range, slot))
+                    })
+            })
+            .unwrap_or_else(|| panic!("no node serves slot {slot}"))
+    }
+}
+
+fn in_range(range: &str, slot: u16) -> bool {
+    match range.split_once('-') {
+        Some((start, end)) => match (start.parse::<u16>(), end.parse::<u16>()) {
+            (Ok(start), Ok(end)) => (start..=end).contains(&slot),
+            _ => false,
+        },
+        None => range.parse::<u16>() == Ok(slot),
+    }
+}
+
+fn cluster_args(dir: &Path, n: usize, bus: u16) -> Vec<String> {
+    vec![
+        "--cluster-enabled".into(),
+        "yes".into(),
+        "--cluster-config-file".into(),
+        dir.join(format!("nodes-{n}.conf")).display().to_string(),
+        "--cluster-port".into(),
+        bus.to_string(),
+        "--cluster-node-timeout".into(),
+        "5000".into(),
+    ]
+}
