@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::clock::SystemClock;
 use crate::config::{self, Options};
@@ -16,7 +18,7 @@ use crate::metrics::MetricsOptions;
 use crate::quota::Algorithm;
 use crate::reload::{Reloader, Trigger};
 use crate::server::{Server, ServerOptions};
-use crate::store::{Consistency, FailurePolicy, MemoryStore, RedisOptions, RedisStore};
+use crate::store::{Consistency, FailurePolicy, MemoryStore, RedisOptions, RedisStore, RedisTls};
 use crate::telemetry::{self, LogFormat};
 
 /// tollgate: an Envoy rate limit service (envoy.service.ratelimit.v3) with hot in-memory
@@ -179,6 +181,27 @@ struct StoreArgs {
         default_value = "tollgate:"
     )]
     redis_prefix: String,
+    /// PEM file of the CA certificates that sign the rediss:// server's certificate, trusted
+    /// instead of the system's roots (for a private CA).
+    #[arg(long, env = "TOLLGATE_REDIS_CA_FILE", value_name = "PATH")]
+    redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to rediss:// servers that require mutual TLS (with
+    /// --redis-client-key).
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "redis_client_key"
+    )]
+    redis_client_cert: Option<PathBuf>,
+    /// PEM private key of --redis-client-cert.
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "redis_client_cert"
+    )]
+    redis_client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -219,6 +242,7 @@ impl StoreArgs {
             cluster: self.redis_cluster,
             prefix: self.redis_prefix.clone(),
             timeout: self.redis_timeout,
+            tls: self.tls()?,
         };
         let redis = RedisStore::start(&options).map_err(|e| e.to_string())?;
         let consistency = match self.consistency {
@@ -234,6 +258,49 @@ impl StoreArgs {
             Global::new(redis, consistency, failure, &self.redis_prefix)
                 .with_max_leases(max_leases),
         ))
+    }
+
+    /// The --redis-ca-file and client identity, read; only with rediss:// URLs.
+    fn tls(&self) -> Result<RedisTls, String> {
+        let plain = self.redis_url.iter().find(|u| !u.starts_with("rediss://"));
+        let files = self.redis_ca_file.is_some() || self.redis_client_cert.is_some();
+        if let (true, Some(url)) = (files, plain) {
+            return Err(format!(
+                "--redis-ca-file and --redis-client-cert need rediss:// URLs, not {}",
+                redacted(url)
+            ));
+        }
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+        };
+        // Checked here so that a wrong file is named now, not found out at each handshake.
+        let certificates = |flag: &str, path: &Path| {
+            let pem = read(flag, path)?;
+            match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+                Ok(found) if !found.is_empty() => Ok(pem),
+                Ok(_) => Err(format!(
+                    "{flag} {}: no PEM certificate in it",
+                    path.display()
+                )),
+                Err(e) => Err(format!("{flag} {}: {e}", path.display())),
+            }
+        };
+        let ca = match &self.redis_ca_file {
+            Some(path) => Some(certificates("--redis-ca-file", path)?),
+            None => None,
+        };
+        let identity = match (&self.redis_client_cert, &self.redis_client_key) {
+            (Some(cert), Some(key)) => {
+                let cert = certificates("--redis-client-cert", cert)?;
+                let pem = read("--redis-client-key", key)?;
+                PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                    format!("--redis-client-key {}: no private key: {e}", key.display())
+                })?;
+                Some((cert, pem))
+            }
+            _ => None,
+        };
+        Ok(RedisTls { ca, identity })
     }
 }
 
@@ -379,7 +446,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let global = match args.store.global(args.max_buckets) {
         Ok(global) => global,
         Err(error) => {
-            tracing::error!("invalid --redis-url: {error}");
+            tracing::error!("cannot count in redis: {error}");
             return ExitCode::FAILURE;
         }
     };

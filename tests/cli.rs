@@ -130,6 +130,48 @@ fn serve_refuses_an_invalid_config() {
 }
 
 #[test]
+fn redis_tls_files_are_checked_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let missing = dir.path().join("missing.crt");
+    let serve = |url: &str, ca: &std::path::Path| {
+        let out = Command::new(BIN)
+            .args(["serve", "--config", "examples/config", "--store", "redis"])
+            .args(["--redis-url", url, "--redis-ca-file"])
+            .arg(ca)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let stderr = serve("rediss://127.0.0.1:1", &missing);
+    assert!(
+        stderr.contains(&format!("--redis-ca-file {}", missing.display())),
+        "{stderr}"
+    );
+    let stderr = serve("redis://user:secret@127.0.0.1:1", &ca);
+    assert!(stderr.contains("need rediss:// URLs"), "{stderr}");
+    assert!(
+        !stderr.contains("secret"),
+        "the password was logged: {stderr}"
+    );
+    let stderr = serve("rediss://127.0.0.1:1", &ca);
+    assert!(
+        stderr.contains(&format!(
+            "--redis-ca-file {}: no PEM certificate",
+            ca.display()
+        )),
+        "{stderr}"
+    );
+
+    let out = run(&["serve", "--redis-client-cert", "client.crt"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--redis-client-key"));
+}
+
+#[test]
 fn a_taken_port_is_a_startup_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

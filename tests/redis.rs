@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisCluster, RedisServer};
+use common::redis::{Certificates, RedisCluster, RedisServer};
 use common::{
     RedisSetup, Setup, T0, TestServer, codes, descriptor, one, request, reset_secs, start_in,
     start_with,
@@ -27,7 +27,7 @@ use tollgate::clock::ManualClock;
 use tollgate::config::Options;
 use tollgate::decision::{Limiter, Settings};
 use tollgate::quota::Algorithm;
-use tollgate::store::{FailurePolicy, MemoryStore};
+use tollgate::store::{FailurePolicy, MemoryStore, RedisOptions, RedisStore, RedisTls};
 
 const OK: i32 = Code::Ok as i32;
 const OVER: i32 = Code::OverLimit as i32;
@@ -1150,4 +1150,73 @@ async fn a_cluster_master_down_keeps_the_store_degraded_until_it_is_back() {
          {degraded_while_down}, /healthcheck = {health_while_down:?}"
     );
     s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. TLS: `rediss://` with a private CA and a client certificate.
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_and_a_client_certificate_counts_in_redis() {
+    let certificates = Certificates::generate();
+    let (redis, tls_port) = RedisServer::start_tls(&certificates);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let identity = (
+        certificates.read("client.crt"),
+        certificates.read("client.key"),
+    );
+    let trusted = RedisTls {
+        ca: Some(certificates.read("ca.crt")),
+        identity: Some(identity.clone()),
+    };
+
+    let setup = RedisSetup {
+        tls: trusted.clone(),
+        ..with_prefix(RedisSetup::strict(&url), "tls:")
+    };
+    let mut s = start_redis(&hourly(2), setup).await;
+    let decided: Vec<i32> = overall_codes(&mut s, 3).await;
+    assert_eq!(decided, [OK, OK, OVER]);
+    assert_eq!(redis.keys("tls:*").len(), 1, "the bucket is in redis");
+    s.stop().await;
+
+    // Verification is real: a store that does not trust the CA, or that presents no client
+    // certificate, never gets through the handshake.
+    for (what, tls) in [
+        (
+            "without the CA",
+            RedisTls {
+                ca: None,
+                identity: Some(identity),
+            },
+        ),
+        (
+            "without a client certificate",
+            RedisTls {
+                identity: None,
+                ..trusted
+            },
+        ),
+    ] {
+        let store = RedisStore::start(&RedisOptions {
+            urls: vec![url.clone()],
+            cluster: false,
+            prefix: "tls:".to_owned(),
+            timeout: SEC,
+            tls,
+        })
+        .unwrap();
+        assert!(
+            !store.wait_ready(2 * SEC).await && store.is_degraded(),
+            "a store {what} reached the TLS port"
+        );
+    }
+}
+
+/// The overall codes of `n` calls on key `k`.
+async fn overall_codes(s: &mut TestServer, n: usize) -> Vec<i32> {
+    let mut decided = Vec::new();
+    for _ in 0..n {
+        decided.push(s.call(request("c", one("k", "same"))).await.overall_code);
+    }
+    decided
 }

@@ -24,7 +24,9 @@ use tollgate::metrics::MetricsOptions;
 use tollgate::quota::Algorithm;
 use tollgate::reload::Reloader;
 use tollgate::server::{Server, ServerOptions};
-use tollgate::store::{Consistency, FailurePolicy, MemoryStore, RedisOptions, RedisStore};
+use tollgate::store::{
+    Consistency, FailurePolicy, MemoryStore, RedisOptions, RedisStore, RedisTls,
+};
 
 /// Limits exercising every request semantic (rls.rs; redis.rs replays it against Redis).
 pub const SEMANTICS: &str = r#"
@@ -103,6 +105,7 @@ pub struct RedisSetup {
     pub failure: FailurePolicy,
     pub timeout: Duration,
     pub prefix: String,
+    pub tls: RedisTls,
 }
 
 impl RedisSetup {
@@ -116,6 +119,7 @@ impl RedisSetup {
             failure: FailurePolicy::Local,
             timeout: Duration::from_secs(2),
             prefix: "tollgate:".to_owned(),
+            tls: RedisTls::default(),
         }
     }
 
@@ -143,6 +147,7 @@ impl RedisSetup {
             cluster: self.cluster,
             prefix: self.prefix.clone(),
             timeout: self.timeout,
+            tls: self.tls.clone(),
         })
         .unwrap();
         store.wait_ready(Duration::from_secs(5)).await;

@@ -194,6 +194,89 @@ impl RedisServer {
     }
 }
 
+/// A private CA, a server certificate for 127.0.0.1 and a client certificate, all signed by
+/// that CA, made by `openssl` in a temporary directory: `ca.crt`, `server.crt`, `server.key`,
+/// `client.crt`, `client.key` (PEM).
+pub struct Certificates {
+    dir: tempfile::TempDir,
+}
+
+impl Certificates {
+    pub fn generate() -> Self {
+        const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+        let certificates = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        certificates.openssl(&format!(
+            "req -x509 {NEW_KEY} -keyout ca.key -out ca.crt -days 2 -subj /CN=tollgate-test-ca"
+        ));
+        for (name, usage, san) in [
+            ("server", "serverAuth", "subjectAltName=IP:127.0.0.1"),
+            ("client", "clientAuth", ""),
+        ] {
+            std::fs::write(
+                certificates.path(&format!("{name}.ext")),
+                format!("basicConstraints=critical,CA:FALSE\nextendedKeyUsage={usage}\n{san}\n"),
+            )
+            .unwrap();
+            certificates.openssl(&format!(
+                "req -new {NEW_KEY} -keyout {name}.key -out {name}.csr -subj /CN=tollgate-test-{name}"
+            ));
+            certificates.openssl(&format!(
+                "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+                 -extfile {name}.ext -out {name}.crt"
+            ));
+        }
+        certificates
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap()
+    }
+
+    /// Runs `openssl` with `args` (split on whitespace) in the directory.
+    fn openssl(&self, args: &str) {
+        let output = Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "openssl {args} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl RedisServer {
+    /// Starts a server that also serves TLS on a second free port, with `certificates`, and
+    /// requires clients to present a certificate signed by their CA. The plain port stays for
+    /// the tests' own inspection. Returns the server and its TLS port.
+    pub fn start_tls(certificates: &Certificates) -> (Self, u16) {
+        let tls_port = free_port().to_string();
+        let path = |name: &str| certificates.path(name).display().to_string();
+        let server = Self::start_with(&[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.crt"),
+            "--tls-auth-clients",
+            "yes",
+        ]);
+        (server, tls_port.parse().unwrap())
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();

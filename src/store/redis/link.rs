@@ -8,9 +8,9 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisResult, ScriptInvocation};
+use redis::{ClientTlsConfig, RedisResult, ScriptInvocation, TlsCertificates};
 
-use super::RedisOptions;
+use super::{RedisOptions, RedisTls};
 
 /// How long connecting may take before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -30,19 +30,26 @@ impl Link {
     pub(super) fn new(options: &RedisOptions) -> RedisResult<Self> {
         // Each call has the caller's own deadline; these bound what happens under it.
         let response_timeout = options.timeout.max(Duration::from_millis(100));
+        let certificates = certificates(&options.tls);
         if options.cluster || options.urls.len() > 1 {
-            let client = ClusterClient::builder(options.urls.clone())
+            let mut builder = ClusterClient::builder(options.urls.clone())
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(response_timeout)
-                .retries(1)
-                .build()?;
+                .retries(1);
+            if let Some(certificates) = certificates {
+                builder = builder.certs(certificates);
+            }
+            let client = builder.build()?;
             return Ok(Self::Cluster {
                 client: Box::new(client),
                 connection: ArcSwapOption::empty(),
             });
         }
         let url = options.urls.first().map_or("redis://127.0.0.1:6379", |u| u);
-        let client = redis::Client::open(url)?;
+        let client = match certificates {
+            Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
+            None => redis::Client::open(url)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(response_timeout))
@@ -91,6 +98,23 @@ impl Link {
             }
         }
     }
+}
+
+/// The TLS material to use instead of the defaults, if any was given.
+fn certificates(tls: &RedisTls) -> Option<TlsCertificates> {
+    if tls.ca.is_none() && tls.identity.is_none() {
+        return None;
+    }
+    Some(TlsCertificates {
+        client_tls: tls
+            .identity
+            .clone()
+            .map(|(client_cert, client_key)| ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+        root_cert: tls.ca.clone(),
+    })
 }
 
 fn not_connected() -> redis::RedisError {
