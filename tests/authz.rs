@@ -18,8 +18,8 @@ use common::scrape::{samples, value};
 use common::{
     RedisSetup, Setup, TestServer, descriptor, eventually, request, start, start_in, start_with,
 };
-use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -742,6 +742,74 @@ async fn descriptors_take_path_method_host_and_header_values() {
         .await
         .denied();
     assert_eq!(denied, too_many(all, "search", 1, 60, 60));
+    s.stop().await;
+}
+
+/// `GET /v1/other` with its headers only in `header_map` (Envoy's `encode_raw_headers: true`),
+/// as raw bytes, one entry per header line.
+fn raw_headers_request(lines: &[(&str, &[u8])]) -> CheckRequest {
+    let mut request = check_request("GET", "/v1/other", "us.example.com", &[], None);
+    let http = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .unwrap();
+    http.header_map = Some(HeaderMap {
+        headers: lines
+            .iter()
+            .map(|(key, raw)| HeaderValue {
+                key: (*key).to_owned(),
+                raw_value: raw.to_vec(),
+                ..Default::default()
+            })
+            .collect(),
+    });
+    request
+}
+
+#[tokio::test]
+async fn raw_headers_from_encode_raw_headers_are_read_like_headers() {
+    let s = start(&with_keys(TEMPLATES)).await;
+    let mut authz = Authz::connect(&s).await;
+    let key = ("x-api-key", ACME_KEY.as_bytes());
+
+    assert_eq!(authz.check(raw_headers_request(&[])).await.status(), 401);
+    let allowed = authz
+        .check(raw_headers_request(&[key, ("x-client", &b"c1"[..])]))
+        .await
+        .allowed();
+    assert_eq!(
+        allowed.response,
+        rate_limit_headers(r#""per_client";q=1;w=60"#, "per_client", 1, 0, 60)
+    );
+    // Two lines of one header are one value, joined with ',' as Envoy joins `headers`: it is
+    // another client than either line alone.
+    let two_lines = [key, ("x-client", &b"c1"[..]), ("x-client", &b"c2"[..])];
+    assert_eq!(
+        authz.check(raw_headers_request(&two_lines)).await.status(),
+        200
+    );
+    assert_eq!(
+        authz.check(raw_headers_request(&two_lines)).await.status(),
+        429
+    );
+    let joined = [key, ("x-client", &b"c1,c2"[..])];
+    assert_eq!(
+        authz.check(raw_headers_request(&joined)).await.status(),
+        429
+    );
+    // Bytes that are not UTF-8 become '!', as Envoy writes them into `headers`.
+    let latin1 = [key, ("x-client", &b"caf\xe9"[..])];
+    assert_eq!(
+        authz.check(raw_headers_request(&latin1)).await.status(),
+        200
+    );
+    let replaced = [key, ("x-client", &b"caf!"[..])];
+    assert_eq!(
+        authz.check(raw_headers_request(&replaced)).await.status(),
+        429
+    );
     s.stop().await;
 }
 

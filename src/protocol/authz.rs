@@ -16,7 +16,9 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
@@ -60,7 +62,8 @@ impl Authorization for AuthorizationGrpc {
     ) -> Result<Response<CheckResponse>, Status> {
         let check = request.into_inner();
         let attributes = check.attributes.unwrap_or_default();
-        let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
+        let mut http = attributes.request.and_then(|r| r.http).unwrap_or_default();
+        let headers = request_headers(&mut http);
         let config = self.shared.reloader.limiter().config();
         let domain = match attributes.context_extensions.get("domain") {
             Some(name) => config.domain(name).filter(|d| d.authorization.is_some()),
@@ -78,7 +81,7 @@ impl Authorization for AuthorizationGrpc {
             ));
         };
         let tenant = authz
-            .presented_key(&http.headers)
+            .presented_key(&headers)
             .and_then(|key| authz.tenant(key))
             .cloned();
         let Some(tenant) = tenant else {
@@ -96,7 +99,7 @@ impl Authorization for AuthorizationGrpc {
             method: &http.method,
             path,
             host: &http.host,
-            headers: &http.headers,
+            headers: &headers,
         };
         let descriptors = authz.descriptors(&tenant, &request_attributes);
         let limited = if descriptors.is_empty() {
@@ -329,6 +332,34 @@ fn limited(decision: &Decision) -> impl Iterator<Item = (String, &DescriptorStat
 
 /// `RateLimit-Policy` for every limit, and `RateLimit` plus `X-RateLimit-*` for the one
 /// closest to running out (the one that denied, on a denial).
+/// The request's headers as one map, whichever way Envoy sent them: in `headers` (values
+/// of one name already joined), or, with `encode_raw_headers: true`, as a list in
+/// `header_map`, whose values of one name are joined here with `,` as Envoy would, and whose
+/// bytes that are not UTF-8 become `!`, as Envoy does for `headers`.
+fn request_headers(http: &mut HttpRequest) -> HashMap<String, String> {
+    let raw = http
+        .header_map
+        .take()
+        .map(|map| map.headers)
+        .unwrap_or_default();
+    let mut headers = std::mem::take(&mut http.headers);
+    for header in raw {
+        let value = if header.raw_value.is_empty() {
+            header.value
+        } else {
+            String::from_utf8_lossy(&header.raw_value).replace(char::REPLACEMENT_CHARACTER, "!")
+        };
+        headers
+            .entry(header.key.to_ascii_lowercase())
+            .and_modify(|joined| {
+                joined.push(',');
+                joined.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    headers
+}
+
 fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
     let policies: Vec<String> = limited(decision)
         .filter_map(|(name, s)| {
