@@ -286,6 +286,15 @@ async fn strict_mode_over_grpc_decides_exactly_like_memory() {
     let store = s.redis_store();
     assert_eq!((store.errors(), store.timeouts()), (0, 0));
     assert!(!store.is_degraded());
+    // Each call Redis answered is timed: at most one per request.
+    let text = metrics(&s).await;
+    let timed = metric(&text, "tollgate_redis_call_duration_seconds_count");
+    assert!(
+        (1.0..=got.len() as f64).contains(&timed),
+        "{timed} timed calls for {} requests",
+        got.len()
+    );
+    assert!(metric(&text, "tollgate_redis_call_duration_seconds_sum") > 0.0);
 
     // Keys: prefixed, one hash tag for the domain, a TTL of at most a minute and the grace.
     let keys = check_keys(&redis, "sem:", 61_000 + 1_000);

@@ -6,7 +6,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::reload::Reloader;
 
@@ -113,6 +113,13 @@ fn redis(encoder: &mut DescriptorEncoder, global: &crate::decision::Global) -> s
         "Redis calls that outlasted --redis-timeout",
         redis.timeouts(),
     )?;
+    let calls = redis.call_seconds();
+    calls.encode(encoder.encode_descriptor(
+        "redis_call_duration",
+        "Round-trip time of Redis calls that were answered (decisions and leases)",
+        Some(&Unit::Seconds),
+        calls.metric_type(),
+    )?)?;
     counter(
         encoder,
         "redis_fallback_decisions",

@@ -20,8 +20,9 @@ mod link;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use smallvec::SmallVec;
 use tokio::sync::Notify;
 
@@ -131,6 +132,8 @@ pub struct RedisStore {
     timeouts: AtomicU64,
     /// The domain tag of the last failed call: the probe checks that slot.
     failed_tag: AtomicU64,
+    /// How long answered calls took (timed-out calls are counted in `timeouts` instead).
+    call_seconds: Histogram,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -160,6 +163,8 @@ impl RedisStore {
             errors: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             failed_tag: AtomicU64::new(0),
+            // 50 µs … ~100 ms, doubling.
+            call_seconds: Histogram::new(exponential_buckets(5e-5, 2.0, 12)),
         });
         tokio::spawn(probe(Arc::downgrade(&store), store.wake_probe.clone()));
         Ok(store)
@@ -178,6 +183,11 @@ impl RedisStore {
     /// Calls that outlasted the timeout since start.
     pub fn timeouts(&self) -> u64 {
         self.timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Round-trip times of the calls Redis answered, with or without an error.
+    pub fn call_seconds(&self) -> &Histogram {
+        &self.call_seconds
     }
 
     /// Waits until Redis answers (or `deadline` passes); true if it did.
@@ -235,7 +245,12 @@ impl RedisStore {
                 .arg(role);
         }
         let call = self.link.invoke(&invocation);
-        let reply: Vec<i64> = match tokio::time::timeout(self.timeout, call).await {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.timeout, call).await;
+        if answer.is_ok() {
+            self.call_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        let reply: Vec<i64> = match answer {
             Ok(Ok(reply)) => reply,
             Ok(Err(error)) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
