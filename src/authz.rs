@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descri
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::locate::Step;
 use crate::config::schema::{AuthorizationSpec, EntrySpec};
 
 /// A tenant, as requests see it once their key is recognised.
@@ -99,68 +100,95 @@ fn parse_digest(text: &str) -> Option<[u8; 32]> {
 }
 
 impl Authorization {
-    /// Compiles a section, or lists its problems (each with the offending item).
-    pub fn compile(spec: &AuthorizationSpec) -> Result<Self, Vec<String>> {
+    /// Compiles a section, or lists its problems, each with the path of the offending node
+    /// inside the section.
+    pub fn compile(spec: &AuthorizationSpec) -> Result<Self, Vec<Problem<'_>>> {
         let mut problems = Vec::new();
+        let mut problem = |at, message: String| {
+            problems.push(Problem { at, message });
+        };
         let mut tiers = HashMap::new();
+        let key_header = spec.api_key_header.to_ascii_lowercase();
         for (name, tier) in &spec.tiers {
+            let at_tier = || vec![Step::Key("tiers"), Step::Key(name)];
             if tier.descriptors.is_empty() {
-                problems.push(format!("tier '{name}' has no descriptors"));
+                problem(at_tier(), format!("tier '{name}' has no descriptors"));
             }
             let mut templates = Vec::new();
-            for descriptor in &tier.descriptors {
+            for (index, descriptor) in tier.descriptors.iter().enumerate() {
+                let at_descriptor = || {
+                    let mut at = at_tier();
+                    at.extend([Step::Key("descriptors"), Step::Index(index)]);
+                    at
+                };
                 if descriptor.is_empty() {
-                    problems.push(format!("tier '{name}' has an empty descriptor"));
+                    problem(
+                        at_descriptor(),
+                        format!("tier '{name}' has an empty descriptor"),
+                    );
                 }
-                let key_header = spec.api_key_header.to_ascii_lowercase();
-                let entries: Vec<Template> = descriptor
-                    .iter()
-                    .filter_map(|entry| match template(entry, &key_header) {
-                        Ok(template) => Some(template),
-                        Err(problem) => {
-                            problems.push(format!("tier '{name}': {problem}"));
-                            None
+                let mut entries = Vec::new();
+                for (position, entry) in descriptor.iter().enumerate() {
+                    match template(entry, &key_header) {
+                        Ok(template) => entries.push(template),
+                        Err(message) => {
+                            let mut at = at_descriptor();
+                            at.push(Step::Index(position));
+                            problem(at, format!("tier '{name}': {message}"));
                         }
-                    })
-                    .collect();
+                    }
+                }
                 templates.push(entries);
             }
             tiers.insert(name.clone(), templates);
         }
         let mut keys = HashMap::new();
         let mut ids = std::collections::HashSet::new();
-        for tenant in &spec.tenants {
+        for (index, tenant) in spec.tenants.iter().enumerate() {
+            let at_tenant = |field: Option<&'static str>| {
+                let mut at = vec![Step::Key("tenants"), Step::Index(index)];
+                at.extend(field.map(Step::Key));
+                at
+            };
             if tenant.id.is_empty() {
-                problems.push("a tenant has an empty id".to_owned());
+                problem(at_tenant(None), "a tenant has an empty id".to_owned());
             }
             if !ids.insert(tenant.id.as_str()) {
-                problems.push(format!("duplicate tenant '{}'", tenant.id));
+                problem(at_tenant(None), format!("duplicate tenant '{}'", tenant.id));
             }
             if !spec.tiers.contains_key(&tenant.tier) {
-                problems.push(format!(
-                    "tenant '{}' has unknown tier '{}'",
-                    tenant.id, tenant.tier
-                ));
+                problem(
+                    at_tenant(Some("tier")),
+                    format!("tenant '{}' has unknown tier '{}'", tenant.id, tenant.tier),
+                );
             }
             let shared = Arc::new(Tenant {
                 id: tenant.id.clone(),
                 tier: tenant.tier.clone(),
             });
-            for (index, key) in tenant.api_keys.iter().enumerate() {
+            for (number, key) in tenant.api_keys.iter().enumerate() {
+                let mut at = at_tenant(Some("api_keys"));
+                at.push(Step::Index(number));
                 let Some(digest) = parse_digest(key) else {
                     // Not echoed: it may be a raw key pasted by mistake.
-                    problems.push(format!(
-                        "tenant '{}': api key #{} is not sha256:<64 hex digits> (make one with `tollgate hash-key`)",
-                        tenant.id,
-                        index + 1
-                    ));
+                    problem(
+                        at,
+                        format!(
+                            "tenant '{}': api key #{} is not sha256:<64 hex digits> (make one with `tollgate hash-key`)",
+                            tenant.id,
+                            number + 1
+                        ),
+                    );
                     continue;
                 };
                 if let Some((other, _)) = keys.insert(digest, (shared.clone(), digest)) {
-                    problems.push(format!(
-                        "tenant '{}': api key {key} is also tenant '{}''s",
-                        tenant.id, other.id
-                    ));
+                    problem(
+                        at,
+                        format!(
+                            "tenant '{}': api key {key} is also tenant '{}''s",
+                            tenant.id, other.id
+                        ),
+                    );
                 }
             }
         }
@@ -236,6 +264,15 @@ impl Authorization {
             })
             .collect()
     }
+}
+
+/// A problem in an `authorization:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem<'a> {
+    /// Where it is: the path of the offending node inside the section.
+    pub at: Vec<Step<'a>>,
+    /// What is wrong.
+    pub message: String,
 }
 
 fn template(entry: &EntrySpec, key_header: &str) -> Result<Template, String> {

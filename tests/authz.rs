@@ -1366,14 +1366,16 @@ authorization:
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stdout), "");
     let stderr = text(&out.stderr);
-    let at = format!("error: {}:6: authorization: ", file.display());
+    let at = |line: u32| format!("error: {}:{line}: authorization: ", file.display());
     let expected = [
         format!(
-            "{at}tier 'free': entry 'tier': unknown from 'cookie' (expected tenant, tier, method, path, host or header:NAME)"
+            "{}tier 'free': entry 'tier': unknown from 'cookie' (expected tenant, tier, method, path, host or header:NAME)",
+            at(9)
         ),
-        format!("{at}tenant 'acme' has unknown tier 'gold'"),
+        format!("{}tenant 'acme' has unknown tier 'gold'", at(12)),
         format!(
-            "{at}tenant 'acme': api key #1 is not sha256:<64 hex digits> (make one with `tollgate hash-key`)"
+            "{}tenant 'acme': api key #1 is not sha256:<64 hex digits> (make one with `tollgate hash-key`)",
+            at(13)
         ),
     ];
     for line in &expected {

@@ -1,8 +1,15 @@
 use super::*;
+use crate::config::locate::line_of;
 
+/// The section in `yaml`, or its problems as `line N: message`.
 fn compile(yaml: &str) -> Result<Authorization, Vec<String>> {
     let spec: AuthorizationSpec = serde_yaml::from_str(yaml).unwrap();
-    Authorization::compile(&spec)
+    Authorization::compile(&spec).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|p| format!("line {}: {}", line_of(yaml, &p.at).unwrap(), p.message))
+            .collect()
+    })
 }
 
 const SECTION: &str = r#"
@@ -121,15 +128,16 @@ tenants:
     .unwrap_err();
     let all = problems.join("\n");
     for wanted in [
-        "entry 'tenant' needs exactly one of value or from",
-        "unknown from 'cookie'",
-        "tier 'free' has an empty descriptor",
-        "tenant 'acme' has unknown tier 'gold'",
-        "api key #1 is not sha256:<64 hex digits>",
-        "reads the API key header 'x-api-key'",
-        "duplicate tenant 'acme'",
-        "is also tenant 'other''s",
+        "line 5: tier 'free': entry 'tenant' needs exactly one of value or from",
+        "line 6: tier 'free': entry 'a': unknown from 'cookie'",
+        "line 7: tier 'free' has an empty descriptor",
+        "line 8: tier 'free': entry 'k' reads the API key header 'x-api-key'",
+        "line 10: tenant 'acme' has unknown tier 'gold'",
+        "line 10: tenant 'acme': api key #1 is not sha256:<64 hex digits>",
+        "line 11: duplicate tenant 'acme'",
+        "line 16: tenant 'other': api key sha256:",
     ] {
         assert!(all.contains(wanted), "{wanted} missing from:\n{all}");
     }
+    assert_eq!(problems.len(), 8, "{all}");
 }

@@ -88,11 +88,15 @@ fn compile_file(
             .and_then(|section| match Authorization::compile(section) {
                 Ok(compiled) => Some(Arc::new(compiled)),
                 Err(problems) => {
-                    let line = line_of(&file.text, &[Step::Key("authorization")]);
                     for problem in problems {
+                        let mut at = vec![Step::Key("authorization")];
+                        at.extend(problem.at);
                         errors.push(ConfigError {
-                            line,
-                            ..ConfigError::file(&file.path, format!("authorization: {problem}"))
+                            line: line_of(&file.text, &at),
+                            ..ConfigError::file(
+                                &file.path,
+                                format!("authorization: {}", problem.message),
+                            )
                         });
                     }
                     None

@@ -8,15 +8,15 @@ use saphyr_parser::{Event, Parser};
 
 /// One step of a path into a document.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub enum Step<'a> {
     /// A mapping's value by key.
-    Key(&'static str),
+    Key(&'a str),
     /// A sequence's element by index.
     Index(usize),
 }
 
 /// The 1-based line where the node at `path` starts, if the document has it.
-pub fn line_of(source: &str, path: &[Step]) -> Option<usize> {
+pub fn line_of(source: &str, path: &[Step<'_>]) -> Option<usize> {
     let mut events = Parser::new_from_str(source).map_while(Result::ok);
     // Skip to the document's root node.
     let mut root = loop {
