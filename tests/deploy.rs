@@ -794,10 +794,12 @@ fn helm_chart_renders_shared_with_redis_hpa_network_policy_and_service_monitor()
         "store": "redis",
         "consistency": "cached",
         "redis": {
-            "url": "redis://:secret@redis.gateway:6379/0",
+            "url": "rediss://:secret@redis.gateway:6379/0",
             "failure": "deny",
             "timeout": "10ms",
             "prefix": "team-a:",
+            "tlsSecret": "redis-client-tls",
+            "clientCertificate": true,
         },
         "limits": {
             "api.yaml": api,
@@ -836,6 +838,9 @@ fn helm_chart_renders_shared_with_redis_hpa_network_policy_and_service_monitor()
         ("--redis-failure", "deny"),
         ("--redis-timeout", "10ms"),
         ("--redis-prefix", "team-a:"),
+        ("--redis-ca-file", "/etc/tollgate-redis-tls/ca.crt"),
+        ("--redis-client-cert", "/etc/tollgate-redis-tls/tls.crt"),
+        ("--redis-client-key", "/etc/tollgate-redis-tls/tls.key"),
         ("--max-buckets", "500000"),
         ("--shadow-mode", ""),
         ("--sweep-interval", "30"),
@@ -853,9 +858,20 @@ fn helm_chart_renders_shared_with_redis_hpa_network_policy_and_service_monitor()
     assert_eq!(secret, name(rendered));
     assert_eq!(
         secret_value(rendered, &key),
-        "redis://:secret@redis.gateway:6379/0"
+        "rediss://:secret@redis.gateway:6379/0"
     );
     let tollgate = container(deployment, "tollgate");
+    // The TLS Secret is mounted where the flags point.
+    let volumes = list(&deployment["spec"]["template"]["spec"]["volumes"]);
+    let tls = volumes.iter().find(|v| v["name"] == "redis-tls").unwrap();
+    assert_eq!(
+        tls["secret"]["secretName"].as_str(),
+        Some("redis-client-tls")
+    );
+    let mounts = list(&tollgate["volumeMounts"]);
+    let mount = mounts.iter().find(|m| m["name"] == "redis-tls").unwrap();
+    assert_eq!(mount["mountPath"].as_str(), Some("/etc/tollgate-redis-tls"));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
     assert_eq!(
         tollgate["image"].as_str(),
         Some("registry.example/tollgate:0.1.0-rc1")
