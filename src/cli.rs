@@ -59,7 +59,7 @@ enum Command {
     /// files (unless --no-watch), on SIGHUP and on POST /reload; an invalid change keeps the
     /// last good configuration. SIGTERM or SIGINT stops accepting calls, lets in-flight calls
     /// finish and exits 0.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check configuration files without serving.
     ///
     /// Prints one summary line per domain and exits 0 when valid; prints one line per problem
@@ -391,7 +391,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(serve(args))
+            runtime.block_on(serve(*args))
         }
     };
     telemetry.flush();
