@@ -330,8 +330,6 @@ fn limited(decision: &Decision) -> impl Iterator<Item = (String, &DescriptorStat
         })
 }
 
-/// `RateLimit-Policy` for every limit, and `RateLimit` plus `X-RateLimit-*` for the one
-/// closest to running out (the one that denied, on a denial).
 /// The request's headers as one map, whichever way Envoy sent them: in `headers` (values
 /// of one name already joined), or, with `encode_raw_headers: true`, as a list in
 /// `header_map`, whose values of one name are joined here with `,` as Envoy would, and whose
@@ -347,7 +345,7 @@ fn request_headers(http: &mut HttpRequest) -> HashMap<String, String> {
         let value = if header.raw_value.is_empty() {
             header.value
         } else {
-            String::from_utf8_lossy(&header.raw_value).replace(char::REPLACEMENT_CHARACTER, "!")
+            sanitized(&header.raw_value)
         };
         headers
             .entry(header.key.to_ascii_lowercase())
@@ -360,6 +358,19 @@ fn request_headers(http: &mut HttpRequest) -> HashMap<String, String> {
     headers
 }
 
+/// `bytes` as text with each byte that is not part of valid UTF-8 replaced by `!`, as Envoy
+/// sanitizes header values it writes into `headers`.
+fn sanitized(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        text.extend(chunk.invalid().iter().map(|_| '!'));
+    }
+    text
+}
+
+/// `RateLimit-Policy` for every limit, and `RateLimit` plus `X-RateLimit-*` for the one
+/// closest to running out (the one that denied, on a denial).
 fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
     let policies: Vec<String> = limited(decision)
         .filter_map(|(name, s)| {
