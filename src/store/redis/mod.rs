@@ -185,7 +185,7 @@ impl RedisStore {
         self.timeouts.load(Ordering::Relaxed)
     }
 
-    /// Round-trip times of the calls Redis answered, with or without an error.
+    /// Round-trip times of the calls Redis answered, with a reply or a server error.
     pub fn call_seconds(&self) -> &Histogram {
         &self.call_seconds
     }
@@ -247,7 +247,14 @@ impl RedisStore {
         let call = self.link.invoke(&invocation);
         let started = Instant::now();
         let answer = tokio::time::timeout(self.timeout, call).await;
-        if answer.is_ok() {
+        // Only what Redis itself answered (a reply or a server error): a refused or dropped
+        // connection fails at once and would make an outage look fast.
+        let answered = match &answer {
+            Ok(Ok(_)) => true,
+            Ok(Err(error)) => !(error.is_io_error() || error.is_connection_dropped()),
+            Err(_) => false,
+        };
+        if answered {
             self.call_seconds.observe(started.elapsed().as_secs_f64());
         }
         let reply: Vec<i64> = match answer {
