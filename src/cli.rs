@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::clock::SystemClock;
 use crate::config::{self, Options};
@@ -18,7 +16,10 @@ use crate::metrics::MetricsOptions;
 use crate::quota::Algorithm;
 use crate::reload::{Reloader, Trigger};
 use crate::server::{Server, ServerOptions};
-use crate::store::{Consistency, FailurePolicy, MemoryStore, RedisOptions, RedisStore, RedisTls};
+use crate::store::{
+    Consistency, FailurePolicy, MemoryStore, RedisOptions, RedisStore, RedisTls, TlsError,
+    is_tls_url,
+};
 use crate::telemetry::{self, LogFormat};
 
 /// tollgate: an Envoy rate limit service (envoy.service.ratelimit.v3) with hot in-memory
@@ -182,7 +183,7 @@ struct StoreArgs {
     )]
     redis_prefix: String,
     /// PEM file of the CA certificates that sign the rediss:// server's certificate, trusted
-    /// instead of the system's roots (for a private CA).
+    /// instead of the bundled webpki (Mozilla) roots (for a private CA).
     #[arg(long, env = "TOLLGATE_REDIS_CA_FILE", value_name = "PATH")]
     redis_ca_file: Option<PathBuf>,
     /// PEM client certificate presented to rediss:// servers that require mutual TLS (with
@@ -262,41 +263,39 @@ impl StoreArgs {
 
     /// The --redis-ca-file and client identity, read; only with rediss:// URLs.
     fn tls(&self) -> Result<RedisTls, String> {
-        let plain = self.redis_url.iter().find(|u| !u.starts_with("rediss://"));
-        let files = self.redis_ca_file.is_some() || self.redis_client_cert.is_some();
-        if let (true, Some(url)) = (files, plain) {
+        let flag = match (&self.redis_ca_file, &self.redis_client_cert) {
+            (Some(_), _) => "--redis-ca-file",
+            (None, Some(_)) => "--redis-client-cert",
+            (None, None) => return Ok(RedisTls::default()),
+        };
+        if let Some(url) = self.redis_url.iter().find(|u| !is_tls_url(u)) {
             return Err(format!(
-                "--redis-ca-file and --redis-client-cert need rediss:// URLs, not {}",
+                "{flag} needs rediss:// URLs, not {}",
                 redacted(url)
             ));
         }
-        let read = |flag: &str, path: &Path| {
-            std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
-        };
-        // Checked here so that a wrong file is named now, not found out at each handshake.
-        let certificates = |flag: &str, path: &Path| {
-            let pem = read(flag, path)?;
-            match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
-                Ok(found) if !found.is_empty() => Ok(pem),
-                Ok(_) => Err(format!(
-                    "{flag} {}: no PEM certificate in it",
-                    path.display()
-                )),
-                Err(e) => Err(format!("{flag} {}: {e}", path.display())),
-            }
+        // Checked now, so that a wrong file is named at startup rather than failing every
+        // handshake later.
+        let read = |flag: &str, path: &Path, check: &dyn Fn(&[u8]) -> Result<(), TlsError>| {
+            let at = |e: &dyn std::fmt::Display| format!("{flag} {}: {e}", path.display());
+            let pem = std::fs::read(path).map_err(|e| at(&e))?;
+            check(&pem).map_err(|e| at(&e))?;
+            Ok::<_, String>(pem)
         };
         let ca = match &self.redis_ca_file {
-            Some(path) => Some(certificates("--redis-ca-file", path)?),
+            Some(path) => Some(read(
+                "--redis-ca-file",
+                path,
+                &RedisTls::check_certificates,
+            )?),
             None => None,
         };
         let identity = match (&self.redis_client_cert, &self.redis_client_key) {
             (Some(cert), Some(key)) => {
-                let cert = certificates("--redis-client-cert", cert)?;
-                let pem = read("--redis-client-key", key)?;
-                PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-                    format!("--redis-client-key {}: no private key: {e}", key.display())
-                })?;
-                Some((cert, pem))
+                let chain = read("--redis-client-cert", cert, &RedisTls::check_certificates)?;
+                let check_key = |pem: &[u8]| RedisTls::check_identity(&chain, pem);
+                let key = read("--redis-client-key", key, &check_key)?;
+                Some((chain, key))
             }
             _ => None,
         };

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::free_port;
+use common::redis::Certificates;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
@@ -131,40 +132,76 @@ fn serve_refuses_an_invalid_config() {
 
 #[test]
 fn redis_tls_files_are_checked_at_startup() {
+    let certificates = Certificates::generate();
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.crt");
-    std::fs::write(&ca, "not a certificate").unwrap();
+    let garbage = dir.path().join("ca.crt");
+    std::fs::write(&garbage, "not a certificate").unwrap();
     let missing = dir.path().join("missing.crt");
-    let serve = |url: &str, ca: &std::path::Path| {
-        let out = Command::new(BIN)
+    let path = |p: &std::path::Path| p.display().to_string();
+    // `serve` with these flags must exit 1 at once; returns its stderr.
+    let refused = |url: &str, tls: &[(&str, String)]| {
+        let mut command = Command::new(BIN);
+        command
             .args(["serve", "--config", "examples/config", "--store", "redis"])
-            .args(["--redis-url", url, "--redis-ca-file"])
-            .arg(ca)
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .output()
-            .unwrap();
+            .args(["--redis-url", url])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+        for (flag, value) in tls {
+            command.args([flag, value.as_str()]);
+        }
+        let out = command.output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
         text(&out.stderr)
     };
-    let stderr = serve("rediss://127.0.0.1:1", &missing);
+    let tls_url = "rediss://127.0.0.1:1";
+    let ca = |p: String| vec![("--redis-ca-file", p)];
+
+    let stderr = refused(tls_url, &ca(path(&missing)));
     assert!(
-        stderr.contains(&format!("--redis-ca-file {}", missing.display())),
+        stderr.contains(&format!("--redis-ca-file {}: ", path(&missing))),
         "{stderr}"
     );
-    let stderr = serve("redis://user:secret@127.0.0.1:1", &ca);
-    assert!(stderr.contains("need rediss:// URLs"), "{stderr}");
+    let stderr = refused("redis://user:secret@127.0.0.1:1", &ca(path(&garbage)));
+    assert!(
+        stderr.contains("--redis-ca-file needs rediss:// URLs, not redis://***@127.0.0.1:1"),
+        "{stderr}"
+    );
     assert!(
         !stderr.contains("secret"),
         "the password was logged: {stderr}"
     );
-    let stderr = serve("rediss://127.0.0.1:1", &ca);
+    let stderr = refused(tls_url, &ca(path(&garbage)));
     assert!(
         stderr.contains(&format!(
-            "--redis-ca-file {}: no PEM certificate",
-            ca.display()
+            "--redis-ca-file {}: no PEM certificate in it",
+            path(&garbage)
         )),
         "{stderr}"
     );
+    // A client key that is not the certificate's.
+    let wrong_key = [
+        (
+            "--redis-client-cert",
+            path(&certificates.path("client.crt")),
+        ),
+        ("--redis-client-key", path(&certificates.path("server.key"))),
+    ];
+    let stderr = refused(tls_url, &wrong_key);
+    assert!(
+        stderr.contains(&format!(
+            "--redis-client-key {}: ",
+            path(&certificates.path("server.key"))
+        )),
+        "{stderr}"
+    );
+    let not_a_key = [
+        (
+            "--redis-client-cert",
+            path(&certificates.path("client.crt")),
+        ),
+        ("--redis-client-key", path(&certificates.path("client.crt"))),
+    ];
+    let stderr = refused(tls_url, &not_a_key);
+    assert!(stderr.contains("no PEM private key in it"), "{stderr}");
 
     let out = run(&["serve", "--redis-client-cert", "client.crt"]);
     assert_eq!(out.status.code(), Some(2));

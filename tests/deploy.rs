@@ -1015,6 +1015,10 @@ fn helm_chart_rejects_bad_values() {
             "redis.url or redis.existingSecret",
         ),
         (json!({"mode": "sidecar"}), "sidecar.containers"),
+        (
+            json!({"store": "redis", "redis": {"url": "rediss://r:6379", "clientCertificate": true}}),
+            "redis.clientCertificate needs redis.tlsSecret",
+        ),
     ] {
         let output = helm(&values);
         let error = output.error.unwrap_or_else(|| panic!("{values} rendered"));

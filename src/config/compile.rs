@@ -88,11 +88,15 @@ fn compile_file(
             .and_then(|section| match Authorization::compile(section) {
                 Ok(compiled) => Some(Arc::new(compiled)),
                 Err(problems) => {
+                    let section = [Step::Key("authorization")];
                     for problem in problems {
-                        let mut at = vec![Step::Key("authorization")];
+                        let mut at = section.to_vec();
                         at.extend(problem.at);
+                        // The section's line where the node cannot be found (YAML merge keys).
+                        let line =
+                            line_of(&file.text, &at).or_else(|| line_of(&file.text, &section));
                         errors.push(ConfigError {
-                            line: line_of(&file.text, &at),
+                            line,
                             ..ConfigError::file(
                                 &file.path,
                                 format!("authorization: {}", problem.message),

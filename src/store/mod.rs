@@ -9,7 +9,7 @@ pub mod redis;
 pub use key::{BucketKey, KeyBuilder};
 pub use lease::Leases;
 pub use memory::{Acquired, MemoryStore, SweepReport};
-pub use redis::{RedisOptions, RedisStore, RedisTls};
+pub use redis::{RedisOptions, RedisStore, RedisTls, TlsError, is_tls_url};
 
 use crate::quota::Quota;
 

@@ -10,7 +10,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{ClientTlsConfig, RedisResult, ScriptInvocation, TlsCertificates};
 
-use super::{RedisOptions, RedisTls};
+use super::{RedisOptions, RedisTls, tls};
 
 /// How long connecting may take before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -30,6 +30,7 @@ impl Link {
     pub(super) fn new(options: &RedisOptions) -> RedisResult<Self> {
         // Each call has the caller's own deadline; these bound what happens under it.
         let response_timeout = options.timeout.max(Duration::from_millis(100));
+        tls::install_crypto_provider();
         let certificates = certificates(&options.tls);
         if options.cluster || options.urls.len() > 1 {
             let mut builder = ClusterClient::builder(options.urls.clone())

@@ -16,6 +16,7 @@
 //! as soon as Redis answers again.
 
 mod link;
+mod tls;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::algorithm::{Verdict, sliding_log, sliding_window, token_bucket};
 use crate::clock::{NANOS_PER_SEC, Nanos};
 use crate::quota::{Algorithm, Quota};
 use link::Link;
+pub use tls::{RedisTls, TlsError, is_tls_url};
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -43,27 +45,8 @@ pub struct RedisOptions {
     pub prefix: String,
     /// Longest wait for one decision before the failure policy answers instead.
     pub timeout: Duration,
-    /// Trust and identity for `rediss://` beyond the system's roots.
+    /// Trust and identity for `rediss://` other than the webpki roots.
     pub tls: RedisTls,
-}
-
-/// PEM material for `rediss://` connections; empty uses the system's and the webpki roots.
-#[derive(Clone, Default)]
-pub struct RedisTls {
-    /// CA certificates to trust instead of the system's and the webpki roots.
-    pub ca: Option<Vec<u8>>,
-    /// Client certificate chain and private key, for servers that require mutual TLS.
-    pub identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl std::fmt::Debug for RedisTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the key.
-        f.debug_struct("RedisTls")
-            .field("ca", &self.ca.is_some())
-            .field("identity", &self.identity.is_some())
-            .finish()
-    }
 }
 
 /// Redis could not decide in time: unreachable, too slow, or failing.
