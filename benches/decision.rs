@@ -1,4 +1,4 @@
-//! The decision path: match → key hash → bucket CAS, through `Limiter::should_rate_limit`,
+//! The decision path: match → key hash → bucket CAS, through `Limiter::decide` on the memory store,
 //! with one live key and with a million.
 //!
 //! Run: `cargo bench --bench decision`.
@@ -11,12 +11,13 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use futures_util::FutureExt;
+use tollgate::app;
 use tollgate::clock::SystemClock;
 use tollgate::config::source::SourceFile;
 use tollgate::config::{Options, compile};
-use tollgate::decision::{Limiter, Settings};
-use tollgate::quota::Algorithm;
-use tollgate::store::MemoryStore;
+use tollgate::decision::{Decision, Limiter};
+use tollgate::store::{MemoryStore, Parts};
 
 const CONFIG: &str = "domain: bench\ndescriptors:\n  - key: user\n    rate_limit: {unit: second, requests_per_unit: 1000000000}\n  - key: route\n    value: /api/*\n    descriptors:\n      - key: user\n        rate_limit: {unit: second, requests_per_unit: 1000000000, algorithm: fixed_window}\n";
 
@@ -26,16 +27,21 @@ fn limiter() -> Limiter {
         text: CONFIG.into(),
     };
     let config = compile(&[file], &Options::default()).expect("valid bench config");
-    let settings = Settings {
-        shadow_mode: false,
-        default_algorithm: Algorithm::TokenBucket,
+    let app = app::Config {
+        max_buckets: 2_000_000,
+        ..app::Config::new("bench.yaml")
     };
-    Limiter::new(
-        config,
-        MemoryStore::new(2_000_000),
-        Arc::new(SystemClock::new()),
-        settings,
-    )
+    app.limiter(config, Arc::new(SystemClock::new()))
+        .expect("a memory store")
+}
+
+/// Decides `request` on the memory store, which answers on the first poll.
+fn decide(limiter: &Limiter, request: &RateLimitRequest) -> Decision {
+    limiter
+        .decide(request)
+        .now_or_never()
+        .expect("the memory store answers at once")
+        .expect("a valid request")
 }
 
 fn request(user: &str) -> RateLimitRequest {
@@ -58,7 +64,7 @@ fn decision(c: &mut Criterion) {
 
     let one = limiter();
     let req = request("alice");
-    group.bench_function("1 live key", |b| b.iter(|| one.should_rate_limit(&req)));
+    group.bench_function("1 live key", |b| b.iter(|| decide(&one, &req)));
 
     let nested = RateLimitRequest {
         descriptors: vec![RateLimitDescriptor {
@@ -77,7 +83,7 @@ fn decision(c: &mut Criterion) {
         ..req.clone()
     };
     group.bench_function("1 live key, nested wildcard", |b| {
-        b.iter(|| one.should_rate_limit(&nested))
+        b.iter(|| decide(&one, &nested))
     });
 
     // A million live buckets (fewer when run as a test, to keep `cargo test` quick).
@@ -89,14 +95,16 @@ fn decision(c: &mut Criterion) {
     let many = limiter();
     let requests: Vec<_> = (0..keys).map(|i| request(&format!("user-{i}"))).collect();
     for r in &requests {
-        let _ = many.should_rate_limit(r);
+        decide(&many, r);
     }
-    assert_eq!(many.store().live(), keys);
+    let mut parts = Parts::default();
+    many.store().parts(&mut parts);
+    assert_eq!(parts.memory.map(MemoryStore::live), Some(keys));
     let mut i = 0;
     group.bench_function(format!("{keys} live keys"), |b| {
         b.iter(|| {
             i = (i + 7919) % keys;
-            many.should_rate_limit(&requests[i])
+            decide(&many, &requests[i])
         })
     });
     group.finish();

@@ -8,18 +8,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::app::{self, RedisConfig, StoreConfig};
 use crate::clock::SystemClock;
 use crate::config::{self, Options};
-use crate::decision::Global;
-use crate::decision::{Limiter, Settings};
+use crate::decision::Settings;
 use crate::metrics::MetricsOptions;
 use crate::quota::Algorithm;
 use crate::reload::{Reloader, Trigger};
-use crate::server::{Server, ServerOptions};
-use crate::store::{
-    Consistency, FailurePolicy, MemoryStore, RedisOptions, RedisStore, RedisTls, TlsError,
-    is_tls_url,
-};
+use crate::rule::Consistency;
+use crate::server::ServerOptions;
+use crate::store::{FailurePolicy, RedisOptions, RedisTls, TlsError, is_tls_url};
 use crate::telemetry::{self, LogFormat};
 
 /// tollgate: an Envoy rate limit service (envoy.service.ratelimit.v3) with hot in-memory
@@ -163,12 +161,12 @@ struct StoreArgs {
     /// How replicas agree on a limit: `strict` decides every request atomically in Redis;
     /// `cached` spends tokens leased from Redis in slices, off the request path. A limit's
     /// `consistency:` overrides it.
-    #[arg(long, env = "TOLLGATE_CONSISTENCY", value_enum, default_value_t = ConsistencyArg::Strict)]
-    consistency: ConsistencyArg,
+    #[arg(long, env = "TOLLGATE_CONSISTENCY", value_enum, default_value_t = Consistency::Strict)]
+    consistency: Consistency,
     /// What to answer while Redis is unreachable or slower than --redis-timeout: decide from
     /// this replica's memory buckets (`local`), admit (`allow`), or deny (`deny`).
-    #[arg(long, env = "TOLLGATE_REDIS_FAILURE", value_enum, default_value_t = FailureArg::Local)]
-    redis_failure: FailureArg,
+    #[arg(long, env = "TOLLGATE_REDIS_FAILURE", value_enum, default_value_t = FailurePolicy::Local)]
+    redis_failure: FailurePolicy,
     /// Longest wait for Redis on one request before the failure policy answers; keep it well
     /// below Envoy's rate limit timeout (20ms by default).
     #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT", value_name = "DURATION", default_value = "5ms",
@@ -213,52 +211,23 @@ enum StoreArg {
     Redis,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ConsistencyArg {
-    /// Every decision atomic in Redis: never more than the limit across replicas.
-    Strict,
-    /// Leased slices spent locally: memory-speed, never more than the limit, up to a slice per
-    /// replica less while leases are out.
-    Cached,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum FailureArg {
-    /// Decide from this replica's memory buckets.
-    Local,
-    /// Admit every request.
-    Allow,
-    /// Deny every request that has a limit.
-    Deny,
-}
-
 impl StoreArgs {
-    /// The Redis side, when --store redis.
-    fn global(&self, max_leases: usize) -> Result<Option<Global>, String> {
+    /// Where buckets live, as the flags say.
+    fn config(&self) -> Result<StoreConfig, String> {
         if self.store == StoreArg::Memory {
-            return Ok(None);
+            return Ok(StoreConfig::Memory);
         }
-        let options = RedisOptions {
-            urls: self.redis_url.clone(),
-            cluster: self.redis_cluster,
-            prefix: self.redis_prefix.clone(),
-            timeout: self.redis_timeout,
-            tls: self.tls()?,
-        };
-        let redis = RedisStore::start(&options).map_err(|e| e.to_string())?;
-        let consistency = match self.consistency {
-            ConsistencyArg::Strict => Consistency::Strict,
-            ConsistencyArg::Cached => Consistency::Cached,
-        };
-        let failure = match self.redis_failure {
-            FailureArg::Local => FailurePolicy::Local,
-            FailureArg::Allow => FailurePolicy::Allow,
-            FailureArg::Deny => FailurePolicy::Deny,
-        };
-        Ok(Some(
-            Global::new(redis, consistency, failure, &self.redis_prefix)
-                .with_max_leases(max_leases),
-        ))
+        Ok(StoreConfig::Redis(RedisConfig {
+            options: RedisOptions {
+                urls: self.redis_url.clone(),
+                cluster: self.redis_cluster,
+                prefix: self.redis_prefix.clone(),
+                timeout: self.redis_timeout,
+                tls: self.tls()?,
+            },
+            consistency: self.consistency,
+            failure: self.redis_failure,
+        }))
     }
 
     /// The --redis-ca-file and client identity, read; only with rediss:// URLs.
@@ -325,35 +294,14 @@ struct ValidateArgs {
 #[derive(Debug, Args)]
 struct CompileArgs {
     /// Algorithm of limits that set no `algorithm:` (and of limits Envoy sends in requests).
-    #[arg(long, env = "TOLLGATE_DEFAULT_ALGORITHM", value_enum, default_value_t = AlgorithmArg::TokenBucket)]
-    default_algorithm: AlgorithmArg,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum AlgorithmArg {
-    /// Capacity `burst` (default requests_per_unit), refilled continuously.
-    #[value(name = "token_bucket")]
-    TokenBucket,
-    /// envoyproxy/ratelimit's epoch-aligned window counter.
-    #[value(name = "fixed_window")]
-    FixedWindow,
-    /// The weighted two-window counter: no burst at window edges.
-    #[value(name = "sliding_window")]
-    SlidingWindow,
-    /// Exact counting over the last unit (at most 10 000 per unit).
-    #[value(name = "sliding_log")]
-    SlidingLog,
+    #[arg(long, env = "TOLLGATE_DEFAULT_ALGORITHM", value_enum, default_value_t = Algorithm::TokenBucket)]
+    default_algorithm: Algorithm,
 }
 
 impl CompileArgs {
     fn options(&self) -> Options {
         Options {
-            default_algorithm: match self.default_algorithm {
-                AlgorithmArg::TokenBucket => Algorithm::TokenBucket,
-                AlgorithmArg::FixedWindow => Algorithm::FixedWindow,
-                AlgorithmArg::SlidingWindow => Algorithm::SlidingWindow,
-                AlgorithmArg::SlidingLog => Algorithm::SlidingLog,
-            },
+            default_algorithm: self.default_algorithm,
         }
     }
 }
@@ -437,75 +385,65 @@ fn validate(path: &Path, options: &Options) -> ExitCode {
 
 async fn serve(args: ServeArgs) -> ExitCode {
     let hangups = catch_hangups();
-    let options = args.compile.options();
-    let settings = Settings {
-        shadow_mode: args.shadow_mode,
-        default_algorithm: options.default_algorithm,
-    };
-    let global = match args.store.global(args.max_buckets) {
-        Ok(global) => global,
+    let compile = args.compile.options();
+    let store = match args.store.config() {
+        Ok(store) => store,
         Err(error) => {
             tracing::error!("cannot count in redis: {error}");
             return ExitCode::FAILURE;
         }
     };
-    if let Some(global) = &global {
-        let urls: Vec<String> = args.store.redis_url.iter().map(|u| redacted(u)).collect();
-        if global.redis().wait_ready(Duration::from_secs(1)).await {
-            tracing::info!(?urls, "counting in redis");
-        } else {
-            tracing::warn!(
-                ?urls,
-                policy = global.failure_name(),
-                "redis not reachable yet: answering by the failure policy until it is"
-            );
-        }
-    }
-    let build = |config| {
-        let limiter = Limiter::new(
-            config,
-            MemoryStore::new(args.max_buckets),
-            Arc::new(SystemClock::new()),
-            settings,
-        );
-        match global {
-            Some(global) => limiter.with_global(global),
-            None => limiter,
-        }
+    let config = app::Config {
+        limits: args.config.clone(),
+        compile,
+        settings: Settings {
+            shadow_mode: args.shadow_mode,
+            default_algorithm: compile.default_algorithm,
+        },
+        max_buckets: args.max_buckets,
+        store,
+        server: ServerOptions {
+            grpc_addr: args.grpc_addr,
+            http_addr: args.http_addr,
+            sweep_interval: Duration::from_secs(args.sweep_interval),
+            watch: !args.no_watch,
+            drain_timeout: Duration::from_secs(args.drain_timeout),
+            metrics: MetricsOptions {
+                near_limit_ratio: args.near_limit_ratio,
+                max_series: args.max_metric_series,
+            },
+        },
     };
-    let reloader = match Reloader::start(&args.config, options, build) {
-        Ok(reloader) => Arc::new(reloader),
-        Err(errors) => {
+    let app = match config.build(Arc::new(SystemClock::new())).await {
+        Ok(app) => app,
+        Err(app::BuildError::Limits(errors)) => {
             for error in &errors.0 {
                 tracing::error!("{error}");
             }
             tracing::error!(path = %args.config.display(), "invalid configuration: not serving");
             return ExitCode::FAILURE;
         }
-    };
-    for domain in reloader.limiter().config().domains() {
-        tracing::info!("loaded {}", domain.summary());
-    }
-    tracing::info!(version = %reloader.status().version, "configuration in force");
-    tokio::spawn(reload_on_sighup(reloader.clone(), hangups));
-    let server_options = ServerOptions {
-        grpc_addr: args.grpc_addr,
-        http_addr: args.http_addr,
-        sweep_interval: Duration::from_secs(args.sweep_interval),
-        watch: !args.no_watch,
-        drain_timeout: Duration::from_secs(args.drain_timeout),
-        metrics: MetricsOptions {
-            near_limit_ratio: args.near_limit_ratio,
-            max_series: args.max_metric_series,
-        },
-    };
-    let server = match Server::bind(reloader, server_options).await {
-        Ok(server) => server,
         Err(error) => {
             tracing::error!("{error}");
             return ExitCode::FAILURE;
         }
     };
+    let urls: Vec<String> = args.store.redis_url.iter().map(|u| redacted(u)).collect();
+    match app.redis_ready(Duration::from_secs(1)).await {
+        Some(true) => tracing::info!(?urls, "counting in redis"),
+        Some(false) => tracing::warn!(
+            ?urls,
+            policy = %args.store.redis_failure,
+            "redis not reachable yet: answering by the failure policy until it is"
+        ),
+        None => {}
+    }
+    let app::App { reloader, server } = app;
+    for domain in reloader.limiter().config().domains() {
+        tracing::info!("loaded {}", domain.summary());
+    }
+    tracing::info!(version = %reloader.status().version, "configuration in force");
+    tokio::spawn(reload_on_sighup(reloader, hangups));
     tracing::info!(grpc = %args.grpc_addr, http = %args.http_addr, "serving");
     match server.serve(termination()).await {
         Ok(()) => {

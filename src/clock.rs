@@ -14,7 +14,7 @@ pub type Nanos = u64;
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// A source of the current time.
-pub trait Clock: Send + Sync + 'static {
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// The current time in nanoseconds since the Unix epoch.
     fn now(&self) -> Nanos;
 }

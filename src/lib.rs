@@ -2,14 +2,18 @@
 //!
 //! The pipeline, one module per stage:
 //! - [`config`]: read YAML files, validate, compile to an immutable [`matcher`] tree.
-//! - [`decision`]: match request descriptors to [`rule`]s, run the [`algorithm`]s on the
-//!   buckets of a [`store`], and decide all-or-nothing.
+//! - [`decision`]: match request descriptors to [`rule`]s and turn them into claims that a
+//!   [`store`] settles all or nothing with the [`algorithm`]s.
+//! - [`store`]: one contract ([`store::Store`]); memory, Redis, cached-mode leases and the
+//!   failure policy implement it.
 //! - [`authz`]: ext_authz tenants: API keys → tenant → tier → descriptors.
 //! - [`protocol`]: Envoy's gRPC `RateLimitService` and `Authorization`, the HTTP admin
 //!   endpoints and JSON.
 //! - [`server`]: listeners, health, shutdown and background upkeep.
+//! - [`app`]: the composition root: settings in, a service out.
 
 pub mod algorithm;
+pub mod app;
 pub mod authz;
 pub mod cli;
 pub mod clock;

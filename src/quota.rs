@@ -111,11 +111,13 @@ impl fmt::Display for Unit {
 }
 
 /// How a limit admits traffic over time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Capacity `burst` (default `requests_per_unit`), refilled continuously at
     /// `requests_per_unit` per unit.
     #[default]
+    #[value(alias = "gcra", alias = "leaky_bucket")]
     TokenBucket,
     /// envoyproxy/ratelimit's counter per epoch-aligned window of one unit.
     FixedWindow,
@@ -150,10 +152,7 @@ impl Algorithm {
     /// meter (capacity `burst`, draining at `requests_per_unit` per unit) admits exactly the
     /// same requests (a test checks it against a leaky-bucket model).
     pub fn parse(name: &str) -> Option<Algorithm> {
-        match name {
-            "gcra" | "leaky_bucket" => Some(Algorithm::TokenBucket),
-            _ => Algorithm::ALL.into_iter().find(|a| a.name() == name),
-        }
+        <Self as clap::ValueEnum>::from_str(name, false).ok()
     }
 }
 
@@ -229,6 +228,21 @@ mod tests {
         assert_eq!(Unit::parse("fortnight"), None);
         assert_eq!(Unit::from_envoy(0), None);
         assert_eq!(Unit::Month.seconds(), 30 * 86_400);
+    }
+
+    #[test]
+    fn algorithm_names_are_the_command_line_names() {
+        for algorithm in Algorithm::ALL {
+            let value = clap::ValueEnum::to_possible_value(&algorithm).unwrap();
+            assert_eq!(value.get_name(), algorithm.name());
+            assert_eq!(Algorithm::parse(algorithm.name()), Some(algorithm));
+        }
+        assert_eq!(Algorithm::parse("gcra"), Some(Algorithm::TokenBucket));
+        assert_eq!(
+            Algorithm::parse("leaky_bucket"),
+            Some(Algorithm::TokenBucket)
+        );
+        assert_eq!(Algorithm::parse("TokenBucket"), None);
     }
 
     #[test]

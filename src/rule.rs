@@ -46,7 +46,7 @@ pub struct Rule {
     /// Free-form `metadata` from the file.
     pub metadata: Option<serde_yaml::Value>,
     /// `consistency:` when the limit sets it (Redis store only): how replicas agree on it.
-    pub consistency: Option<crate::store::Consistency>,
+    pub consistency: Option<Consistency>,
     /// `max_delay:` (ext_authz only): hold a request that would be denied until it conforms,
     /// for at most this long, instead of denying it.
     pub max_delay: Option<std::time::Duration>,
@@ -64,5 +64,36 @@ impl Rule {
         // Folding to 32 bits: a collision only means a removed rule also resets a live one.
         let h = hasher.finish();
         (h ^ (h >> 32)) as u32
+    }
+}
+
+/// How replicas agree on a limit kept in Redis (`--consistency`, or a limit's `consistency:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Consistency {
+    /// Every decision atomic in Redis: never more than the limit across replicas.
+    Strict,
+    /// Leased slices spent locally: memory-speed, never more than the limit, up to a slice per
+    /// replica less while leases are out.
+    Cached,
+}
+
+impl Consistency {
+    /// The name used in YAML and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Strict => "strict",
+            Self::Cached => "cached",
+        }
+    }
+
+    /// Parses `strict` or `cached`.
+    pub fn parse(name: &str) -> Option<Self> {
+        <Self as clap::ValueEnum>::from_str(name, false).ok()
+    }
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }

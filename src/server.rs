@@ -149,7 +149,6 @@ impl Server {
             self.options.sweep_interval,
             stopped(stop_rx.clone()),
         ));
-        let keeper = tokio::spawn(keep_leases(limiter.clone(), stopped(stop_rx.clone())));
 
         let grpc = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -178,29 +177,11 @@ impl Server {
             }
         };
         sweeper.abort();
-        // Give the leases back so other replicas can spend them; gone for good on a crash.
-        if let Ok(Some(returned)) = keeper.await {
-            tracing::info!(leases = returned, "gave back unspent cached-mode leases");
-        }
+        // Every call has been answered: the store stops its background work and gives back
+        // what it holds (cached-mode leases), so other replicas can spend it.
+        limiter.store().close().await;
         grpc?;
         http
-    }
-}
-
-/// Cached mode: gives back the unspent tokens of expired leases until `stop`, then of all
-/// leases. Returns how many leases were given back at the end (`None` without Redis).
-async fn keep_leases(limiter: Arc<Limiter>, stop: impl Future<Output = ()>) -> Option<usize> {
-    let global = limiter.global()?;
-    let mut ticks = tokio::time::interval(Duration::from_millis(250));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return Some(global.return_leases(limiter.clock().now(), true).await),
-            _ = ticks.tick() => {
-                global.return_leases(limiter.clock().now(), false).await;
-            }
-        }
     }
 }
 
@@ -222,9 +203,8 @@ async fn sweep(limiter: Arc<Limiter>, interval: Duration, stop: impl Future<Outp
                 // A sweep scans the whole map: keep it off the request workers.
                 let sweeping = limiter.clone();
                 let swept = tokio::task::spawn_blocking(move || sweeping.store().sweep(sweeping.clock().now()));
-                let Ok(report) = swept.await else { return };
-                if report.evicted > 0 {
-                    tracing::debug!(evicted = report.evicted, live = report.live, "swept idle buckets");
+                if swept.await.is_err() {
+                    return;
                 }
             }
         }

@@ -9,32 +9,25 @@ mod common;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use futures_util::FutureExt;
+use tollgate::app;
 use tollgate::clock::SystemClock;
 use tollgate::config::Options;
-use tollgate::decision::{Code, Limiter, Settings};
+use tollgate::decision::Code;
 use tollgate::metrics::{Metrics, MetricsOptions};
 use tollgate::protocol::Shared;
-use tollgate::quota::Algorithm;
 use tollgate::reload::Reloader;
-use tollgate::store::MemoryStore;
 
 const CONFIG: &str = "domain: a\ndescriptors:\n  - key: user\n    rate_limit: {name: per_user, unit: hour, requests_per_unit: 1000000}\n  - key: route\n    value: /api/*\n    descriptors:\n      - key: method\n        rate_limit: {unit: minute, requests_per_unit: 1000000, algorithm: fixed_window}\n  - key: blocked\n    rate_limit: {unit: second, requests_per_unit: 0}\n";
 
 fn shared() -> (Shared, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.yaml"), CONFIG).unwrap();
-    let settings = Settings {
-        shadow_mode: false,
-        default_algorithm: Algorithm::TokenBucket,
+    let app = app::Config {
+        max_buckets: 1000,
+        ..app::Config::new(dir.path())
     };
-    let build = |config| {
-        Limiter::new(
-            config,
-            MemoryStore::new(1000),
-            Arc::new(SystemClock::new()),
-            settings,
-        )
-    };
+    let build = |config| app.limiter(config, Arc::new(SystemClock::new())).unwrap();
     let reloader = Arc::new(Reloader::start(dir.path(), Options::default(), build).unwrap());
     let metrics = Arc::new(Metrics::new(reloader.clone(), MetricsOptions::default()));
     (Shared { reloader, metrics }, dir)
@@ -52,11 +45,9 @@ fn request(descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {
 /// The result of a future that completes on its first poll, as the memory-store path does
 /// (polled with a no-op waker, so measuring it allocates nothing).
 fn ready<F: std::future::Future>(future: F) -> F::Output {
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::pin!(future).poll(&mut context) {
-        std::task::Poll::Ready(output) => output,
-        std::task::Poll::Pending => panic!("the memory-store decision waited on something"),
-    }
+    future
+        .now_or_never()
+        .expect("the memory-store decision waited on something")
 }
 
 #[test]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::redis::{Certificates, RedisCluster, RedisServer};
 use common::{
-    RedisSetup, Setup, T0, TestServer, codes, descriptor, one, request, reset_secs, start_in,
-    start_with,
+    RedisHandle, RedisSetup, Setup, T0, TestServer, codes, descriptor, one, request, reset_secs,
+    start_in, start_with,
 };
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
@@ -24,10 +24,11 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::UInt64Value;
 
 use tollgate::clock::ManualClock;
-use tollgate::config::Options;
-use tollgate::decision::{Limiter, Settings};
-use tollgate::quota::Algorithm;
-use tollgate::store::{FailurePolicy, MemoryStore, RedisOptions, RedisStore, RedisTls};
+use tollgate::config::source::SourceFile;
+use tollgate::config::{Options, RateLimitConfig, compile};
+use tollgate::decision::Limiter;
+use tollgate::rule::Consistency;
+use tollgate::store::{FailurePolicy, RedisOptions, RedisStore, RedisTls};
 
 const OK: i32 = Code::Ok as i32;
 const OVER: i32 = Code::OverLimit as i32;
@@ -108,180 +109,28 @@ fn check_keys(redis: &RedisServer, prefix: &str, max_ttl_ms: i64) -> Vec<(String
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. Strict mode over gRPC decides exactly like the memory store.
-
-/// The scenario of tests/rls.rs, with its exact expectations; returns every response so two
-/// servers can be compared call by call.
-async fn semantics(s: &mut TestServer) -> Vec<RateLimitResponse> {
-    let mut seen = Vec::new();
-    macro_rules! call {
-        ($req:expr) => {{
-            let r = s.call($req).await;
-            seen.push(r.clone());
-            r
-        }};
-    }
-    // Token bucket: the limit, then denied, then one token back after 20 s.
-    for (remaining, reset) in [(2, 20.0), (1, 40.0), (0, 60.0)] {
-        let r = call!(request("test", one("user", "alice")));
-        assert_eq!(codes(&r), (OK, vec![OK]));
-        assert_eq!(first(&r), (OK, remaining, reset));
-        let limit = r.statuses[0].current_limit.as_ref().unwrap();
-        assert_eq!(
-            (limit.name.as_str(), limit.requests_per_unit, limit.unit),
-            ("per_user", 3, 2)
-        );
-    }
-    let r = call!(request("test", one("user", "alice")));
-    assert_eq!(first(&r), (OVER, 0, 60.0));
-    assert_eq!(call!(request("test", one("user", "bob"))).overall_code, OK);
-    s.advance(20 * SEC);
-    let r = call!(request("test", one("user", "alice")));
-    assert_eq!(first(&r), (OK, 0, 60.0));
-
-    // Fixed window, epoch-aligned: at T0 + 20 s the window ends in 40 s.
-    assert_eq!(
-        first(&call!(request("test", one("window", "w")))),
-        (OK, 1, 40.0)
-    );
-    assert_eq!(
-        first(&call!(request("test", one("window", "w")))),
-        (OK, 0, 40.0)
-    );
-    assert_eq!(
-        first(&call!(request("test", one("window", "w")))),
-        (OVER, 0, 40.0)
-    );
-    s.advance(40 * SEC);
-    assert_eq!(
-        first(&call!(request("test", one("window", "w")))),
-        (OK, 1, 60.0)
-    );
-
-    // Burst above the rate.
-    for remaining in [2, 1, 0] {
-        let r = call!(request("test", one("bursty", "b")));
-        assert_eq!(
-            (r.overall_code, r.statuses[0].limit_remaining),
-            (OK, remaining)
-        );
-    }
-    assert_eq!(first(&call!(request("test", one("bursty", "b")))).0, OVER);
-    s.advance(SEC);
-    assert_eq!(
-        first(&call!(request("test", one("bursty", "b")))),
-        (OK, 0, 3.0)
-    );
-
-    // requests_per_unit: 0 blocks.
-    let r = call!(request("test", one("blocked", "x")));
-    assert_eq!(codes(&r), (OVER, vec![OVER]));
-    assert_eq!(r.statuses[0].limit_remaining, 0);
-
-    // hits_addend: request level, descriptor level 0 = check only, absurd costs.
-    let mut req = request("test", one("user", "h"));
-    req.hits_addend = 2;
-    assert_eq!(call!(req.clone()).statuses[0].limit_remaining, 1);
-    req.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
-    let r = call!(req.clone());
-    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 1));
-    let r = call!(request("test", one("user", "h")));
-    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 0));
-    assert_eq!(call!(req.clone()).overall_code, OVER);
-    let mut huge = request("test", one("user", "other"));
-    huge.descriptors[0].hits_addend = Some(UInt64Value { value: u64::MAX });
-    let r = call!(huge);
-    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OVER, 3));
-
-    // All or nothing: the denied request leaves the user bucket untouched.
-    let both = request(
-        "test",
-        vec![descriptor(&[("user", "a")]), descriptor(&[("window", "a")])],
-    );
-    for _ in 0..2 {
-        assert_eq!(call!(both.clone()).overall_code, OK);
-    }
-    let r = call!(both);
-    assert_eq!(codes(&r), (OVER, vec![OK, OVER]));
-    assert_eq!(r.statuses[0].limit_remaining, 1);
-    let r = call!(request("test", one("user", "a")));
-    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 0));
-
-    // Shadow mode: counted, never denies.
-    call!(request("test", one("shadow", "x")));
-    let r = call!(request("test", one("shadow", "x")));
-    assert_eq!(
-        (codes(&r), r.statuses[0].limit_remaining),
-        ((OK, vec![OK]), 0)
-    );
-
-    // Quota mode: denies only when every quota limit is over.
-    let quotas = request(
-        "test",
-        vec![
-            descriptor(&[("quota_a", "q")]),
-            descriptor(&[("quota_b", "q")]),
-        ],
-    );
-    assert_eq!(codes(&call!(quotas.clone())), (OK, vec![OK, OK]));
-    assert_eq!(codes(&call!(quotas.clone())), (OK, vec![OVER, OK]));
-    assert_eq!(codes(&call!(quotas)), (OVER, vec![OVER, OVER]));
-    let mixed = request(
-        "test",
-        vec![
-            descriptor(&[("quota_a", "z")]),
-            descriptor(&[("blocked", "z")]),
-        ],
-    );
-    assert_eq!(codes(&call!(mixed)), (OVER, vec![OK, OVER]));
-
-    // Overrides sent by Envoy, replaces, share_threshold, unlimited.
-    let mut overridden = request("test", one("anything", "x"));
-    overridden.descriptors[0].limit = Some(RateLimitOverride {
-        requests_per_unit: 2,
-        unit: 1,
-    });
-    assert_eq!(call!(overridden.clone()).overall_code, OK);
-    assert_eq!(call!(overridden.clone()).overall_code, OK);
-    assert_eq!(call!(overridden).overall_code, OVER);
-    let replacing = request(
-        "test",
-        vec![
-            descriptor(&[("general", "g")]),
-            descriptor(&[("special", "s")]),
-        ],
-    );
-    assert_eq!(codes(&call!(replacing.clone())), (OK, vec![OK, OK]));
-    assert_eq!(codes(&call!(replacing)), (OVER, vec![OK, OVER]));
-    for (file, code) in [("a.pdf", OK), ("b.pdf", OK), ("c.pdf", OVER)] {
-        assert_eq!(
-            call!(request("test", one("files", file))).overall_code,
-            code
-        );
-    }
-    let r = call!(request("test", one("free", "x")));
-    assert_eq!(
-        (r.overall_code, r.statuses[0].limit_remaining),
-        (OK, u32::MAX)
-    );
-    seen
-}
+// 1. Strict mode over gRPC: keys, timings and global shadow mode. (tests/rls.rs runs the whole
+//    behaviour suite on memory, strict and cached.)
 
 #[tokio::test]
-async fn strict_mode_over_grpc_decides_exactly_like_memory() {
+async fn strict_mode_keys_are_prefixed_tagged_by_domain_and_expire() {
     let redis = RedisServer::start();
-    let mut memory = start_with(CONFIG, Setup::default()).await;
-    let expected = semantics(&mut memory).await;
-    memory.stop().await;
-
     let mut s = start_redis(
         CONFIG,
         with_prefix(RedisSetup::strict(&redis.url()), "sem:"),
     )
     .await;
-    let got = semantics(&mut s).await;
-    for (index, (m, r)) in expected.iter().zip(&got).enumerate() {
-        assert_eq!(m, r, "call {index}: memory and redis differ");
+    let calls = [
+        one("user", "alice"),
+        one("window", "w"),
+        one("bursty", "b"),
+        one("files", "a.pdf"),
+        one("quota_a", "q"),
+        one("free", "x"),
+    ];
+    let count = calls.len();
+    for descriptors in calls {
+        assert_eq!(s.call(request("test", descriptors)).await.overall_code, OK);
     }
     let store = s.redis_store();
     assert_eq!((store.errors(), store.timeouts()), (0, 0));
@@ -290,15 +139,14 @@ async fn strict_mode_over_grpc_decides_exactly_like_memory() {
     let text = metrics(&s).await;
     let timed = metric(&text, "tollgate_redis_call_duration_seconds_count");
     assert!(
-        (1.0..=got.len() as f64).contains(&timed),
-        "{timed} timed calls for {} requests",
-        got.len()
+        (1.0..=count as f64).contains(&timed),
+        "{timed} timed calls for {count} requests"
     );
     assert!(metric(&text, "tollgate_redis_call_duration_seconds_sum") > 0.0);
 
     // Keys: prefixed, one hash tag for the domain, a TTL of at most a minute and the grace.
     let keys = check_keys(&redis, "sem:", 61_000 + 1_000);
-    assert!(keys.len() >= 10, "{keys:?}");
+    assert_eq!(keys.len(), 5, "one per counted descriptor: {keys:?}");
     let tags: std::collections::BTreeSet<_> = keys.iter().map(|(_, tag)| tag.clone()).collect();
     assert_eq!(tags.len(), 1, "one domain, one hash tag: {keys:?}");
     s.stop().await;
@@ -334,7 +182,7 @@ async fn global_shadow_mode_counts_in_redis_but_never_denies() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2. Random request sequences: memory and Redis strict give identical decisions.
+// 2. Random request sequences with reloads: memory, strict and cached give identical answers.
 
 const EQUIVALENCE: &str = r#"
 domain: eq
@@ -447,24 +295,154 @@ fn random_advance(rng: &mut Rng) -> Duration {
     }
 }
 
-fn limiter_on(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Limiter {
-    let config = tollgate::config::load(dir, &Options::default()).unwrap();
-    Limiter::new(
-        config,
-        MemoryStore::new(100_000),
-        clock.clone(),
-        Settings {
-            shadow_mode: false,
-            default_algorithm: Algorithm::TokenBucket,
-        },
-    )
+/// EQUIVALENCE as a reload changes it: 0 as is; 1 rates changed; 2 bursts changed; 3 units
+/// changed; 4 algorithms changed; 5 limits removed (last: a removed limit that comes back
+/// continues its count in Redis but starts fresh in memory, the README's one exception).
+fn equivalence(variant: u64) -> String {
+    let changes: &[(&str, &str)] = match variant {
+        1 => &[
+            (
+                "tb\n    rate_limit: {unit: minute, requests_per_unit: 5}",
+                "tb\n    rate_limit: {unit: minute, requests_per_unit: 9}",
+            ),
+            (
+                "requests_per_unit: 100, burst: 7}",
+                "requests_per_unit: 40, burst: 7}",
+            ),
+            (
+                "requests_per_unit: 4, algorithm: fixed_window}",
+                "requests_per_unit: 6, algorithm: fixed_window}",
+            ),
+            (
+                "requests_per_unit: 6, algorithm: sliding_window}",
+                "requests_per_unit: 3, algorithm: sliding_window}",
+            ),
+            (
+                "requests_per_unit: 5, algorithm: sliding_log}",
+                "requests_per_unit: 8, algorithm: sliding_log}",
+            ),
+            (
+                "qa\n    quota_mode: true\n    rate_limit: {unit: minute, requests_per_unit: 2}",
+                "qa\n    quota_mode: true\n    rate_limit: {unit: minute, requests_per_unit: 4}",
+            ),
+        ],
+        2 => &[
+            (
+                "requests_per_unit: 10, burst: 20}",
+                "requests_per_unit: 10, burst: 5}",
+            ),
+            (
+                "requests_per_unit: 100, burst: 7}",
+                "requests_per_unit: 100, burst: 30}",
+            ),
+        ],
+        3 => &[
+            (
+                "tb\n    rate_limit: {unit: minute,",
+                "tb\n    rate_limit: {unit: hour,",
+            ),
+            (
+                "{unit: day, requests_per_unit: 3}",
+                "{unit: hour, requests_per_unit: 3}",
+            ),
+            (
+                "{unit: minute, requests_per_unit: 4, algorithm: fixed_window}",
+                "{unit: second, requests_per_unit: 4, algorithm: fixed_window}",
+            ),
+            (
+                "{unit: minute, requests_per_unit: 6, algorithm: sliding_window}",
+                "{unit: hour, requests_per_unit: 6, algorithm: sliding_window}",
+            ),
+            (
+                "{unit: hour, requests_per_unit: 40, algorithm: sliding_window}",
+                "{unit: minute, requests_per_unit: 40, algorithm: sliding_window}",
+            ),
+            (
+                "{unit: minute, requests_per_unit: 5, algorithm: sliding_log}",
+                "{unit: hour, requests_per_unit: 5, algorithm: sliding_log}",
+            ),
+        ],
+        4 => &[
+            (
+                "tb\n    rate_limit: {unit: minute, requests_per_unit: 5}",
+                "tb\n    rate_limit: {unit: minute, requests_per_unit: 5, algorithm: sliding_window}",
+            ),
+            (
+                "{unit: minute, requests_per_unit: 4, algorithm: fixed_window}",
+                "{unit: minute, requests_per_unit: 4}",
+            ),
+            (
+                "{unit: minute, requests_per_unit: 6, algorithm: sliding_window}",
+                "{unit: minute, requests_per_unit: 6, algorithm: fixed_window}",
+            ),
+        ],
+        5 => &[
+            (
+                "  - key: tb\n    rate_limit: {unit: minute, requests_per_unit: 5}\n",
+                "",
+            ),
+            (
+                "  - key: sw\n    rate_limit: {unit: minute, requests_per_unit: 6, algorithm: sliding_window}\n",
+                "",
+            ),
+            (
+                "  - key: qa\n    quota_mode: true\n    rate_limit: {unit: minute, requests_per_unit: 2}\n",
+                "",
+            ),
+        ],
+        _ => &[],
+    };
+    let mut yaml = EQUIVALENCE.to_owned();
+    for (from, to) in changes {
+        assert!(
+            yaml.contains(from),
+            "variant {variant}: {from:?} not in EQUIVALENCE"
+        );
+        yaml = yaml.replace(from, to);
+    }
+    yaml
+}
+
+fn compiled(yaml: &str) -> RateLimitConfig {
+    let file = SourceFile {
+        path: "eq.yaml".into(),
+        text: yaml.into(),
+    };
+    compile(&[file], &Options::default()).unwrap()
+}
+
+/// A limiter per store on `yaml`, sharing `clock`: memory, then strict and cached, each on its
+/// own key prefix in `redis` (failure policy `allow`: the test checks nothing fell back).
+async fn every_store(
+    redis: &RedisServer,
+    yaml: &str,
+    prefix: &str,
+    clock: &Arc<ManualClock>,
+) -> Vec<(&'static str, Arc<Limiter>)> {
+    let mut strict = with_prefix(RedisSetup::strict(&redis.url()), &format!("{prefix}s:"));
+    strict.failure = FailurePolicy::Allow;
+    let cached = RedisSetup {
+        consistency: Consistency::Cached,
+        ..with_prefix(strict.clone(), &format!("{prefix}c:"))
+    };
+    let mut limiters = vec![(
+        "memory",
+        common::limiter(compiled(yaml), &Setup::default(), clock).await,
+    )];
+    for (name, setup) in [("strict", strict), ("cached", cached)] {
+        let limiter = common::limiter(compiled(yaml), &setup.setup(), clock).await;
+        assert!(
+            !RedisHandle::of(limiter.clone()).is_degraded(),
+            "{name}: redis did not answer"
+        );
+        limiters.push((name, limiter));
+    }
+    limiters
 }
 
 #[tokio::test]
-async fn random_sequences_decide_alike_in_memory_and_in_redis() {
+async fn random_sequences_with_reloads_decide_alike_on_every_store() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("eq.yaml"), EQUIVALENCE).unwrap();
     let seed = std::env::var("TOLLGATE_EQ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -475,60 +453,53 @@ async fn random_sequences_decide_alike_in_memory_and_in_redis() {
                 .as_nanos() as u64
                 | 1
         });
+    let steps = std::env::var("TOLLGATE_EQ_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     // Several short sequences, each on fresh buckets (its own key prefix) from T0.
     for round in 0..4u64 {
         let seed = seed.wrapping_add(round.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
         let mut rng = Rng(seed);
         let clock = Arc::new(ManualClock::at(T0));
-        let memory = limiter_on(dir.path(), &clock);
-        let mut setup = with_prefix(RedisSetup::strict(&redis.url()), &format!("eq{round}:"));
-        setup.failure = FailurePolicy::Allow;
-        let global = setup.global().await;
-        let store = global.redis().clone();
-        assert!(!store.is_degraded());
-        let in_redis = limiter_on(dir.path(), &clock).with_global(global);
-        let steps = std::env::var("TOLLGATE_EQ_STEPS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(300);
+        let limiters = every_store(&redis, EQUIVALENCE, &format!("eq{round}"), &clock).await;
+        let mut variant = 0;
         for step in 0..steps {
+            // Reloads: now and then one of the changed variants (or back to the original);
+            // the removal comes last (see `equivalence`).
+            let reload = if step == steps * 5 / 6 {
+                Some(5)
+            } else if step < steps * 5 / 6 && rng.below(25) == 0 {
+                Some(rng.below(5))
+            } else {
+                None
+            };
+            if let Some(next) = reload {
+                variant = next;
+                for (_, limiter) in &limiters {
+                    limiter.swap_config(compiled(&equivalence(variant)));
+                }
+            }
             clock.advance(random_advance(&mut rng));
             let req = random_request(&mut rng);
-            let expected = memory.should_rate_limit(&req).unwrap();
-            let got = in_redis.decide(&req).await.unwrap();
+            let expected = limiters[0].1.decide(&req).await.unwrap();
+            for (name, limiter) in &limiters[1..] {
+                let got = limiter.decide(&req).await.unwrap();
+                assert_eq!(
+                    expected, got,
+                    "seed {seed} (TOLLGATE_EQ_SEED={seed}), step {step}, config variant {variant}: memory (left) and {name} (right) differ on {req:?}"
+                );
+            }
+        }
+        for (name, limiter) in &limiters[1..] {
+            let store = RedisHandle::of(limiter.clone());
             assert_eq!(
-                expected, got,
-                "seed {seed} (TOLLGATE_EQ_SEED={seed}), step {step}: memory (left) and redis (right) differ on {req:?}"
+                (store.errors(), store.timeouts()),
+                (0, 0),
+                "seed {seed}: every {name} decision came from redis"
             );
         }
-        assert_eq!(
-            (store.errors(), store.timeouts()),
-            (0, 0),
-            "seed {seed}: every decision came from redis"
-        );
     }
-}
-
-/// A memory limiter and a Redis strict limiter on `yaml`, sharing one clock at T0.
-async fn pair(
-    redis: &RedisServer,
-    yaml: &str,
-    prefix: &str,
-) -> (Arc<ManualClock>, Limiter, Limiter) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("limits.yaml"), yaml).unwrap();
-    let clock = Arc::new(ManualClock::at(T0));
-    let memory = limiter_on(dir.path(), &clock);
-    let global = with_prefix(RedisSetup::strict(&redis.url()), prefix)
-        .global()
-        .await;
-    assert!(!global.redis().is_degraded());
-    let in_redis = limiter_on(dir.path(), &clock).with_global(global);
-    (clock, memory, in_redis)
-}
-
-fn remaining(decision: &tollgate::decision::Decision) -> Vec<u32> {
-    decision.statuses.iter().map(|s| s.remaining).collect()
 }
 
 /// A denied request gives back everything it took, so each of its statuses shows the bucket
@@ -537,7 +508,7 @@ fn remaining(decision: &tollgate::decision::Decision) -> Vec<u32> {
 async fn a_denied_request_naming_one_bucket_twice_reports_it_untouched() {
     let redis = RedisServer::start();
     let yaml = "domain: eq\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 3}\n  - key: blocked\n    rate_limit: {unit: minute, requests_per_unit: 0}\n";
-    let (_clock, memory, in_redis) = pair(&redis, yaml, "twice:").await;
+    let clock = Arc::new(ManualClock::at(T0));
     let req = request(
         "eq",
         vec![
@@ -546,14 +517,23 @@ async fn a_denied_request_naming_one_bucket_twice_reports_it_untouched() {
             descriptor(&[("blocked", "x")]),
         ],
     );
-    let m = memory.should_rate_limit(&req).unwrap();
-    let r = in_redis.decide(&req).await.unwrap();
-    assert_eq!(
-        (remaining(&m), remaining(&r)),
-        (vec![3, 3, 0], vec![3, 3, 0]),
-        "limit_remaining per status, memory then redis"
-    );
-    assert_eq!(m, r);
+    for (name, limiter) in every_store(&redis, yaml, "twice", &clock).await {
+        let decision = limiter.decide(&req).await.unwrap();
+        assert_eq!(
+            remaining(&decision),
+            vec![3, 3, 0],
+            "limit_remaining per status, {name}"
+        );
+        assert_eq!(
+            decision.overall,
+            tollgate::decision::Code::OverLimit,
+            "{name}"
+        );
+    }
+}
+
+fn remaining(decision: &tollgate::decision::Decision) -> Vec<u32> {
+    decision.statuses.iter().map(|s| s.remaining).collect()
 }
 
 /// Token buckets count exactly up to a refill of 100 years in Redis too; past 2^53 ns
@@ -562,24 +542,27 @@ async fn a_denied_request_naming_one_bucket_twice_reports_it_untouched() {
 async fn long_token_buckets_count_exactly_in_redis() {
     let redis = RedisServer::start();
     let yaml = "domain: eq\ndescriptors:\n  - key: k\n    rate_limit: {unit: year, requests_per_unit: 11}\n";
-    let (_clock, memory, in_redis) = pair(&redis, yaml, "long:").await;
+    let clock = Arc::new(ManualClock::at(T0));
+    let limiters = every_store(&redis, yaml, "long", &clock).await;
     let req = request("eq", one("k", "v"));
+    let brief = |d: &tollgate::decision::Decision| (d.overall, d.statuses[0].remaining);
+    let reset = |d: &tollgate::decision::Decision| d.statuses[0].reset_after.unwrap();
     for step in 0..12 {
-        let m = memory.should_rate_limit(&req).unwrap();
-        let r = in_redis.decide(&req).await.unwrap();
-        let brief = |d: &tollgate::decision::Decision| (d.overall, d.statuses[0].remaining);
-        assert_eq!(
-            brief(&m),
-            brief(&r),
-            "request {step} of 12 at one instant: memory (left), redis (right)"
-        );
-        let reset = |d: &tollgate::decision::Decision| d.statuses[0].reset_after.unwrap();
-        assert!(
-            reset(&m).abs_diff(reset(&r)) < 1_000,
-            "request {step}: reset {} in memory, {} in redis",
-            reset(&m),
-            reset(&r)
-        );
+        let m = limiters[0].1.decide(&req).await.unwrap();
+        for (name, limiter) in &limiters[1..] {
+            let r = limiter.decide(&req).await.unwrap();
+            assert_eq!(
+                brief(&m),
+                brief(&r),
+                "request {step} of 12 at one instant: memory (left), {name} (right)"
+            );
+            assert!(
+                reset(&m).abs_diff(reset(&r)) < 1_000,
+                "request {step}: reset {} in memory, {} in {name}",
+                reset(&m),
+                reset(&r)
+            );
+        }
     }
 }
 

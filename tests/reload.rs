@@ -279,10 +279,10 @@ async fn buckets_survive_reloads_and_removed_limits_free_theirs() {
     assert_eq!(s.call(window()).await.statuses[0].limit_remaining, 2);
 
     // Removed limit: its buckets are freed at once.
-    let live = s.reloader.limiter().store().live();
+    let live = s.store_parts(|p| p.memory.unwrap().live());
     fs::write(s.dir.join("limits.yaml"), "domain: d\ndescriptors:\n  - key: window\n    rate_limit: {unit: minute, requests_per_unit: 5, algorithm: fixed_window}\n").unwrap();
     s.reloader.reload(Trigger::Http).await.unwrap();
-    assert_eq!(s.reloader.limiter().store().live(), live - 1);
+    assert_eq!(s.store_parts(|p| p.memory.unwrap().live()), live - 1);
     assert_eq!(s.call(window()).await.statuses[0].limit_remaining, 1);
     s.stop().await;
 }

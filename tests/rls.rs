@@ -1,4 +1,6 @@
-//! Envoy's RateLimitService semantics, over a real gRPC connection.
+//! Envoy's RateLimitService semantics, over a real gRPC connection: one behaviour suite run on
+//! every store (memory, Redis strict, Redis cached; each Redis run starts its own
+//! `redis-server`), then what only the memory store or the server itself does.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
@@ -6,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Setup, codes, descriptor, one, request, reset_secs, start, start_with};
+use common::{Backend, Setup, codes, descriptor, one, request, reset_secs, start, start_with};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::google::protobuf::UInt64Value;
@@ -17,9 +19,44 @@ const OK: i32 = Code::Ok as i32;
 const OVER: i32 = Code::OverLimit as i32;
 const SEC: Duration = Duration::from_secs(1);
 
-#[tokio::test]
-async fn token_bucket_admits_the_limit_then_refills() {
-    let mut s = start(CONFIG).await;
+/// Runs each `async fn name(store: Backend)` listed as three tests, `memory::name`,
+/// `strict::name` and `cached::name`, so every store answers the same suite.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        on_every_store!(@store memory, memory; $($name),*);
+        on_every_store!(@store strict, strict; $($name),*);
+        on_every_store!(@store cached, cached; $($name),*);
+    };
+    (@store $module:ident, $backend:ident; $($name:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::$backend()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    token_bucket_admits_the_limit_then_refills,
+    fixed_window_resets_at_the_epoch_aligned_window_end,
+    burst_sets_the_capacity_apart_from_the_rate,
+    unlimited_no_match_unknown_domain_and_whitelist,
+    zero_requests_per_unit_blocks_everything,
+    hits_addend_descriptor_level_wins_and_zero_only_checks,
+    descriptor_limit_overrides_apply_in_known_domains,
+    replaced_limits_are_dropped,
+    shadow_mode_counts_but_never_denies,
+    a_denied_request_consumes_nothing,
+    quota_mode_denies_only_when_every_quota_limit_is_over,
+    share_threshold_makes_wildcard_matches_share_one_bucket,
+    concurrent_callers_never_exceed_the_limit,
+);
+
+async fn token_bucket_admits_the_limit_then_refills(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     for (remaining, reset) in [(2, 20.0), (1, 40.0), (0, 60.0)] {
         let r = s.call(request("test", one("user", "alice"))).await;
         assert_eq!(codes(&r), (OK, vec![OK]));
@@ -48,9 +85,8 @@ async fn token_bucket_admits_the_limit_then_refills() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn fixed_window_resets_at_the_epoch_aligned_window_end() {
-    let mut s = start(CONFIG).await;
+async fn fixed_window_resets_at_the_epoch_aligned_window_end(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     s.advance(30 * SEC);
     let r = s.call(request("test", one("window", "w"))).await;
     assert_eq!(
@@ -75,9 +111,8 @@ async fn fixed_window_resets_at_the_epoch_aligned_window_end() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn burst_sets_the_capacity_apart_from_the_rate() {
-    let mut s = start(CONFIG).await;
+async fn burst_sets_the_capacity_apart_from_the_rate(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     for _ in 0..3 {
         assert_eq!(
             s.call(request("test", one("bursty", "b")))
@@ -102,9 +137,8 @@ async fn burst_sets_the_capacity_apart_from_the_rate() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn unlimited_no_match_unknown_domain_and_whitelist() {
-    let mut s = start(CONFIG).await;
+async fn unlimited_no_match_unknown_domain_and_whitelist(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     let r = s.call(request("test", one("free", "x"))).await;
     assert_eq!(codes(&r), (OK, vec![OK]));
     assert_eq!(r.statuses[0].limit_remaining, u32::MAX);
@@ -138,9 +172,8 @@ async fn unlimited_no_match_unknown_domain_and_whitelist() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn zero_requests_per_unit_blocks_everything() {
-    let mut s = start(CONFIG).await;
+async fn zero_requests_per_unit_blocks_everything(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     let r = s.call(request("test", one("blocked", "x"))).await;
     assert_eq!(codes(&r), (OVER, vec![OVER]));
     assert_eq!(
@@ -154,9 +187,8 @@ async fn zero_requests_per_unit_blocks_everything() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn hits_addend_descriptor_level_wins_and_zero_only_checks() {
-    let mut s = start(CONFIG).await;
+async fn hits_addend_descriptor_level_wins_and_zero_only_checks(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     let mut req = request("test", one("user", "h"));
     req.hits_addend = 2;
     assert_eq!(s.call(req.clone()).await.statuses[0].limit_remaining, 1);
@@ -177,9 +209,8 @@ async fn hits_addend_descriptor_level_wins_and_zero_only_checks() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn descriptor_limit_overrides_apply_in_known_domains() {
-    let mut s = start(CONFIG).await;
+async fn descriptor_limit_overrides_apply_in_known_domains(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     let mut req = request("test", one("anything", "x"));
     req.descriptors[0].limit = Some(RateLimitOverride {
         requests_per_unit: 2,
@@ -215,9 +246,8 @@ async fn descriptor_limit_overrides_apply_in_known_domains() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn replaced_limits_are_dropped() {
-    let mut s = start(CONFIG).await;
+async fn replaced_limits_are_dropped(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     let req = request(
         "test",
         vec![
@@ -236,9 +266,8 @@ async fn replaced_limits_are_dropped() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn shadow_mode_counts_but_never_denies() {
-    let mut s = start(CONFIG).await;
+async fn shadow_mode_counts_but_never_denies(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     s.call(request("test", one("shadow", "x"))).await;
     let r = s.call(request("test", one("shadow", "x"))).await;
     assert_eq!(codes(&r), (OK, vec![OK]));
@@ -248,14 +277,15 @@ async fn shadow_mode_counts_but_never_denies() {
     );
     s.stop().await;
 
-    let mut s = start_with(
-        CONFIG,
-        Setup {
-            shadow_mode: true,
-            ..Setup::default()
-        },
-    )
-    .await;
+    let mut s = store
+        .start_with(
+            CONFIG,
+            Setup {
+                shadow_mode: true,
+                ..Setup::default()
+            },
+        )
+        .await;
     for _ in 0..5 {
         assert_eq!(
             s.call(request("test", one("user", "u"))).await.overall_code,
@@ -271,9 +301,8 @@ async fn shadow_mode_counts_but_never_denies() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn a_denied_request_consumes_nothing() {
-    let mut s = start(CONFIG).await;
+async fn a_denied_request_consumes_nothing(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     let both = request(
         "test",
         vec![descriptor(&[("user", "a")]), descriptor(&[("window", "a")])],
@@ -292,9 +321,8 @@ async fn a_denied_request_consumes_nothing() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn quota_mode_denies_only_when_every_quota_limit_is_over() {
-    let mut s = start(CONFIG).await;
+async fn quota_mode_denies_only_when_every_quota_limit_is_over(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     let both = request(
         "test",
         vec![
@@ -317,9 +345,8 @@ async fn quota_mode_denies_only_when_every_quota_limit_is_over() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn share_threshold_makes_wildcard_matches_share_one_bucket() {
-    let mut s = start(CONFIG).await;
+async fn share_threshold_makes_wildcard_matches_share_one_bucket(store: Backend) {
+    let mut s = store.start(CONFIG).await;
     assert_eq!(
         s.call(request("test", one("files", "a.pdf")))
             .await
@@ -370,9 +397,8 @@ async fn bad_requests_get_invalid_argument() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_callers_never_exceed_the_limit() {
-    let s = start("domain: c\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 100}\n").await;
+async fn concurrent_callers_never_exceed_the_limit(store: Backend) {
+    let s = store.start("domain: c\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 100}\n").await;
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let mut client = s.client.clone();

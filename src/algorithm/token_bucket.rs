@@ -112,14 +112,15 @@ pub fn refund(quota: &Quota, tat: u64, cost: u64) -> u64 {
 
 /// Re-expresses a bucket written with tokens of `from` nanoseconds in tokens of `to`
 /// nanoseconds, keeping the number of tokens consumed: after a reload raises a limit from 100 to
-/// 200, a user who had used 80 has 120 left, not 200 and not 40.
+/// 200, a user who had used 80 has 120 left, not 200 and not 40. A token partly refilled counts
+/// as consumed (the new rate refills it from scratch), which the Redis script computes exactly.
 pub fn rescale(quota: &Quota, tat: u64, now: Nanos, from: u64) -> u64 {
     let to = u128::from(token_nanos(quota));
     let debt = u128::from(tat.saturating_sub(now));
-    let scaled = (debt * to).div_ceil(u128::from(from.max(1)));
+    let consumed = debt.div_ceil(u128::from(from.max(1)));
     // At most an empty bucket, so it refills (and can be swept) within `burst·T`.
     let capacity = u128::from(quota.burst()) * to;
-    clamp_u64(u128::from(now) + scaled.min(capacity))
+    clamp_u64(u128::from(now) + (consumed * to).min(capacity))
 }
 
 /// A bucket is full, so carries no information, from its `tat` on.

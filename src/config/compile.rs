@@ -17,8 +17,8 @@ use crate::algorithm;
 use crate::authz::Authorization;
 use crate::matcher::{Level, Node, ValueMatch};
 use crate::quota::{Algorithm, Quota, Unit};
+use crate::rule::Consistency;
 use crate::rule::{KeyPart, Policy, Rule};
-use crate::store::Consistency;
 
 /// Compiles `files` into a configuration, or returns every problem found.
 pub fn compile(

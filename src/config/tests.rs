@@ -220,7 +220,7 @@ fn a_limit_may_choose_its_consistency() {
     )
     .unwrap();
     let a = config.find("d", &[("a", "x")]).unwrap();
-    assert_eq!(a.consistency, Some(crate::store::Consistency::Cached));
+    assert_eq!(a.consistency, Some(crate::rule::Consistency::Cached));
     let b = config.find("d", &[("b", "x")]).unwrap();
     assert_eq!(b.consistency, None, "the server's --consistency applies");
 }

@@ -10,12 +10,13 @@ use crate::config::RateLimitConfig;
 use crate::matcher::EntryView;
 use crate::quota::{Algorithm, Quota, Unit};
 use crate::rule::{Policy, Rule};
-use crate::store::{Hit, KeyBuilder};
+use crate::store::{Hit, KeyBuilder, Unavailable};
 
 /// The most descriptors one request may carry. Envoy sends a handful; more is a bug or abuse.
 pub const MAX_DESCRIPTORS: usize = 1_000;
 
-/// A request that cannot be decided. Each maps to gRPC `INVALID_ARGUMENT` / HTTP 400.
+/// A request that cannot be decided. Each maps to gRPC `INVALID_ARGUMENT` / HTTP 400, except
+/// [`RequestError::Unavailable`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// `domain` is empty.
@@ -46,6 +47,10 @@ pub enum RequestError {
         /// The unit number sent.
         unit: i32,
     },
+    /// The store could not settle the request and no failure policy answered for it (gRPC
+    /// `UNAVAILABLE` / HTTP 503: Envoy then applies its `failure_mode_deny`).
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
 }
 
 impl EntryView for Entry {
@@ -148,11 +153,13 @@ impl Limit<'_> {
         self.rule().and_then(|r| r.name.as_ref())
     }
 
-    /// The bucket claim of a descriptor with `entries` taking `cost`, if this limit counts.
+    /// The bucket claim of a descriptor with `entries` taking `cost`, if this limit counts;
+    /// its Redis key carries `hash_tag`.
     pub fn hit(
         &self,
         keys: &KeyBuilder,
         domain: &str,
+        hash_tag: u64,
         entries: &[Entry],
         cost: u64,
     ) -> Option<Hit> {
@@ -170,11 +177,12 @@ impl Limit<'_> {
             ),
         };
         Some(Hit {
-            tag,
             key,
             overflow,
+            hash_tag,
             quota,
             cost,
+            rule_tag: tag,
         })
     }
 }

@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use futures_util::FutureExt;
 use proptest::prelude::*;
 
 use super::*;
 use crate::clock::{ManualClock, NANOS_PER_SEC};
 use crate::config::source::SourceFile;
 use crate::config::{Options, compile};
+use crate::store::MemoryStore;
 
 const CONFIG: &str = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hour, requests_per_unit: 5}\n  - key: b\n    rate_limit: {unit: hour, requests_per_unit: 3, algorithm: fixed_window}\n  - key: c\n    rate_limit: {unit: hour, requests_per_unit: 8, burst: 4}\n";
 
@@ -24,7 +26,22 @@ fn limiter() -> Limiter {
         default_algorithm: Algorithm::TokenBucket,
     };
     let clock = Arc::new(ManualClock::at(1_800_000_000 * NANOS_PER_SEC));
-    Limiter::new(config, MemoryStore::new(100), clock, settings)
+    Limiter::new(
+        config,
+        Arc::new(MemoryStore::new(100)),
+        KeyBuilder::random(),
+        clock,
+        settings,
+    )
+}
+
+/// Decides `request` on the memory store, which answers without waiting.
+fn decide(limiter: &Limiter, request: &RateLimitRequest) -> Decision {
+    limiter
+        .decide(request)
+        .now_or_never()
+        .expect("the memory store answers at once")
+        .unwrap()
 }
 
 fn request(keys: &[(usize, u64)]) -> RateLimitRequest {
@@ -49,13 +66,7 @@ fn request(keys: &[(usize, u64)]) -> RateLimitRequest {
 /// What each bucket has left, read with check-only calls.
 fn remaining(limiter: &Limiter) -> Vec<u32> {
     (0..3)
-        .map(|k| {
-            limiter
-                .should_rate_limit(&request(&[(k, 0)]))
-                .unwrap()
-                .statuses[0]
-                .remaining
-        })
+        .map(|k| decide(limiter, &request(&[(k, 0)])).statuses[0].remaining)
         .collect()
 }
 
@@ -67,7 +78,7 @@ proptest! {
         let limiter = limiter();
         for descriptors in requests {
             let before = remaining(&limiter);
-            let decision = limiter.should_rate_limit(&request(&descriptors)).unwrap();
+            let decision = decide(&limiter, &request(&descriptors));
             let after = remaining(&limiter);
             if decision.overall == Code::OverLimit {
                 prop_assert_eq!(before, after);
@@ -85,9 +96,7 @@ proptest! {
 #[test]
 fn statuses_of_a_denied_request_report_untouched_buckets() {
     let limiter = limiter();
-    let decision = limiter
-        .should_rate_limit(&request(&[(0, 2), (1, 4)]))
-        .unwrap();
+    let decision = decide(&limiter, &request(&[(0, 2), (1, 4)]));
     assert_eq!(decision.overall, Code::OverLimit);
     assert_eq!(decision.statuses[0].code, Code::Ok);
     assert_eq!(decision.statuses[0].remaining, 5);

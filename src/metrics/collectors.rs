@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::reload::Reloader;
+use crate::store::{Parts, RedisStore};
 
 /// Registers the scrape-time collectors.
 pub fn register(registry: &mut Registry, reloader: Arc<Reloader>) {
@@ -39,21 +40,24 @@ struct StateCollector {
 
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let store = self.reloader.limiter().store();
+        let limiter = self.reloader.limiter();
+        let mut parts = Parts::default();
+        limiter.store().parts(&mut parts);
+        let (live, evicted) = parts.memory.map_or((0, 0), |m| (m.live(), m.evicted()));
         gauge(
             &mut encoder,
             "buckets",
             "Live per-value buckets in memory",
-            store.live() as f64,
+            live as f64,
         )?;
         counter(
             &mut encoder,
             "bucket_evictions",
             "Buckets dropped: idle, refunded to full, or of removed limits",
-            store.evicted(),
+            evicted,
         )?;
-        if let Some(global) = self.reloader.limiter().global() {
-            redis(&mut encoder, global)?;
+        if let Some(redis) = parts.redis {
+            redis_metrics(&mut encoder, redis, &parts)?;
         }
         let status = self.reloader.status();
         counter(
@@ -92,9 +96,13 @@ impl Collector for StateCollector {
     }
 }
 
-/// The Redis store's health and this replica's cached-mode leases.
-fn redis(encoder: &mut DescriptorEncoder, global: &crate::decision::Global) -> std::fmt::Result {
-    let redis = global.redis();
+/// The Redis store's health, the failure policy's fallbacks and this replica's cached-mode
+/// leases.
+fn redis_metrics(
+    encoder: &mut DescriptorEncoder,
+    redis: &RedisStore,
+    parts: &Parts<'_>,
+) -> std::fmt::Result {
     gauge(
         encoder,
         "redis_degraded",
@@ -124,13 +132,13 @@ fn redis(encoder: &mut DescriptorEncoder, global: &crate::decision::Global) -> s
         encoder,
         "redis_fallback_decisions",
         "Descriptors decided by --redis-failure because Redis was unavailable",
-        global.fallbacks(),
+        parts.failover.map_or(0, |f| f.fallbacks()),
     )?;
     gauge(
         encoder,
         "redis_leases",
         "Cached-mode leases held by this replica",
-        global.leases().len() as f64,
+        parts.leases.map_or(0, |l| l.len()) as f64,
     )
 }
 

@@ -46,10 +46,13 @@ async fn metrics(State(shared): State<Shared>) -> Response {
 /// 200 while serving. With Redis unavailable it stays 200 (the failure policy answers) and
 /// says so on a second line, for readiness checks and people.
 async fn healthcheck(State(shared): State<Shared>) -> String {
-    match shared.reloader.limiter().global() {
-        Some(global) if global.redis().is_degraded() => format!(
+    let limiter = shared.reloader.limiter();
+    let mut parts = crate::store::Parts::default();
+    limiter.store().parts(&mut parts);
+    match (parts.redis, parts.failover) {
+        (Some(redis), Some(failover)) if redis.is_degraded() => format!(
             "OK\ndegraded: redis unavailable, answering by --redis-failure {}\n",
-            global.failure_name()
+            failover.policy()
         ),
         _ => "OK".to_owned(),
     }
@@ -65,14 +68,10 @@ async fn decide_json(State(shared): State<Shared>, body: Bytes) -> Response {
         }
     };
     let decision = shared.decide(&request).await;
-    shared.count_call(
-        "json",
-        if decision.is_ok() {
-            "OK"
-        } else {
-            "INVALID_ARGUMENT"
-        },
-    );
+    match &decision {
+        Ok(_) => shared.count_call("json", "OK"),
+        Err(error) => shared.count_error("json", error),
+    }
     match decision {
         Ok(decision) => {
             let status = match decision.overall {
@@ -81,7 +80,7 @@ async fn decide_json(State(shared): State<Shared>, body: Bytes) -> Response {
             };
             (status, axum::Json(json::response(&decision))).into_response()
         }
-        Err(error) => (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+        Err(error) => (super::http_status(&error), error.to_string()).into_response(),
     }
 }
 

@@ -113,8 +113,8 @@ impl Authorization for AuthorizationGrpc {
             match self.decide_shaped(&request).await {
                 Ok(decision) => Some(decision),
                 Err(error) => {
-                    self.shared.count_call("Check", "INVALID_ARGUMENT");
-                    return Err(Status::invalid_argument(error.to_string()));
+                    self.shared.count_error("Check", &error);
+                    return Err(super::grpc_status(&error));
                 }
             }
         };

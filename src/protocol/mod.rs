@@ -58,9 +58,39 @@ impl Shared {
         }
     }
 
+    /// Counts a call that failed with `error` by method and gRPC code name.
+    pub fn count_error(&self, method: &'static str, error: &RequestError) {
+        self.count_call(method, code_name(error));
+    }
+
     /// Counts a call by method and result code.
     pub fn count_call(&self, method: &'static str, code: &'static str) {
         let labels = crate::metrics::service::CallLabels { method, code };
         self.metrics.service.calls.get_or_create(&labels).inc();
+    }
+}
+
+/// The gRPC code name of a request error, as counted in `tollgate_calls_total`.
+pub fn code_name(error: &RequestError) -> &'static str {
+    match error {
+        RequestError::Unavailable(_) => "UNAVAILABLE",
+        _ => "INVALID_ARGUMENT",
+    }
+}
+
+/// A request error as the gRPC status callers receive: `UNAVAILABLE` when no store answered
+/// (Envoy then applies `failure_mode_deny`), `INVALID_ARGUMENT` for everything else.
+pub fn grpc_status(error: &RequestError) -> tonic::Status {
+    match error {
+        RequestError::Unavailable(_) => tonic::Status::unavailable(error.to_string()),
+        _ => tonic::Status::invalid_argument(error.to_string()),
+    }
+}
+
+/// The same as an HTTP status: 503 or 400.
+pub fn http_status(error: &RequestError) -> axum::http::StatusCode {
+    match error {
+        RequestError::Unavailable(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        _ => axum::http::StatusCode::BAD_REQUEST,
     }
 }

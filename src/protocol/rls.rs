@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::Shared;
 use crate::clock::NANOS_PER_SEC;
-use crate::decision::{Code, Decision, DescriptorStatus, RequestError};
+use crate::decision::{Code, Decision, DescriptorStatus};
 
 /// The gRPC service, deciding with the shared limiter.
 #[derive(Debug, Clone)]
@@ -56,18 +56,12 @@ impl RateLimitService for RateLimitGrpc {
                 Ok(Response::new(to_proto(&decision)))
             }
             Err(error) => {
-                self.shared
-                    .count_call("ShouldRateLimit", "INVALID_ARGUMENT");
-                tracing::debug!(domain = %request.domain, %error, "invalid rate limit request");
-                Err(invalid_argument(&error))
+                self.shared.count_error("ShouldRateLimit", &error);
+                tracing::debug!(domain = %request.domain, %error, "rate limit request not decided");
+                Err(super::grpc_status(&error))
             }
         }
     }
-}
-
-/// A request error as the gRPC status Envoy receives.
-pub fn invalid_argument(error: &RequestError) -> Status {
-    Status::invalid_argument(error.to_string())
 }
 
 /// The decision as Envoy's response message.

@@ -8,15 +8,19 @@
 //! a lease expires (after a second unused, or when its fixed window ends). When the global
 //! bucket is empty, the replica remembers until when, and denies locally until then.
 //!
-//! Nothing here does I/O: the caller fetches and returns leases with the Redis store.
+//! One fetch per key at a time: [`Leases::begin_fetch`] marks a key's fetch as under way, and
+//! concurrent misses on it are decided strictly instead of each leasing a slice of their own.
+//!
+//! Nothing here does I/O: [`Leasing`](super::Leasing) fetches and returns leases with the Redis
+//! store.
 
+use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 
 use dashmap::DashMap;
 
-use super::Hit;
+use super::contract::Hit;
 use super::key::{BucketKey, FoldHasher};
-use super::redis::Figures;
 use crate::algorithm::Verdict;
 use crate::clock::{NANOS_PER_SEC, Nanos};
 use crate::quota::{Algorithm, Quota};
@@ -26,17 +30,21 @@ pub const LEASE_TTL: Nanos = NANOS_PER_SEC;
 
 #[derive(Debug)]
 struct Lease {
-    quota: Quota,
-    domain_tag: u64,
+    /// The bucket and limit (its cost is not used).
+    hit: Hit,
     tokens: u64,
     expires: Nanos,
-    /// The global bucket was empty: deny here until then.
+    /// The global bucket had too little for `denied_cost` units: deny that many (or more) here
+    /// until then.
     denied_until: Nanos,
+    denied_cost: u64,
     /// The global bucket's remaining units and reset time at the last fetch.
     global_remaining: u64,
     reset_at: Nanos,
     retry_after: Option<Nanos>,
     refilling: bool,
+    /// A fetch for this key has been under way since then.
+    fetching: Option<Nanos>,
 }
 
 /// What a lease can say about a hit without asking Redis.
@@ -53,15 +61,11 @@ pub enum Take {
     Miss,
 }
 
-/// A lease to give back: its bucket, limit, slot and unspent units.
+/// A lease to give back: its bucket and limit, and its unspent units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unspent {
-    /// The bucket.
-    pub key: BucketKey,
-    /// Its limit.
-    pub quota: Quota,
-    /// The domain's hash tag.
-    pub domain_tag: u64,
+    /// The bucket and limit.
+    pub hit: Hit,
     /// Units leased and not spent.
     pub tokens: u64,
 }
@@ -109,7 +113,7 @@ impl Leases {
         let Some(mut lease) = self.leases.get_mut(&hit.key) else {
             return Take::Miss;
         };
-        if lease.quota != hit.quota {
+        if lease.hit.quota != hit.quota {
             // A reload changed the limit: start over from the global bucket.
             return Take::Miss;
         }
@@ -121,14 +125,16 @@ impl Leases {
         if now < lease.expires && enough {
             lease.tokens -= hit.cost;
             lease.expires = lease.expires.max(lease.expiry(now));
-            let refill = !lease.refilling && lease.tokens < slice(&hit.quota).div_ceil(2);
+            // A slice of one unit is fetched per request: topping it up would only strand it.
+            let slice = slice(&hit.quota);
+            let refill = slice > 1 && !lease.refilling && lease.tokens < slice.div_ceil(2);
             lease.refilling |= refill;
             return Take::Served {
                 verdict: lease.admitted(now),
                 refill,
             };
         }
-        if now < lease.denied_until {
+        if now < lease.denied_until && hit.cost.max(1) >= lease.denied_cost {
             return Take::Served {
                 verdict: lease.denied(now),
                 refill: false,
@@ -144,59 +150,85 @@ impl Leases {
         }
     }
 
-    /// Records a lease fetched for `hit` (`figures` from the script's lease entry) and, if
-    /// `spend`, spends the hit's cost from it.
-    pub fn fill(
-        &self,
-        hit: &Hit,
-        domain_tag: u64,
-        figures: &Figures,
-        now: Nanos,
-        spend: bool,
-    ) -> Verdict {
+    /// Records a fetch for `hit`: `leased` units go into its lease; `verdict` is the global
+    /// bucket's answer to the fetch (remaining and times after it). When the bucket could not
+    /// cover the hit, a hit of its cost or more is denied here until the verdict says it could.
+    pub fn fill(&self, hit: &Hit, verdict: &Verdict, leased: u64, now: Nanos) {
         let mut lease = self.leases.entry(hit.key).or_insert_with(|| Lease {
-            quota: hit.quota,
-            domain_tag,
+            hit: *hit,
             tokens: 0,
             expires: 0,
             denied_until: 0,
+            denied_cost: 0,
             global_remaining: 0,
             reset_at: 0,
             retry_after: None,
             refilling: false,
+            fetching: None,
         });
         let window_ended =
-            lease.quota.algorithm() == Algorithm::FixedWindow && now >= lease.reset_at;
-        if lease.quota != hit.quota || window_ended {
+            lease.hit.quota.algorithm() == Algorithm::FixedWindow && now >= lease.reset_at;
+        if lease.hit.quota != hit.quota || window_ended {
             // Old tokens of a changed limit or an ended window are void.
-            lease.quota = hit.quota;
             lease.tokens = 0;
         }
-        let verdict = figures.verdict;
-        lease.tokens += figures.taken;
+        lease.hit = *hit;
+        lease.fetching = None;
+        lease.tokens += leased;
         lease.refilling = false;
-        lease.global_remaining = verdict.remaining;
+        lease.global_remaining = verdict.remaining.saturating_sub(leased);
         lease.reset_at = now.saturating_add(verdict.reset_after);
         lease.retry_after = verdict.retry_after;
         lease.expires = lease.expiry(now);
-        lease.denied_until = if figures.taken == 0 {
-            now.saturating_add(verdict.retry_after.unwrap_or(verdict.reset_after))
-        } else {
+        lease.denied_until = if verdict.allowed {
             0
+        } else {
+            now.saturating_add(verdict.retry_after.unwrap_or(verdict.reset_after))
         };
-        if !spend {
-            return lease.admitted(now);
+        lease.denied_cost = hit.cost.max(1);
+    }
+
+    /// Marks a fetch of `hit`'s lease as under way at `now`. False when another is already
+    /// (the caller decides the hit strictly instead) or no new lease fits.
+    pub fn begin_fetch(&self, hit: &Hit, now: Nanos) -> bool {
+        if let Some(mut lease) = self.leases.get_mut(&hit.key) {
+            let fetching = lease
+                .fetching
+                .is_some_and(|since| now < since.saturating_add(LEASE_TTL));
+            if fetching || lease.refilling {
+                return false;
+            }
+            lease.fetching = Some(now);
+            return true;
         }
-        let enough = if hit.cost == 0 {
-            lease.tokens >= 1
-        } else {
-            lease.tokens >= hit.cost
-        };
-        if enough {
-            lease.tokens -= hit.cost;
-            lease.admitted(now)
-        } else {
-            lease.denied(now)
+        if self.is_full() {
+            return false;
+        }
+        let mut placed = false;
+        self.leases.entry(hit.key).or_insert_with(|| {
+            placed = true;
+            Lease {
+                hit: *hit,
+                tokens: 0,
+                expires: 0,
+                denied_until: 0,
+                denied_cost: 0,
+                global_remaining: 0,
+                reset_at: 0,
+                retry_after: None,
+                refilling: false,
+                fetching: Some(now),
+            }
+        });
+        placed
+    }
+
+    /// A fetch for `hit`'s lease failed: let the next miss try again.
+    pub fn fetch_failed(&self, hit: &Hit) {
+        self.leases
+            .remove_if(&hit.key, |_, lease| lease.tokens == 0 && lease.expires == 0);
+        if let Some(mut lease) = self.leases.get_mut(&hit.key) {
+            lease.fetching = None;
         }
     }
 
@@ -211,15 +243,18 @@ impl Leases {
     /// count in Redis (a token bucket's, or a fixed window's that has not ended).
     pub fn expire(&self, now: Nanos) -> Vec<Unspent> {
         let mut unspent = Vec::new();
-        self.leases.retain(|key, lease| {
-            if now < lease.expires || now < lease.denied_until {
+        self.leases.retain(|_, lease| {
+            let fetching = lease
+                .fetching
+                .is_some_and(|since| now < since.saturating_add(LEASE_TTL));
+            if fetching || now < lease.expires || now < lease.denied_until {
                 return true;
             }
             // Giving back is harmless where the window moved on (the script checks it).
             let window_open =
-                lease.quota.algorithm() != Algorithm::FixedWindow || now < lease.reset_at;
+                lease.hit.quota.algorithm() != Algorithm::FixedWindow || now < lease.reset_at;
             if lease.tokens > 0 && window_open {
-                unspent.push(lease.unspent(*key));
+                unspent.push(lease.unspent());
             }
             false
         });
@@ -229,9 +264,25 @@ impl Leases {
     /// Removes every lease (at shutdown) and returns their unspent units.
     pub fn drain(&self) -> Vec<Unspent> {
         let mut unspent = Vec::new();
-        self.leases.retain(|key, lease| {
+        self.leases.retain(|_, lease| {
             if lease.tokens > 0 {
-                unspent.push(lease.unspent(*key));
+                unspent.push(lease.unspent());
+            }
+            false
+        });
+        unspent
+    }
+
+    /// Removes the leases of the rules whose tags are in `removed` and returns their unspent
+    /// units.
+    pub fn forget(&self, removed: &HashSet<u32>) -> Vec<Unspent> {
+        let mut unspent = Vec::new();
+        self.leases.retain(|_, lease| {
+            if !removed.contains(&lease.hit.rule_tag) {
+                return true;
+            }
+            if lease.tokens > 0 {
+                unspent.push(lease.unspent());
             }
             false
         });
@@ -240,11 +291,9 @@ impl Leases {
 }
 
 impl Lease {
-    fn unspent(&self, key: BucketKey) -> Unspent {
+    fn unspent(&self) -> Unspent {
         Unspent {
-            key,
-            quota: self.quota,
-            domain_tag: self.domain_tag,
+            hit: self.hit,
             tokens: self.tokens,
         }
     }
@@ -253,7 +302,7 @@ impl Lease {
     /// window at the window's end at the latest.
     fn expiry(&self, now: Nanos) -> Nanos {
         let unused = now.saturating_add(LEASE_TTL);
-        match self.quota.algorithm() {
+        match self.hit.quota.algorithm() {
             // A sliding window's leased hits count where they were leased, as a token
             // bucket's tokens do: they stay good until given back.
             Algorithm::TokenBucket | Algorithm::SlidingWindow | Algorithm::SlidingLog => unused,

@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use smallvec::SmallVec;
 
-use super::Hit;
+use super::contract::{self, Claim, Hit, Outcome, Parts, Settlement, Settling, Store};
 use super::key::{BucketKey, FoldHasher};
 use crate::algorithm::{self, FRESH, Verdict, sliding_log};
 use crate::clock::{NANOS_PER_SEC, Nanos};
@@ -120,6 +121,51 @@ impl MemoryStore {
         self.evicted.load(Ordering::Relaxed)
     }
 
+    /// Settles `claims` at `now` (see [`Store`]): takes from each bucket in turn, then, if the
+    /// request is denied, gives back what it took and reports each bucket as it stands.
+    pub fn settle_now(&self, claims: &[Claim], now: Nanos) -> Settlement {
+        let taken: SmallVec<[Acquired; 4]> =
+            claims.iter().map(|c| self.acquire(&c.hit, now)).collect();
+        let denied = contract::denied(
+            claims
+                .iter()
+                .zip(&taken)
+                .map(|(claim, acquired)| (claim.role, acquired.verdict.allowed)),
+        );
+        // A state word is this store's business: outcomes carry none, as Redis's.
+        let stateless = |verdict: Verdict| Verdict {
+            state: 0,
+            ..verdict
+        };
+        let mut outcomes: SmallVec<[Outcome; 4]> = taken
+            .iter()
+            .map(|acquired| Outcome {
+                verdict: stateless(acquired.verdict),
+                refunded: false,
+            })
+            .collect();
+        if denied {
+            for ((claim, acquired), outcome) in claims.iter().zip(&taken).zip(&mut outcomes) {
+                if acquired.verdict.allowed && claim.hit.cost > 0 {
+                    self.refund(&claim.hit, acquired, now);
+                    outcome.refunded = true;
+                }
+            }
+            // Once every claim has given back: each bucket as it stands, untouched by the
+            // request (also when two claims share a bucket).
+            for (claim, outcome) in claims.iter().zip(&mut outcomes) {
+                if outcome.refunded {
+                    let check = Hit {
+                        cost: 0,
+                        ..claim.hit
+                    };
+                    outcome.verdict = stateless(self.acquire(&check, now).verdict);
+                }
+            }
+        }
+        Settlement { denied, outcomes }
+    }
+
     /// Takes `hit.cost` from the hit's bucket if it conforms. At the cap, a value without a
     /// bucket of its own is decided on its limit's overflow bucket.
     pub fn acquire(&self, hit: &Hit, now: Nanos) -> Acquired {
@@ -163,7 +209,7 @@ impl MemoryStore {
                 slot.insert(Bucket {
                     state: AtomicU64::new(fresh.state),
                     scale: algorithm::scale(&hit.quota),
-                    tag: hit.tag,
+                    tag: hit.rule_tag,
                     algorithm: hit.quota.algorithm(),
                     counted,
                 });
@@ -177,6 +223,8 @@ impl MemoryStore {
     fn acquire_log(&self, hit: &Hit, now: Nanos) -> Acquired {
         let decide = |log: &mut VecDeque<u64>| sliding_log::decide(&hit.quota, log, now, hit.cost);
         if let Some(mut bucket) = self.logs.get_mut(&hit.key) {
+            // A reload may have changed the unit: sweeping goes by the latest.
+            bucket.unit_ms = sliding_log::unit_ms(&hit.quota);
             let verdict = decide(&mut bucket.log);
             return Acquired {
                 verdict,
@@ -211,7 +259,7 @@ impl MemoryStore {
             Entry::Vacant(slot) => slot.insert(LogBucket {
                 log: VecDeque::new(),
                 unit_ms: sliding_log::unit_ms(&hit.quota),
-                tag: hit.tag,
+                tag: hit.rule_tag,
                 counted,
             }),
         };
@@ -347,6 +395,38 @@ impl MemoryStore {
 
     fn release(&self) {
         self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Store for MemoryStore {
+    fn settle<'a>(&'a self, claims: &'a [Claim], now: Nanos) -> Settling<'a> {
+        contract::settled(Ok(self.settle_now(claims, now)))
+    }
+
+    fn forget(&self, removed: &HashSet<u32>) {
+        let report = MemoryStore::forget(self, removed);
+        if report.evicted > 0 {
+            tracing::info!(
+                evicted = report.evicted,
+                "dropped buckets of removed limits"
+            );
+        }
+    }
+
+    fn sweep(&self, now: Nanos) -> usize {
+        let report = MemoryStore::sweep(self, now);
+        if report.evicted > 0 {
+            tracing::debug!(
+                evicted = report.evicted,
+                live = report.live,
+                "swept idle buckets"
+            );
+        }
+        report.evicted
+    }
+
+    fn parts<'a>(&'a self, parts: &mut Parts<'a>) {
+        parts.memory = Some(self);
     }
 }
 

@@ -17,16 +17,16 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use tollgate::app::{self, App, RedisConfig, StoreConfig};
 use tollgate::clock::{ManualClock, NANOS_PER_SEC};
-use tollgate::config::Options;
-use tollgate::decision::{Global, Limiter, Settings};
+use tollgate::config::{Options, RateLimitConfig};
+use tollgate::decision::{Limiter, Settings};
 use tollgate::metrics::MetricsOptions;
 use tollgate::quota::Algorithm;
 use tollgate::reload::Reloader;
-use tollgate::server::{Server, ServerOptions};
-use tollgate::store::{
-    Consistency, FailurePolicy, MemoryStore, RedisOptions, RedisStore, RedisTls,
-};
+use tollgate::rule::Consistency;
+use tollgate::server::ServerOptions;
+use tollgate::store::{FailurePolicy, Parts, RedisOptions, RedisStore, RedisTls};
 
 /// Limits exercising every request semantic (rls.rs; redis.rs replays it against Redis).
 pub const SEMANTICS: &str = r#"
@@ -139,19 +139,84 @@ impl RedisSetup {
         }
     }
 
-    /// Starts the store and the limiter's Redis side, waiting up to 5 s for Redis to answer
-    /// (it may be down on purpose: the store then starts degraded).
-    pub async fn global(&self) -> Global {
-        let store = RedisStore::start(&RedisOptions {
-            urls: self.urls.clone(),
-            cluster: self.cluster,
-            prefix: self.prefix.clone(),
-            timeout: self.timeout,
-            tls: self.tls.clone(),
-        })
+    /// The composition root's Redis settings for these flags.
+    pub fn config(&self) -> RedisConfig {
+        RedisConfig {
+            options: RedisOptions {
+                urls: self.urls.clone(),
+                cluster: self.cluster,
+                prefix: self.prefix.clone(),
+                timeout: self.timeout,
+                tls: self.tls.clone(),
+            },
+            consistency: self.consistency,
+            failure: self.failure,
+        }
+    }
+}
+
+/// The composition root's settings for `setup`, serving the limits at `limits`.
+pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
+    app::Config {
+        limits,
+        compile: Options::default(),
+        settings: Settings {
+            shadow_mode: setup.shadow_mode,
+            default_algorithm: Algorithm::TokenBucket,
+        },
+        max_buckets: setup.max_buckets,
+        store: match &setup.redis {
+            Some(redis) => StoreConfig::Redis(redis.config()),
+            None => StoreConfig::Memory,
+        },
+        server: ServerOptions {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            sweep_interval: Duration::from_secs(3600),
+            watch: setup.watch,
+            drain_timeout: Duration::from_secs(5),
+            metrics: MetricsOptions {
+                near_limit_ratio: 0.8,
+                max_series: setup.max_metric_series,
+            },
+        },
+    }
+}
+
+/// A limiter on `config` built as a server with `setup` builds it, reading `clock`; with
+/// Redis, waits up to 5 s for it to answer (it may be down on purpose).
+pub async fn limiter(
+    config: RateLimitConfig,
+    setup: &Setup,
+    clock: &Arc<ManualClock>,
+) -> Arc<Limiter> {
+    let limiter = app_config(std::path::PathBuf::new(), setup)
+        .limiter(config, clock.clone())
         .unwrap();
-        store.wait_ready(Duration::from_secs(5)).await;
-        Global::new(store, self.consistency, self.failure, &self.prefix)
+    let mut parts = Parts::default();
+    limiter.store().parts(&mut parts);
+    if let Some(redis) = parts.redis {
+        redis.wait_ready(Duration::from_secs(5)).await;
+    }
+    Arc::new(limiter)
+}
+
+/// The Redis store of a limiter counting in Redis.
+pub struct RedisHandle(Arc<Limiter>);
+
+impl RedisHandle {
+    pub fn of(limiter: Arc<Limiter>) -> Self {
+        Self(limiter)
+    }
+}
+
+impl std::ops::Deref for RedisHandle {
+    type Target = RedisStore;
+
+    fn deref(&self) -> &RedisStore {
+        let mut parts = Parts::default();
+        self.0.store().parts(&mut parts);
+        parts.redis.expect("a limiter counting in redis")
     }
 }
 
@@ -165,6 +230,47 @@ impl Default for Setup {
             single_file: false,
             redis: None,
         }
+    }
+}
+
+/// A store the behaviour suite runs on; a Redis store brings its own `redis-server`.
+pub enum Backend {
+    Memory,
+    Strict(redis::RedisServer),
+    Cached(redis::RedisServer),
+}
+
+impl Backend {
+    pub fn memory() -> Self {
+        Self::Memory
+    }
+
+    pub fn strict() -> Self {
+        Self::Strict(redis::RedisServer::start())
+    }
+
+    pub fn cached() -> Self {
+        Self::Cached(redis::RedisServer::start())
+    }
+
+    /// `setup`, counting in this store.
+    pub fn setup(&self, setup: Setup) -> Setup {
+        let redis = match self {
+            Self::Memory => None,
+            Self::Strict(server) => Some(RedisSetup::strict(&server.url())),
+            Self::Cached(server) => Some(RedisSetup::cached(&server.url())),
+        };
+        Setup { redis, ..setup }
+    }
+
+    /// A server on `yaml` counting in this store.
+    pub async fn start(&self, yaml: &str) -> TestServer {
+        self.start_with(yaml, Setup::default()).await
+    }
+
+    /// A server on `yaml` with `setup`, counting in this store.
+    pub async fn start_with(&self, yaml: &str, setup: Setup) -> TestServer {
+        start_with(yaml, self.setup(setup)).await
     }
 }
 
@@ -189,50 +295,18 @@ pub async fn start_in(tempdir: tempfile::TempDir, setup: Setup) -> TestServer {
 /// directory itself).
 pub async fn start_at(tempdir: tempfile::TempDir, inside: &str, setup: Setup) -> TestServer {
     let clock = Arc::new(ManualClock::at(T0));
-    let settings = Settings {
-        shadow_mode: setup.shadow_mode,
-        default_algorithm: Algorithm::TokenBucket,
+    let limits = if inside.is_empty() {
+        tempdir.path().to_path_buf()
+    } else {
+        tempdir.path().join(inside)
     };
-    let global = match &setup.redis {
-        Some(redis) => Some(redis.global().await),
-        None => None,
-    };
-    let build = |config| {
-        let limiter = Limiter::new(
-            config,
-            MemoryStore::new(setup.max_buckets),
-            clock.clone(),
-            settings,
-        );
-        match global {
-            Some(global) => limiter.with_global(global),
-            None => limiter,
-        }
-    };
-    let reloader = Arc::new(
-        Reloader::start(
-            &if inside.is_empty() {
-                tempdir.path().to_path_buf()
-            } else {
-                tempdir.path().join(inside)
-            },
-            Options::default(),
-            build,
-        )
-        .unwrap(),
-    );
-    let options = ServerOptions {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        sweep_interval: Duration::from_secs(3600),
-        watch: setup.watch,
-        drain_timeout: Duration::from_secs(5),
-        metrics: MetricsOptions {
-            near_limit_ratio: 0.8,
-            max_series: setup.max_metric_series,
-        },
-    };
-    let server = Server::bind(reloader.clone(), options).await.unwrap();
+    let app = app_config(limits, &setup)
+        .build(clock.clone())
+        .await
+        .unwrap();
+    // Redis may be down on purpose: the store then starts degraded.
+    app.redis_ready(Duration::from_secs(5)).await;
+    let App { reloader, server } = app;
     let (grpc, http) = (server.grpc_addr().unwrap(), server.http_addr().unwrap());
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(server.serve(async {
@@ -282,13 +356,16 @@ impl TestServer {
     }
 
     /// The Redis store, for a server counting in Redis.
-    pub fn redis_store(&self) -> Arc<RedisStore> {
-        self.reloader
-            .limiter()
-            .global()
-            .expect("a server counting in redis")
-            .redis()
-            .clone()
+    pub fn redis_store(&self) -> RedisHandle {
+        RedisHandle::of(self.reloader.limiter().clone())
+    }
+
+    /// What the server's store is made of, read by `read`.
+    pub fn store_parts<T>(&self, read: impl FnOnce(&Parts<'_>) -> T) -> T {
+        let limiter = self.reloader.limiter();
+        let mut parts = Parts::default();
+        limiter.store().parts(&mut parts);
+        read(&parts)
     }
 
     /// GET `path` on the admin port: status and body.

@@ -12,9 +12,10 @@ fn hit(key: u128, rpu: u32, cost: u64) -> Hit {
     Hit {
         key: BucketKey(key),
         overflow: BucketKey(u128::MAX),
+        hash_tag: 0,
         quota: Quota::new(rpu, Unit::Minute, Algorithm::TokenBucket),
         cost,
-        tag: (key % 2) as u32,
+        rule_tag: (key % 2) as u32,
     }
 }
 
@@ -213,9 +214,10 @@ fn log_hit(key: u128, rpu: u32, cost: u64) -> Hit {
     Hit {
         key: BucketKey(key),
         overflow: BucketKey(u128::MAX - 1),
+        hash_tag: 0,
         quota: Quota::new(rpu, Unit::Second, Algorithm::SlidingLog),
         cost,
-        tag: 7,
+        rule_tag: 7,
     }
 }
 

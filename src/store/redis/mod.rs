@@ -1,10 +1,11 @@
 //! Buckets in Redis, shared by every replica.
 //!
-//! One server-side script ([`decide.lua`](decide.lua)) decides all of a request's counted
-//! descriptors atomically, all or nothing, with the same algorithms as the memory store. It
-//! also hands out and takes back the token leases of cached mode. Calls from concurrent
-//! requests are pipelined over one multiplexed connection (single node) or one per shard
-//! (Redis Cluster).
+//! Three server-side scripts share one prelude of algorithms (see [`wire`]): `decide.lua`
+//! settles a request's claims atomically, all or nothing, with the same algorithms as the memory
+//! store (this is the [`Store`] implementation: strict mode); `lease.lua` and `give_back.lua`
+//! hand out and take back cached mode's slices ([`Leasing`](super::Leasing)). Calls from
+//! concurrent requests are pipelined over one multiplexed connection (single node) or one per
+//! shard (Redis Cluster).
 //!
 //! Keys are `{prefix}{<domain tag>}:<bucket>`: the hash tag is a digest of the request's
 //! domain, so all of a request's keys live in one Cluster slot and one script can use them
@@ -17,6 +18,7 @@
 
 mod link;
 mod tls;
+pub mod wire;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -24,15 +26,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use redis::Script;
 use smallvec::SmallVec;
 use tokio::sync::Notify;
 
-use super::BucketKey;
-use crate::algorithm::{Verdict, sliding_log, sliding_window, token_bucket};
+use super::contract::{
+    Claim, Hit, Outcome, Parts, Settled, Settlement, Settling, Store, Unavailable,
+};
+use super::key::BucketKey;
+use super::lease::Unspent;
 use crate::clock::{NANOS_PER_SEC, Nanos};
-use crate::quota::{Algorithm, Quota};
 use link::Link;
 pub use tls::{RedisTls, TlsError, is_tls_url};
+use wire::{Figures, Purpose};
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -49,64 +55,12 @@ pub struct RedisOptions {
     pub tls: RedisTls,
 }
 
-/// Redis could not decide in time: unreachable, too slow, or failing.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("redis unavailable: {0}")]
-pub struct Unavailable(pub String);
-
-/// What an entry asks of the script.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Decide the entry on its bucket.
-    Decide {
-        /// Its denial denies the request (not shadow mode).
-        denies: bool,
-        /// It is a quota-mode limit.
-        quota: bool,
-    },
-    /// Already decided by the caller (a cached-mode limit); it only takes part in settling.
-    Decided {
-        /// The caller's verdict.
-        allowed: bool,
-        /// Its denial denies the request.
-        denies: bool,
-        /// It is a quota-mode limit.
-        quota: bool,
-    },
-    /// Lease up to `cost` units, as many as remain (cached mode).
-    Lease,
-    /// Give back `cost` units of an unused lease.
-    GiveBack,
-}
-
-/// One descriptor's part in a script call.
-#[derive(Debug, Clone, Copy)]
-pub struct Entry {
-    /// The bucket (unused for [`Role::Decided`]).
-    pub key: BucketKey,
-    /// The limit.
-    pub quota: Quota,
-    /// Units to take (or lease, or give back).
-    pub cost: u64,
-    /// What to do.
-    pub role: Role,
-}
-
-/// What the script answered for one entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Figures {
-    /// The verdict, as the memory store would give it (its `state` is not used).
-    pub verdict: Verdict,
-    /// It conformed but the request was denied, so nothing was taken; the verdict is a check.
-    pub refunded: bool,
-    /// Units taken from the bucket (for a lease: the units granted).
-    pub taken: u64,
-}
-
 /// The Redis bucket store.
 pub struct RedisStore {
     link: Link,
-    script: redis::Script,
+    decide: Script,
+    lease: Script,
+    give_back: Script,
     prefix: String,
     timeout: Duration,
     degraded: AtomicBool,
@@ -128,8 +82,32 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// The most a token bucket's key lives past the time its bucket is full again.
-const GRACE_MS: u64 = 1000;
+/// One entry of a script call.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// The bucket, or none for [`wire::KIND_DECIDED`].
+    key: Option<BucketKey>,
+    kind: u64,
+    cost: u64,
+    p1: u64,
+    p2: u64,
+    /// Decide entries only: the role bits and the units to lease.
+    role: Option<(u64, u64)>,
+}
+
+impl Entry {
+    fn of(hit: &Hit, cost: u64, role: Option<(u64, u64)>) -> Self {
+        let (kind, p1, p2) = wire::shape(&hit.quota);
+        Self {
+            key: Some(hit.key),
+            kind,
+            cost,
+            p1,
+            p2,
+            role,
+        }
+    }
+}
 
 impl RedisStore {
     /// A store for `options`, connecting in the background: it starts degraded when Redis is
@@ -138,7 +116,9 @@ impl RedisStore {
         let link = Link::new(options).map_err(|e| Unavailable(e.to_string()))?;
         let store = Arc::new(Self {
             link,
-            script: redis::Script::new(include_str!("decide.lua")),
+            decide: Script::new(&Purpose::Decide.script()),
+            lease: Script::new(&Purpose::Lease.script()),
+            give_back: Script::new(&Purpose::GiveBack.script()),
             prefix: options.prefix.clone(),
             timeout: options.timeout,
             degraded: AtomicBool::new(true),
@@ -183,49 +163,118 @@ impl RedisStore {
         tokio::time::timeout(deadline, ready).await.is_ok()
     }
 
-    /// Runs `entries` of one request in `domain_tag`'s slot, atomically, at `now`.
-    pub async fn run(
+    /// Decides and settles `claims` of one request in one call. Claims with a `known` verdict
+    /// (cached-mode leases) only take part in settling; once the request is admitted, up to
+    /// `lease[i]` more units of claim `i`'s bucket are taken for a lease. Returns whether the
+    /// request was denied and each claim's figures (`taken`: its cost plus what was leased).
+    pub async fn decide(
         &self,
-        domain_tag: u64,
-        entries: &[Entry],
+        claims: &[Claim],
+        known: &[Option<bool>],
+        lease: &[u64],
+        now: Nanos,
+    ) -> Result<(bool, SmallVec<[Figures; 4]>), Unavailable> {
+        let entries: SmallVec<[Entry; 4]> = claims
+            .iter()
+            .zip(known)
+            .zip(lease)
+            .map(|((claim, known), lease)| {
+                let role = Some((wire::role(claim.role.denies, claim.role.quota_mode), *lease));
+                match known {
+                    None => Entry::of(&claim.hit, claim.hit.cost, role),
+                    Some(allowed) => Entry {
+                        key: None,
+                        kind: wire::KIND_DECIDED,
+                        cost: 0,
+                        p1: u64::from(*allowed),
+                        p2: 0,
+                        role,
+                    },
+                }
+            })
+            .collect();
+        let hash_tag = claims.first().map_or(0, |c| c.hit.hash_tag);
+        let reply = self.run(&self.decide, hash_tag, &entries, now).await?;
+        match reply.split_first() {
+            Some((denied, rest)) if rest.len() == entries.len() * wire::REPLY_FIELDS => Ok((
+                *denied == 1,
+                rest.chunks_exact(wire::REPLY_FIELDS)
+                    .map(wire::figures)
+                    .collect(),
+            )),
+            _ => Err(self.malformed(hash_tag, reply.len(), entries.len())),
+        }
+    }
+
+    /// Leases up to `slice` units of each hit's bucket (all in one hash tag), as many as
+    /// remain. Returns each lease's figures: the units granted and the bucket after.
+    pub async fn lease(
+        &self,
+        leases: &[(Hit, u64)],
         now: Nanos,
     ) -> Result<SmallVec<[Figures; 4]>, Unavailable> {
+        let entries: SmallVec<[Entry; 4]> = leases
+            .iter()
+            .map(|(hit, slice)| Entry::of(hit, *slice, None))
+            .collect();
+        let hash_tag = leases.first().map_or(0, |(hit, _)| hit.hash_tag);
+        let reply = self.run(&self.lease, hash_tag, &entries, now).await?;
+        if reply.len() != entries.len() * wire::REPLY_FIELDS {
+            return Err(self.malformed(hash_tag, reply.len(), entries.len()));
+        }
+        Ok(reply
+            .chunks_exact(wire::REPLY_FIELDS)
+            .map(wire::figures)
+            .collect())
+    }
+
+    /// Gives back the unspent units of leases, one call per hash tag.
+    pub async fn give_back(&self, unspent: &[Unspent], now: Nanos) -> Result<(), Unavailable> {
+        let mut by_tag: std::collections::HashMap<u64, Vec<Entry>> = Default::default();
+        for lease in unspent {
+            by_tag
+                .entry(lease.hit.hash_tag)
+                .or_default()
+                .push(Entry::of(&lease.hit, lease.tokens, None));
+        }
+        for (hash_tag, entries) in by_tag {
+            self.run(&self.give_back, hash_tag, &entries, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `script` on `entries` (all in `hash_tag`'s slot) at `now`, within the timeout.
+    /// Decide entries carry a role (DECIDE_FIELDS), the others do not (LEASE_FIELDS).
+    async fn run(
+        &self,
+        script: &Script,
+        hash_tag: u64,
+        entries: &[Entry],
+        now: Nanos,
+    ) -> Result<Vec<i64>, Unavailable> {
         if self.is_degraded() {
             return Err(Unavailable("degraded, waiting for redis to answer".into()));
         }
-        let mut invocation = self.script.prepare_invoke();
+        let mut invocation = script.prepare_invoke();
         invocation
             .arg(now / NANOS_PER_SEC)
             .arg(now % NANOS_PER_SEC)
-            .arg(GRACE_MS);
+            .arg(wire::GRACE_MS);
         let mut name = String::with_capacity(self.prefix.len() + 56);
         for entry in entries {
-            let (kind, p1, p2) = shape(&entry.quota);
-            let (kind, p1, role) = match entry.role {
-                Role::Decide { denies, quota } => (kind, p1, role_bits(denies, quota)),
-                Role::Decided {
-                    allowed,
-                    denies,
-                    quota,
-                } => (0, u64::from(allowed), role_bits(denies, quota)),
-                Role::Lease => (kind, p1, 4),
-                Role::GiveBack => (kind, p1, 8),
-            };
-            if kind != 0 {
+            if let Some(key) = entry.key {
                 name.clear();
-                let _ = write!(
-                    name,
-                    "{}{{{domain_tag:016x}}}:{:032x}",
-                    self.prefix, entry.key.0
-                );
+                let _ = write!(name, "{}{{{hash_tag:016x}}}:{:032x}", self.prefix, key.0);
                 invocation.key(name.as_str());
             }
             invocation
-                .arg(kind)
+                .arg(entry.kind)
                 .arg(entry.cost)
-                .arg(p1)
-                .arg(p2)
-                .arg(role);
+                .arg(entry.p1)
+                .arg(entry.p2);
+            if let Some((role, lease)) = entry.role {
+                invocation.arg(role).arg(lease);
+            }
         }
         let call = self.link.invoke(&invocation);
         let started = Instant::now();
@@ -240,33 +289,29 @@ impl RedisStore {
         if answered {
             self.call_seconds.observe(started.elapsed().as_secs_f64());
         }
-        let reply: Vec<i64> = match answer {
-            Ok(Ok(reply)) => reply,
+        match answer {
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err(error)) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
-                return Err(self.fail(domain_tag, error.to_string()));
+                Err(self.fail(hash_tag, error.to_string()))
             }
             Err(_) => {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
-                return Err(self.fail(domain_tag, format!("no answer within {:?}", self.timeout)));
+                Err(self.fail(hash_tag, format!("no answer within {:?}", self.timeout)))
             }
-        };
-        if reply.len() != entries.len() * 6 {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-            return Err(self.fail(
-                domain_tag,
-                format!(
-                    "script answered {} values for {} entries",
-                    reply.len(),
-                    entries.len()
-                ),
-            ));
         }
-        Ok(reply.chunks_exact(6).map(figures).collect())
     }
 
-    fn fail(&self, domain_tag: u64, why: String) -> Unavailable {
-        self.failed_tag.store(domain_tag, Ordering::Relaxed);
+    fn malformed(&self, hash_tag: u64, values: usize, entries: usize) -> Unavailable {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.fail(
+            hash_tag,
+            format!("script answered {values} values for {entries} entries"),
+        )
+    }
+
+    fn fail(&self, hash_tag: u64, why: String) -> Unavailable {
+        self.failed_tag.store(hash_tag, Ordering::Relaxed);
         if !self.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 reason = %why,
@@ -285,51 +330,32 @@ impl Drop for RedisStore {
     }
 }
 
-/// The script's algorithm code and parameters for `quota`.
-fn shape(quota: &Quota) -> (u8, u64, u64) {
-    match quota.algorithm() {
-        Algorithm::TokenBucket if quota.requests_per_unit() == 0 || quota.burst() == 0 => {
-            (1, quota.unit().nanos(), 0)
-        }
-        Algorithm::TokenBucket => (
-            1,
-            token_bucket::token_nanos(quota),
-            u64::from(quota.burst()),
-        ),
-        Algorithm::FixedWindow => (
-            2,
-            quota.unit().seconds(),
-            u64::from(quota.requests_per_unit()),
-        ),
-        Algorithm::SlidingWindow => (
-            3,
-            sliding_window::unit_ms(quota),
-            u64::from(quota.requests_per_unit()),
-        ),
-        Algorithm::SlidingLog => (
-            4,
-            sliding_log::unit_ms(quota),
-            u64::from(quota.requests_per_unit()),
-        ),
+impl Store for RedisStore {
+    fn settle<'a>(&'a self, claims: &'a [Claim], now: Nanos) -> Settling<'a> {
+        futures_util::future::Either::Right(Box::pin(self.settle_strictly(claims, now)))
+    }
+
+    fn parts<'a>(&'a self, parts: &mut Parts<'a>) {
+        parts.redis = Some(self);
     }
 }
 
-fn role_bits(denies: bool, quota: bool) -> u8 {
-    u8::from(denies) + 2 * u8::from(quota)
-}
-
-fn figures(values: &[i64]) -> Figures {
-    let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
-    Figures {
-        verdict: Verdict {
-            allowed: values[0] == 1,
-            state: 0,
-            remaining: unsigned(values[1]),
-            reset_after: unsigned(values[2]),
-            retry_after: u64::try_from(values[3]).ok(),
-        },
-        refunded: values[4] == 1,
-        taken: unsigned(values[5]),
+impl RedisStore {
+    /// Every claim decided in Redis, in one call.
+    async fn settle_strictly(&self, claims: &[Claim], now: Nanos) -> Settled {
+        let known: SmallVec<[Option<bool>; 4]> = claims.iter().map(|_| None).collect();
+        let lease: SmallVec<[u64; 4]> = claims.iter().map(|_| 0).collect();
+        let (denied, figures) = self.decide(claims, &known, &lease, now).await?;
+        Ok(Settlement {
+            denied,
+            outcomes: figures
+                .iter()
+                .map(|f| Outcome {
+                    verdict: f.verdict,
+                    refunded: f.refunded,
+                })
+                .collect(),
+        })
     }
 }
 

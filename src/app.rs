@@ -1,0 +1,168 @@
+//! The composition root: every setting in one [`Config`], turned into a running service in one
+//! place. The command line fills a `Config` from flags; the tests and benchmarks fill one in
+//! code; all of them get the same wiring from [`Config::build`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::config::{self, ConfigErrors, RateLimitConfig};
+use crate::decision::{Limiter, Settings};
+use crate::metrics::MetricsOptions;
+use crate::quota::Algorithm;
+use crate::reload::Reloader;
+use crate::rule::Consistency;
+use crate::server::{ServeError, Server, ServerOptions};
+use crate::store::{
+    Failover, FailurePolicy, KeyBuilder, Leasing, MemoryStore, Parts, RedisOptions, RedisStore,
+    Store, Unavailable,
+};
+
+/// Everything a tollgate process is made from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The limits: a YAML file or a directory of them.
+    pub limits: PathBuf,
+    /// How limit files compile.
+    pub compile: config::Options,
+    /// Decision settings.
+    pub settings: Settings,
+    /// Most per-value buckets kept in memory (and most cached-mode leases).
+    pub max_buckets: usize,
+    /// Where buckets live.
+    pub store: StoreConfig,
+    /// Ports, sweeping, watching, metrics and draining.
+    pub server: ServerOptions,
+}
+
+/// Where buckets live.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// This process's memory: each replica counts alone.
+    Memory,
+    /// Redis, shared by every replica.
+    Redis(RedisConfig),
+}
+
+/// Counting in Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// How to reach it.
+    pub options: RedisOptions,
+    /// The consistency of limits that set none.
+    pub consistency: Consistency,
+    /// What to answer while Redis cannot.
+    pub failure: FailurePolicy,
+}
+
+/// Why a service could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Redis settings cannot work (a malformed URL).
+    #[error("cannot count in redis: {0}")]
+    Redis(#[from] Unavailable),
+    /// The limits are invalid.
+    #[error("invalid configuration: {0}")]
+    Limits(#[from] ConfigErrors),
+    /// A port cannot be bound.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// A service built and bound, ready to serve.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration in force and its limiter.
+    pub reloader: Arc<Reloader>,
+    /// The bound server.
+    pub server: Server,
+}
+
+impl StoreConfig {
+    /// The store stack, and the key builder its buckets are named with. Within a Tokio runtime
+    /// (Redis stores start background tasks).
+    pub fn build(
+        &self,
+        max_buckets: usize,
+        clock: &Arc<dyn Clock>,
+    ) -> Result<(Arc<dyn Store>, KeyBuilder), Unavailable> {
+        let RedisConfig {
+            options,
+            consistency,
+            failure,
+        } = match self {
+            Self::Memory => {
+                return Ok((
+                    Arc::new(MemoryStore::new(max_buckets)),
+                    KeyBuilder::random(),
+                ));
+            }
+            Self::Redis(redis) => redis,
+        };
+        let redis = RedisStore::start(options)?;
+        let leasing = Leasing::start(redis, *consistency, max_buckets, clock.clone());
+        let store = Failover::new(Arc::new(leasing), *failure, max_buckets);
+        // Every replica, and a restarted one, must name a bucket alike.
+        Ok((Arc::new(store), KeyBuilder::shared(&options.prefix)))
+    }
+}
+
+impl Config {
+    /// The command line's defaults, serving the limits at `limits`: memory store, a million
+    /// buckets, gRPC on 127.0.0.1:8081 and HTTP on 127.0.0.1:8080.
+    pub fn new(limits: impl Into<PathBuf>) -> Self {
+        Self {
+            limits: limits.into(),
+            compile: config::Options::default(),
+            settings: Settings {
+                shadow_mode: false,
+                default_algorithm: Algorithm::TokenBucket,
+            },
+            max_buckets: 1_000_000,
+            store: StoreConfig::Memory,
+            server: ServerOptions {
+                grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+                http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                sweep_interval: Duration::from_secs(10),
+                watch: true,
+                metrics: MetricsOptions::default(),
+                drain_timeout: Duration::from_secs(10),
+            },
+        }
+    }
+
+    /// A limiter on `config` with this configuration's store, reading `clock`.
+    pub fn limiter(
+        &self,
+        config: RateLimitConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Limiter, Unavailable> {
+        let (store, keys) = self.store.build(self.max_buckets, &clock)?;
+        Ok(Limiter::new(config, store, keys, clock, self.settings))
+    }
+
+    /// Loads the limits, builds the store and the limiter, and binds the ports.
+    pub async fn build(self, clock: Arc<dyn Clock>) -> Result<App, BuildError> {
+        let (store, keys) = self.store.build(self.max_buckets, &clock)?;
+        let settings = self.settings;
+        let reloader = Reloader::start(&self.limits, self.compile, |config| {
+            Limiter::new(config, store, keys, clock, settings)
+        })?;
+        let reloader = Arc::new(reloader);
+        let server = Server::bind(reloader.clone(), self.server).await?;
+        Ok(App { reloader, server })
+    }
+}
+
+impl App {
+    /// Waits up to `deadline` for Redis to answer: `None` without Redis, else whether it did.
+    pub async fn redis_ready(&self, deadline: Duration) -> Option<bool> {
+        let limiter = self.reloader.limiter();
+        let mut parts = Parts::default();
+        limiter.store().parts(&mut parts);
+        let redis = parts.redis?;
+        Some(redis.wait_ready(deadline).await)
+    }
+}

@@ -1,0 +1,189 @@
+//! The bucket-store contract: one request's claims in, one settlement out.
+//!
+//! A [`Store`] settles a request at a time. Given the request's [`Claim`]s (one per descriptor
+//! that a limit counts: its bucket, its quota, its cost and its part in the settlement) and
+//! `now`, it decides each claim with its quota's algorithm, in order, so two claims on one
+//! bucket see each other; then it applies the request **all or nothing**:
+//!
+//! - the request is *denied* when [`denied`] says so (a denying claim did not conform, or every
+//!   quota-mode claim is over); a denied request leaves every bucket as it found it, and each
+//!   claim that had conformed reports its bucket as it stands without the request
+//!   ([`Outcome::refunded`]);
+//! - otherwise every claim that conformed keeps its cost, and claims that did not conform (shadow
+//!   mode, quota mode) take nothing.
+//!
+//! A store may fail ([`Unavailable`]) only as a whole: then nothing of the request was taken
+//! anywhere, and a wrapper ([`Failover`](super::Failover)) or the caller decides what to answer.
+//!
+//! Implementations: [`MemoryStore`](super::MemoryStore) (this process),
+//! [`RedisStore`](super::RedisStore) (one script call per request), [`Leasing`](super::Leasing)
+//! (cached mode: slices leased from Redis, spent here) and [`Failover`](super::Failover) (the
+//! failure policy in front of another store). They give the same answers for the same claims and
+//! times: one behaviour suite and a random differential test run against each.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use futures_util::future::{BoxFuture, Either, Ready, ready};
+use smallvec::SmallVec;
+
+use super::{Failover, Leases, MemoryStore, RedisStore};
+use crate::algorithm::Verdict;
+use crate::clock::Nanos;
+use crate::quota::Quota;
+use crate::rule::Consistency;
+
+use super::key::BucketKey;
+
+/// One descriptor's claim on a bucket: what to take and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    /// The bucket.
+    pub key: BucketKey,
+    /// The bucket to use instead while a memory store is at its cap and `key` is new.
+    pub overflow: BucketKey,
+    /// The Redis hash tag the bucket's key carries (today the domain's digest).
+    pub hash_tag: u64,
+    /// The limit the bucket enforces.
+    pub quota: Quota,
+    /// Units to take; 0 checks without taking.
+    pub cost: u64,
+    /// The rule's tag (`Rule::tag`), or 0 for limits sent in the request.
+    pub rule_tag: u32,
+}
+
+/// How a claim takes part in settling its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Role {
+    /// Its not conforming can deny the request (false in shadow mode).
+    pub denies: bool,
+    /// It is a quota-mode limit: it denies only together with every other quota-mode claim.
+    pub quota_mode: bool,
+}
+
+/// A claim as a store receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The bucket, quota and cost.
+    pub hit: Hit,
+    /// Its part in the settlement.
+    pub role: Role,
+    /// The limit's own `consistency:`, if it sets one (Redis stores only).
+    pub consistency: Option<Consistency>,
+}
+
+/// What a store answers for one claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The algorithm's verdict on the claim's bucket (its `state` is the store's own business
+    /// and reads 0).
+    pub verdict: Verdict,
+    /// It conformed but the request was denied, so nothing was taken; `verdict` then shows the
+    /// bucket as it stands without the request.
+    pub refunded: bool,
+}
+
+/// A settled request: whether it was denied, and one outcome per claim, in claim order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settlement {
+    /// The request was denied: nothing was taken.
+    pub denied: bool,
+    /// One per claim (inline up to four: no allocation).
+    pub outcomes: SmallVec<[Outcome; 4]>,
+}
+
+/// The store could not settle the request; nothing was taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("store unavailable: {0}")]
+pub struct Unavailable(pub String);
+
+/// What [`Store::settle`] returns: ready at once for stores in memory (no allocation), a boxed
+/// future for stores that wait on the network.
+pub type Settling<'a> = Either<Ready<Result<Settlement, Unavailable>>, BoxFuture<'a, Settled>>;
+
+/// A settlement, or why there is none.
+pub type Settled = Result<Settlement, Unavailable>;
+
+/// A settlement available now.
+pub fn settled(settlement: Settled) -> Settling<'static> {
+    Either::Left(ready(settlement))
+}
+
+/// The parts a store is made of, for metrics and health (each layer fills in its own).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Parts<'a> {
+    /// Buckets in this process (the store itself, or the failure policy's `local`).
+    pub memory: Option<&'a MemoryStore>,
+    /// The Redis store.
+    pub redis: Option<&'a RedisStore>,
+    /// Cached mode's leases.
+    pub leases: Option<&'a Leases>,
+    /// The failure policy.
+    pub failover: Option<&'a Failover>,
+}
+
+/// Where buckets live. See the module documentation for the contract.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Decides and settles one request's `claims` at `now`, all or nothing.
+    fn settle<'a>(&'a self, claims: &'a [Claim], now: Nanos) -> Settling<'a>;
+
+    /// Drops what is kept for the rules whose tags are in `removed` (a reload took them away).
+    fn forget(&self, removed: &HashSet<u32>) {
+        let _ = removed;
+    }
+
+    /// Drops buckets idle since before `now`; returns how many. Blocking: scans whole maps.
+    fn sweep(&self, now: Nanos) -> usize {
+        let _ = now;
+        0
+    }
+
+    /// Stops background work and gives back what this replica holds (cached-mode leases).
+    /// Called once, after the last request has been answered.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// Fills in the parts this store is made of.
+    fn parts<'a>(&'a self, parts: &mut Parts<'a>);
+}
+
+/// Whether a request is denied, from each claim's role and whether it conformed: any denying
+/// claim that did not conform, or every quota-mode claim over (when there is one).
+pub fn denied(claims: impl IntoIterator<Item = (Role, bool)>) -> bool {
+    let mut quota_seen = false;
+    let mut quota_all_over = true;
+    for (role, conforms) in claims {
+        let over = !conforms && role.denies;
+        if role.quota_mode {
+            quota_seen = true;
+            quota_all_over &= over;
+        } else if over {
+            return true;
+        }
+    }
+    quota_seen && quota_all_over
+}
+
+/// A verdict that admits `quota` without having looked at a bucket (the failure policy
+/// `allow`).
+pub fn admitted_blindly(quota: &Quota) -> Verdict {
+    Verdict {
+        allowed: true,
+        state: 0,
+        remaining: u64::from(quota.burst()),
+        reset_after: 0,
+        retry_after: None,
+    }
+}
+
+/// A verdict that denies `quota` without having looked at a bucket (the failure policy `deny`).
+pub fn denied_blindly(quota: &Quota) -> Verdict {
+    Verdict {
+        allowed: false,
+        state: 0,
+        remaining: 0,
+        reset_after: quota.unit().nanos(),
+        retry_after: None,
+    }
+}

@@ -1,0 +1,67 @@
+-- decide.lua: one request's entries decided atomically and settled all or nothing, as
+-- store::contract says and MemoryStore::settle_now does.
+--
+-- ARGV: the header, then DECIDE_FIELDS per entry: kind, cost (units to take; 0 checks only),
+-- p1, p2 (see the prelude), role (ROLE_DENIES + ROLE_QUOTA bits), lease (cached mode: once the
+-- request is admitted, also take up to this many more units, as many as remain, for the
+-- caller's lease). A KIND_DECIDED entry was decided by the caller (from a lease): its p1 is 1
+-- if it conformed, and it only takes part in settling.
+-- Returns 1 if the request was denied, then REPLY_FIELDS per entry: the entry's figures after
+-- its own cost, and the units taken (its cost plus what was leased). A denied request takes
+-- nothing: its entries that had conformed are `refunded`, their figures those of a check of the
+-- restored bucket.
+
+-- Decide each entry in order, writing as it goes, so two entries on one bucket see each other.
+local decided = {}
+entries(DECIDE_FIELDS, function(kind, key, cost, p1, p2, role, lease)
+  local v
+  if kind == KIND_DECIDED then
+    v = {allowed = p1 == 1, remaining = 0, reset = 0, retry = -1}
+  else
+    v = algorithms[kind](key, cost, p1, p2)
+    v.key, v.kind, v.p1, v.p2 = key, kind, p1, p2
+    v.took = v.allowed and cost > 0
+    v.cost = cost
+    v.lease = lease
+  end
+  v.denies = math.floor(role / ROLE_DENIES) % 2 == 1
+  v.quota = math.floor(role / ROLE_QUOTA) % 2 == 1
+  decided[#decided + 1] = v
+end)
+
+-- Settle as store::contract::denied does: any denying entry over, or every quota-mode one.
+local denied = false
+local quota_seen, quota_all_over = false, true
+for _, v in ipairs(decided) do
+  local over = (not v.allowed) and v.denies
+  if v.quota then
+    quota_seen = true
+    if not over then quota_all_over = false end
+  elseif over then
+    denied = true
+  end
+end
+if quota_seen and quota_all_over then denied = true end
+
+if denied then restore() end
+local out = {denied and 1 or 0}
+for _, v in ipairs(decided) do
+  if denied and v.took then
+    -- Report the bucket as it stands, untouched by this request.
+    reply(out, algorithms[v.kind](v.key, 0, v.p1, v.p2), true, 0)
+  elseif v.took then
+    local leased = 0
+    if v.lease > 0 then
+      -- After the settlement: a lease never makes the request's own entries deny.
+      local probe = algorithms[v.kind](v.key, 0, v.p1, v.p2)
+      if probe.allowed then
+        local wanted = math.min(v.lease, probe.remaining)
+        if algorithms[v.kind](v.key, wanted, v.p1, v.p2).allowed then leased = wanted end
+      end
+    end
+    reply(out, v, false, v.cost + leased)
+  else
+    reply(out, v, false, 0)
+  end
+end
+return out

@@ -1,0 +1,289 @@
+-- tollgate's Redis scripts share this prelude: the algorithms of src/algorithm/ in exact integer
+-- arithmetic on doubles. Each script is the wire constants (Lua locals written by
+-- src/store/redis/wire.rs), this prelude, then its body: decide.lua, lease.lua or give_back.lua.
+--
+-- Times are nanoseconds split into whole seconds and a remainder, so no value that must be exact
+-- goes past 2^53 ns (104 days). Token buckets that take longer to refill count tokens exactly but
+-- may report times a few nanoseconds off.
+--
+-- Wire constants (a test checks this list against wire.rs):
+--   HEADER_ARGS = 3          ARGV[1] now, whole seconds; ARGV[2] nanoseconds within the second;
+--                            ARGV[3] idle grace in ms, added to every key's TTL
+--   KIND_DECIDED = 0         an entry its caller already decided (decide.lua only)
+--   KIND_TOKEN_BUCKET = 1    p1: nanoseconds per token, p2: capacity in tokens (0: never admits)
+--   KIND_FIXED_WINDOW = 2    p1: window seconds, p2: the limit
+--   KIND_SLIDING_WINDOW = 3  p1: window milliseconds, p2: the limit
+--   KIND_SLIDING_LOG = 4     p1: window milliseconds, p2: the limit
+--   ROLE_DENIES = 1          role bit: the entry's denial denies the request
+--   ROLE_QUOTA = 2           role bit: the entry is a quota-mode limit
+--   DECIDE_FIELDS = 6        decide.lua: kind, cost, p1, p2, role, lease per entry
+--   LEASE_FIELDS = 4         lease.lua and give_back.lua: kind, cost, p1, p2 per entry
+--   REPLY_FIELDS = 6         per entry: allowed, remaining, reset_after (ns), retry_after (ns, -1
+--                            for never), refunded, units taken
+--
+-- KEYS hold one bucket key per entry that has a bucket (every kind but KIND_DECIDED), in entry
+-- order. Stored values: a token bucket's is `<theoretical arrival time, ns>:<ns per token>`, a
+-- fixed window's `<window end, s>:<count>`, a sliding window's
+-- `<window index>:<previous count>:<current count>:<window ms>`; a sliding log is a sorted set of
+-- hits scored in ms, with a `:seq` counter beside it. Carrying the token length and the window
+-- lets a reload that changes them keep what was consumed, as the memory store does.
+
+local now_s = tonumber(ARGV[1])
+local now_ns = tonumber(ARGV[2])
+local grace_ms = tonumber(ARGV[3])
+local NS = 1000000000
+-- The window algorithms count in whole milliseconds (as sliding_window.rs and sliding_log.rs).
+local now_ms = now_s * 1000 + math.floor(now_ns / 1000000)
+local past_ms = now_ns % 1000000
+
+-- Milliseconds from the last whole millisecond, as nanoseconds from now.
+local function after_ms(ms) return math.max(ms * 1000000 - past_ms, 0) end
+
+-- Whether `cost` units fit in `available`; a check (cost 0) needs one.
+local function fits(cost, available)
+  if cost == 0 then return available >= 1 end
+  return cost <= available
+end
+
+-- now + d nanoseconds, as the decimal integer the memory store would hold.
+local function at(d)
+  local total = now_ns + d
+  local carry = math.floor(total / NS)
+  return string.format('%d%09d', now_s + carry, total - carry * NS)
+end
+
+-- A token bucket's stored value for a debt of `d` ns at `t` ns per token, and its TTL in ms.
+local function tb_value(d, t) return at(d) .. ':' .. string.format('%d', t) end
+local function tb_ttl(d) return math.ceil(d / 1000000) + grace_ms end
+
+-- Keys this request wrote, with what they held before, to restore if it is denied.
+local saved = {}
+
+local function write(key, value, ttl_ms)
+  if not saved[key] then
+    saved[key] = {raw = redis.call('GET', key), pttl = redis.call('PTTL', key)}
+  end
+  redis.call('SET', key, value, 'PX', ttl_ms)
+end
+
+-- Sliding-log members this request added, to remove if it is denied.
+local added = {}
+
+local function restore()
+  for _, entry in ipairs(added) do
+    redis.call('ZREM', entry[1], entry[2])
+  end
+  for key, old in pairs(saved) do
+    if not old.raw then
+      redis.call('DEL', key)
+    elseif old.pttl > 0 then
+      redis.call('SET', key, old.raw, 'PX', old.pttl)
+    else
+      redis.call('SET', key, old.raw)
+    end
+  end
+end
+
+-- A token bucket's debt at now (its theoretical arrival time minus now, at least 0), at `t` ns
+-- per token. A bucket written at another token length (a reload changed the rate) keeps its
+-- whole tokens consumed, a partly refilled one counting as consumed, at most an empty bucket
+-- (token_bucket::rescale); the rescaled value is stored at once, as the memory store does, so
+-- it is not undone when the request is denied.
+local function tb_debt(key, t, burst)
+  local raw = redis.call('GET', key)
+  if not raw then return 0 end
+  local tat, from = string.match(raw, '^(%d+):(%d+)$')
+  if not tat then tat = raw end
+  local s = tonumber(string.sub(tat, 1, -10)) or 0
+  local n = tonumber(string.sub(tat, -9)) or 0
+  local d = (s - now_s) * NS + (n - now_ns)
+  if d < 0 then d = 0 end
+  from = tonumber(from)
+  if from and from ~= t then
+    local used = math.ceil(d / from)
+    -- Division of doubles may round across an integer: settle it with exact products.
+    if used > 0 and (used - 1) * from >= d then used = used - 1 end
+    if used * from < d then used = used + 1 end
+    d = math.min(used, burst) * t
+    redis.call('SET', key, tb_value(d, t), 'PX', tb_ttl(d))
+  end
+  return d
+end
+
+local function token_bucket(key, cost, t, burst)
+  if burst == 0 then
+    return {allowed = false, remaining = 0, reset = t, retry = -1}
+  end
+  local capacity = burst * t
+  local used = math.min(tb_debt(key, t, burst), capacity)
+  -- floor((capacity - used) / t), without forming capacity - used, which may pass 2^53. Past
+  -- 2^53 the debt carries a few nanoseconds of rounding noise: a debt that close above a token
+  -- boundary counts as on it.
+  local noise = 0
+  if used > 9007199254740992 then noise = 64 end
+  local available = math.max(burst - math.ceil((used - noise) / t), 0)
+  if not fits(cost, available) then
+    local want = math.max(cost, 1)
+    local retry = -1
+    if want <= burst then retry = math.max(used + want * t - capacity, 0) end
+    return {allowed = false, remaining = available, reset = used, retry = retry}
+  end
+  local after = used + cost * t
+  if cost > 0 then
+    write(key, tb_value(after, t), tb_ttl(after))
+  end
+  return {allowed = true, remaining = available - cost, reset = after, retry = -1}
+end
+
+local function fixed_window(key, cost, unit, limit)
+  local window_end = (math.floor(now_s / unit) + 1) * unit
+  local used = 0
+  local raw = redis.call('GET', key)
+  if raw then
+    local e, c = string.match(raw, '^(%d+):(%d+)$')
+    if tonumber(e) == window_end then used = tonumber(c) end
+  end
+  local available = math.max(limit - used, 0)
+  local reset = (window_end - now_s) * NS - now_ns
+  if not fits(cost, available) then
+    local retry = -1
+    if math.max(cost, 1) <= limit then retry = reset end
+    return {allowed = false, remaining = available, reset = reset, retry = retry}
+  end
+  if cost > 0 then
+    write(key, string.format('%d:%d', window_end, used + cost),
+      math.ceil(reset / 1000000) + grace_ms)
+  end
+  return {allowed = true, remaining = available - cost, reset = reset, retry = -1}
+end
+
+local function sw_value(index, previous, current, window)
+  return string.format('%d:%d:%d:%d', index, previous, current, window)
+end
+
+-- A sliding window's (index, previous, current) as stored, for `window` ms windows. A window
+-- stored at another length (a reload changed the unit) keeps every hit it remembers, counted in
+-- the current window (sliding_window::rescale), stored at once.
+local function sw_counts(key, window)
+  local raw = redis.call('GET', key)
+  if not raw then return nil end
+  local i, p, c, w = string.match(raw, '^(%d+):(%d+):(%d+):?(%d*)$')
+  i, p, c, w = tonumber(i), tonumber(p), tonumber(c), tonumber(w)
+  if not i then return nil end
+  if w and w ~= window then
+    local old = math.floor(now_ms / w)
+    local kept = 0
+    if i == old then kept = p + c elseif i == old - 1 then kept = c end
+    local index = math.floor(now_ms / window)
+    local left = window - (now_ms - index * window)
+    redis.call('SET', key, sw_value(index, 0, kept, window), 'PX', left + window + grace_ms)
+    return index, 0, kept
+  end
+  return i, p, c
+end
+
+-- The sliding window counts in whole milliseconds (see sliding_window.rs), so every product
+-- here stays below 2^53.
+local function sliding_window(key, cost, window, limit)
+  local index = math.floor(now_ms / window)
+  local left = window - (now_ms - index * window)
+  local previous, current = 0, 0
+  local i, p, c = sw_counts(key, window)
+  if i == index then
+    previous, current = p, c
+  elseif i == index - 1 then
+    previous = c
+  end
+  local available = math.max(limit - math.ceil(previous * left / window) - current, 0)
+  local reset = 0
+  if current > 0 then reset = left + window elseif previous > 0 then reset = left end
+  if not fits(cost, available) then
+    local want = math.max(cost, 1)
+    local retry = -1
+    if want <= limit then
+      local room = limit - current - want
+      if room >= 0 then
+        retry = after_ms(math.max(left - math.floor(room * window / math.max(previous, 1)), 0))
+      else
+        local keep = math.floor((limit - want) * window / math.max(current, 1))
+        retry = after_ms(left + math.max(window - keep, 0))
+      end
+    end
+    return {allowed = false, remaining = available, reset = after_ms(reset), retry = retry}
+  end
+  if cost > 0 then
+    reset = left + window
+    write(key, sw_value(index, previous, current + cost, window), reset + grace_ms)
+  end
+  return {allowed = true, remaining = available - cost, reset = after_ms(reset), retry = -1}
+end
+
+-- The sliding log: a sorted set of admitted hits scored by their time in ms; members are
+-- made unique by a counter beside it (same hash tag, so the same slot).
+local function sliding_log(key, cost, unit, limit)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms - unit)
+  local used = redis.call('ZCARD', key)
+  local available = math.max(limit - used, 0)
+  local function reset()
+    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    if #newest == 0 then return 0 end
+    return after_ms(tonumber(newest[2]) + unit - now_ms)
+  end
+  if not fits(cost, available) then
+    local want = math.max(cost, 1)
+    local retry = -1
+    if want <= limit then
+      local k = used + want - limit - 1
+      local leaving = redis.call('ZRANGE', key, k, k, 'WITHSCORES')
+      if #leaving > 0 then retry = after_ms(tonumber(leaving[2]) + unit - now_ms) end
+    end
+    return {allowed = false, remaining = available, reset = reset(), retry = retry}
+  end
+  if cost > 0 then
+    local ttl = unit + grace_ms
+    for _ = 1, cost do
+      local member = now_ms .. ':' .. redis.call('INCR', key .. ':seq')
+      redis.call('ZADD', key, now_ms, member)
+      added[#added + 1] = {key, member}
+    end
+    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', key .. ':seq', ttl)
+  end
+  return {allowed = true, remaining = available - cost, reset = reset(), retry = -1}
+end
+
+local algorithms = {
+  [KIND_TOKEN_BUCKET] = token_bucket,
+  [KIND_FIXED_WINDOW] = fixed_window,
+  [KIND_SLIDING_WINDOW] = sliding_window,
+  [KIND_SLIDING_LOG] = sliding_log,
+}
+
+-- Calls `each(kind, key, cost, p1, p2, role, lease)` for every entry of `fields` numbers after
+-- the header (`role` and `lease` only for DECIDE_FIELDS). KEYS are consumed in order by entries
+-- that have a bucket.
+local function entries(fields, each)
+  local k = 0
+  for i = HEADER_ARGS + 1, #ARGV, fields do
+    local kind = tonumber(ARGV[i])
+    local key = nil
+    if kind ~= KIND_DECIDED then
+      k = k + 1
+      key = KEYS[k]
+    end
+    local role, lease = nil, nil
+    if fields == DECIDE_FIELDS then role, lease = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]) end
+    each(kind, key, tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), role,
+      lease)
+  end
+end
+
+-- Appends one entry's reply (REPLY_FIELDS numbers) to `out`.
+local function reply(out, v, refunded, taken)
+  out[#out + 1] = v.allowed and 1 or 0
+  out[#out + 1] = v.remaining
+  out[#out + 1] = v.reset
+  out[#out + 1] = v.retry
+  out[#out + 1] = refunded and 1 or 0
+  out[#out + 1] = taken
+end
