@@ -306,6 +306,15 @@ impl CompileArgs {
     }
 }
 
+/// Writes a command-line value's name (`strict`, `local`, …): the one place each enum's names
+/// are spelt is its `ValueEnum` derive.
+pub fn write_value(value: &impl ValueEnum, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    match value.to_possible_value() {
+        Some(possible) => f.write_str(possible.get_name()),
+        None => Ok(()),
+    }
+}
+
 fn parse_ratio(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),

@@ -7,6 +7,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
+
 /// Nanoseconds since the Unix epoch. `u64` lasts until the year 2554.
 pub type Nanos = u64;
 
@@ -17,6 +20,10 @@ pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// The current time in nanoseconds since the Unix epoch.
     fn now(&self) -> Nanos;
+
+    /// Resolves once this clock reads `at` or later (for waits measured on this clock, such as
+    /// holding a request until it conforms).
+    fn sleep_until(&self, at: Nanos) -> BoxFuture<'_, ()>;
 }
 
 /// The real clock: wall time read once at start, then advanced by a monotonic timer, so a
@@ -51,12 +58,19 @@ impl Clock for SystemClock {
         self.wall_at_start
             .saturating_add(saturating_nanos(self.started.elapsed()))
     }
+
+    fn sleep_until(&self, at: Nanos) -> BoxFuture<'_, ()> {
+        let wait = Duration::from_nanos(at.saturating_sub(self.now()));
+        Box::pin(tokio::time::sleep(wait))
+    }
 }
 
 /// A clock that only moves when told to: for exact, fast tests.
 #[derive(Debug, Default)]
 pub struct ManualClock {
     now: AtomicU64,
+    /// Wakes the sleepers whenever the clock moves.
+    moved: Notify,
 }
 
 impl ManualClock {
@@ -64,23 +78,40 @@ impl ManualClock {
     pub fn at(now: Nanos) -> Self {
         Self {
             now: AtomicU64::new(now),
+            moved: Notify::new(),
         }
     }
 
     /// Moves the clock forward by `by`.
     pub fn advance(&self, by: Duration) {
         self.now.fetch_add(saturating_nanos(by), Ordering::SeqCst);
+        self.moved.notify_waiters();
     }
 
     /// Sets the clock to `now`.
     pub fn set(&self, now: Nanos) {
         self.now.store(now, Ordering::SeqCst);
+        self.moved.notify_waiters();
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Nanos {
         self.now.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the clock has been moved to `at` or later.
+    fn sleep_until(&self, at: Nanos) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            loop {
+                // Registered before the check, so a move in between is not missed.
+                let moved = self.moved.notified();
+                if self.now() >= at {
+                    return;
+                }
+                moved.await;
+            }
+        })
     }
 }
 
@@ -101,6 +132,22 @@ mod tests {
         assert_eq!(clock.now(), 15);
         clock.set(3);
         assert_eq!(clock.now(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_manual_sleep_ends_when_the_clock_is_moved_past_it() {
+        use futures_util::FutureExt;
+        let clock = ManualClock::at(100);
+        let mut sleeping = clock.sleep_until(150);
+        assert!((&mut sleeping).now_or_never().is_none());
+        clock.advance(Duration::from_nanos(49));
+        assert!((&mut sleeping).now_or_never().is_none());
+        clock.advance(Duration::from_nanos(1));
+        assert!(sleeping.now_or_never().is_some());
+        assert!(
+            clock.sleep_until(10).now_or_never().is_some(),
+            "the past is now"
+        );
     }
 
     #[test]

@@ -162,6 +162,69 @@ impl fmt::Display for Algorithm {
     }
 }
 
+/// Why a quota cannot be built: its algorithm cannot enforce it exactly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    /// A token bucket faster than it counts exactly.
+    #[error(
+        "requests_per_unit {requests_per_unit} per {unit} is faster than a token bucket counts exactly (at most {max_per_second} per second); use algorithm: fixed_window or unlimited: true"
+    )]
+    TooFast {
+        /// The rate asked for.
+        requests_per_unit: u32,
+        /// Its unit.
+        unit: Unit,
+        /// The fastest rate counted exactly.
+        max_per_second: u64,
+    },
+    /// A token bucket whose timestamp would leave its range.
+    #[error("burst {burst} at {requests_per_unit} per {unit} takes more than 100 years to refill")]
+    RefillTooLong {
+        /// The capacity.
+        burst: u32,
+        /// The rate.
+        requests_per_unit: u32,
+        /// Its unit.
+        unit: Unit,
+    },
+    /// More than a sliding window counts.
+    #[error(
+        "requests_per_unit {requests_per_unit} is more than a sliding window counts (at most {max}); use a longer unit's share, token_bucket or fixed_window"
+    )]
+    SlidingWindowCount {
+        /// The limit asked for.
+        requests_per_unit: u32,
+        /// The most a sliding window counts.
+        max: u32,
+    },
+    /// A sliding window whose products would pass 2^53 in the Redis script.
+    #[error(
+        "requests_per_unit {requests_per_unit} per {unit} is too large for a sliding window (requests_per_unit × milliseconds per unit must stay below 2^53)"
+    )]
+    SlidingWindowSpan {
+        /// The limit asked for.
+        requests_per_unit: u32,
+        /// Its unit.
+        unit: Unit,
+    },
+    /// More than a sliding log keeps.
+    #[error(
+        "requests_per_unit {requests_per_unit} is more than a sliding log keeps (at most {max}, one timestamp per hit); use sliding_window"
+    )]
+    SlidingLogCount {
+        /// The limit asked for.
+        requests_per_unit: u32,
+        /// The most a sliding log keeps.
+        max: u32,
+    },
+    /// `burst` on a window algorithm.
+    #[error("burst applies only to algorithm token_bucket")]
+    BurstWithoutTokenBucket,
+    /// `burst: 0` on a rate that is not zero.
+    #[error("burst must be at least 1 (use requests_per_unit: 0 to block)")]
+    ZeroBurst,
+}
+
 /// A validated limit: `requests_per_unit` per `unit`, enforced by `algorithm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Quota {
@@ -172,7 +235,30 @@ pub struct Quota {
 }
 
 impl Quota {
-    /// A quota whose token-bucket capacity equals `requests_per_unit`.
+    /// A quota its algorithm can enforce exactly, with a token-bucket capacity of `burst`
+    /// (default `requests_per_unit`; token buckets only). `requests_per_unit == 0` denies every
+    /// request. Configuration files and Envoy's overrides are checked here, once.
+    pub fn try_new(
+        requests_per_unit: u32,
+        unit: Unit,
+        algorithm: Algorithm,
+        burst: Option<u32>,
+    ) -> Result<Self, QuotaError> {
+        let mut quota = Self::new(requests_per_unit, unit, algorithm);
+        match (algorithm, burst) {
+            (Algorithm::TokenBucket, Some(0)) if requests_per_unit > 0 => {
+                return Err(QuotaError::ZeroBurst);
+            }
+            (Algorithm::TokenBucket, Some(burst)) => quota = quota.with_burst(burst),
+            (_, Some(_)) => return Err(QuotaError::BurstWithoutTokenBucket),
+            (_, None) => {}
+        }
+        crate::algorithm::check(&quota)?;
+        Ok(quota)
+    }
+
+    /// A quota whose token-bucket capacity equals `requests_per_unit`, unchecked: for values
+    /// known to be enforceable (tests, and [`Quota::try_new`] itself).
     /// `requests_per_unit == 0` denies every request.
     pub const fn new(requests_per_unit: u32, unit: Unit, algorithm: Algorithm) -> Self {
         Self {
@@ -243,6 +329,25 @@ mod tests {
             Some(Algorithm::TokenBucket)
         );
         assert_eq!(Algorithm::parse("TokenBucket"), None);
+    }
+
+    #[test]
+    fn only_enforceable_quotas_can_be_built() {
+        let ok = Quota::try_new(60, Unit::Minute, Algorithm::TokenBucket, Some(5));
+        assert_eq!(ok.map(|q| q.burst()), Ok(5));
+        assert_eq!(
+            Quota::try_new(60, Unit::Minute, Algorithm::FixedWindow, Some(5)),
+            Err(QuotaError::BurstWithoutTokenBucket)
+        );
+        assert_eq!(
+            Quota::try_new(60, Unit::Minute, Algorithm::TokenBucket, Some(0)),
+            Err(QuotaError::ZeroBurst)
+        );
+        assert!(Quota::try_new(0, Unit::Minute, Algorithm::TokenBucket, Some(0)).is_ok());
+        assert!(matches!(
+            Quota::try_new(2_000_000, Unit::Second, Algorithm::TokenBucket, None),
+            Err(QuotaError::TooFast { .. })
+        ));
     }
 
     #[test]

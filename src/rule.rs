@@ -78,15 +78,7 @@ pub enum Consistency {
 }
 
 impl Consistency {
-    /// The name used in YAML and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Strict => "strict",
-            Self::Cached => "cached",
-        }
-    }
-
-    /// Parses `strict` or `cached`.
+    /// Parses `strict` or `cached`, the names of the command line.
     pub fn parse(name: &str) -> Option<Self> {
         <Self as clap::ValueEnum>::from_str(name, false).ok()
     }
@@ -94,6 +86,23 @@ impl Consistency {
 
 impl std::fmt::Display for Consistency {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        crate::cli::write_value(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_names_are_the_command_line_names() {
+        for consistency in [Consistency::Strict, Consistency::Cached] {
+            assert_eq!(
+                Consistency::parse(&consistency.to_string()),
+                Some(consistency)
+            );
+        }
+        assert_eq!(Consistency::Cached.to_string(), "cached");
+        assert_eq!(Consistency::parse("eventual"), None);
     }
 }

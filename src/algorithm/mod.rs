@@ -10,7 +10,7 @@ pub mod sliding_window;
 pub mod token_bucket;
 
 use crate::clock::Nanos;
-use crate::quota::{Algorithm, Quota};
+use crate::quota::{Algorithm, Quota, QuotaError};
 
 /// The per-key state word of a fresh (full, never used) bucket.
 pub const FRESH: u64 = 0;
@@ -56,8 +56,8 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
     }
 }
 
-/// Why `quota` cannot be enforced by its algorithm, if it cannot.
-pub fn check(quota: &Quota) -> Result<(), String> {
+/// Why `quota` cannot be enforced by its algorithm, if it cannot ([`Quota::try_new`] asks).
+pub fn check(quota: &Quota) -> Result<(), QuotaError> {
     match quota.algorithm() {
         Algorithm::TokenBucket => token_bucket::check(quota),
         Algorithm::FixedWindow => Ok(()),

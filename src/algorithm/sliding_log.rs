@@ -12,18 +12,19 @@ use std::collections::VecDeque;
 
 use super::{NANOS_PER_MS, Verdict, after_ms};
 use crate::clock::Nanos;
-use crate::quota::Quota;
+use crate::quota::{Quota, QuotaError};
 
 /// The largest `requests_per_unit` a sliding log keeps (one timestamp per hit).
 pub const MAX_LIMIT: u32 = 10_000;
 
 /// Why `quota` cannot be enforced as a sliding log, if it cannot.
-pub fn check(quota: &Quota) -> Result<(), String> {
+pub fn check(quota: &Quota) -> Result<(), QuotaError> {
     let rpu = quota.requests_per_unit();
     if rpu > MAX_LIMIT {
-        return Err(format!(
-            "requests_per_unit {rpu} is more than a sliding log keeps (at most {MAX_LIMIT}, one timestamp per hit); use sliding_window"
-        ));
+        return Err(QuotaError::SlidingLogCount {
+            requests_per_unit: rpu,
+            max: MAX_LIMIT,
+        });
     }
     Ok(())
 }

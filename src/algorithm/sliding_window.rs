@@ -22,7 +22,7 @@
 
 use super::{NANOS_PER_MS, Verdict, after_ms};
 use crate::clock::Nanos;
-use crate::quota::Quota;
+use crate::quota::{Quota, QuotaError};
 
 const COUNT_BITS: u32 = 20;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
@@ -32,18 +32,19 @@ const INDEX_MASK: u64 = (1 << 24) - 1;
 pub const MAX_LIMIT: u32 = COUNT_MASK as u32;
 
 /// Why `quota` cannot be enforced as a sliding window, if it cannot.
-pub fn check(quota: &Quota) -> Result<(), String> {
+pub fn check(quota: &Quota) -> Result<(), QuotaError> {
     let rpu = quota.requests_per_unit();
     if rpu > MAX_LIMIT {
-        return Err(format!(
-            "requests_per_unit {rpu} is more than a sliding window counts (at most {MAX_LIMIT}); use a longer unit's share, token_bucket or fixed_window"
-        ));
+        return Err(QuotaError::SlidingWindowCount {
+            requests_per_unit: rpu,
+            max: MAX_LIMIT,
+        });
     }
     if u128::from(rpu) * u128::from(unit_ms(quota)) >= 1 << 53 {
-        return Err(format!(
-            "requests_per_unit {rpu} per {} is too large for a sliding window (requests_per_unit × milliseconds per unit must stay below 2^53)",
-            quota.unit()
-        ));
+        return Err(QuotaError::SlidingWindowSpan {
+            requests_per_unit: rpu,
+            unit: quota.unit(),
+        });
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 
 use super::{Verdict, clamp_u64};
 use crate::clock::{NANOS_PER_SEC, Nanos};
-use crate::quota::Quota;
+use crate::quota::{Quota, QuotaError};
 
 /// The fastest rate counted exactly: a token's length is rounded up to whole nanoseconds, an
 /// error of at most 0.1 % at this rate and less below it.
@@ -19,23 +19,26 @@ pub const MAX_RATE_PER_SECOND: u64 = 1_000_000;
 pub const MAX_REFILL: Nanos = 100 * 365 * 86_400 * NANOS_PER_SEC;
 
 /// Why `quota` cannot be enforced as a token bucket, if it cannot.
-pub fn check(quota: &Quota) -> Result<(), String> {
+pub fn check(quota: &Quota) -> Result<(), QuotaError> {
     let rpu = quota.requests_per_unit();
     let unit = quota.unit();
     if rpu == 0 {
         return Ok(());
     }
     if u64::from(rpu) > MAX_RATE_PER_SECOND * unit.seconds() {
-        return Err(format!(
-            "requests_per_unit {rpu} per {unit} is faster than a token bucket counts exactly (at most {MAX_RATE_PER_SECOND} per second); use algorithm: fixed_window or unlimited: true"
-        ));
+        return Err(QuotaError::TooFast {
+            requests_per_unit: rpu,
+            unit,
+            max_per_second: MAX_RATE_PER_SECOND,
+        });
     }
     let refill = u128::from(quota.burst()) * u128::from(token_nanos(quota));
     if refill > u128::from(MAX_REFILL) {
-        return Err(format!(
-            "burst {} at {rpu} per {unit} takes more than 100 years to refill",
-            quota.burst()
-        ));
+        return Err(QuotaError::RefillTooLong {
+            burst: quota.burst(),
+            requests_per_unit: rpu,
+            unit,
+        });
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
 use super::*;
 use crate::config::locate::line_of;
+use crate::config::schema::AuthorizationSpec;
 
 /// The section in `yaml`, or its problems as `line N: message`.
 fn compile(yaml: &str) -> Result<Authorization, Vec<String>> {
     let spec: AuthorizationSpec = serde_yaml::from_str(yaml).unwrap();
-    Authorization::compile(&spec).map_err(|problems| {
+    crate::config::authz::compile(&spec).map_err(|problems| {
         problems
             .into_iter()
             .map(|p| format!("line {}: {}", line_of(yaml, &p.at).unwrap(), p.message))

@@ -13,8 +13,6 @@ use super::locate::{Step, line_of};
 use super::schema::{DescriptorSpec, FileSpec, RateLimitSpec};
 use super::source::SourceFile;
 use super::{Domain, Options, RateLimitConfig};
-use crate::algorithm;
-use crate::authz::Authorization;
 use crate::matcher::{Level, Node, ValueMatch};
 use crate::quota::{Algorithm, Quota, Unit};
 use crate::rule::Consistency;
@@ -85,7 +83,7 @@ fn compile_file(
     let authorization =
         spec.authorization
             .as_ref()
-            .and_then(|section| match Authorization::compile(section) {
+            .and_then(|section| match super::authz::compile(section) {
                 Ok(compiled) => Some(Arc::new(compiled)),
                 Err(problems) => {
                     let section = [Step::Key("authorization")];
@@ -219,19 +217,19 @@ impl TreeBuilder<'_> {
         // siblings and children still run.
         let rule = spec.rate_limit.as_ref().and_then(|limit| {
             path.push(Step::Key("rate_limit"));
-            let policy = self.policy(limit, path, &id);
+            let settings = self.limit(limit, path, &id);
             path.pop();
-            policy.map(|policy| (limit, policy))
+            settings.map(|settings| (limit, settings))
         });
         let rule = match rule {
-            Some((limit, policy)) => Some(Arc::new(Rule {
+            Some((limit, settings)) => Some(Arc::new(Rule {
                 id: id.as_str().into(),
                 name: limit
                     .name
                     .as_deref()
                     .filter(|n| !n.is_empty())
                     .map(Into::into),
-                policy,
+                policy: settings.policy,
                 shadow_mode: spec.shadow_mode,
                 quota_mode: spec.quota_mode,
                 replaces: limit
@@ -243,11 +241,8 @@ impl TreeBuilder<'_> {
                 value_to_metric: spec.value_to_metric,
                 key_parts: parts.clone(),
                 metadata: spec.metadata.clone(),
-                consistency: limit.consistency.as_deref().and_then(Consistency::parse),
-                max_delay: limit
-                    .max_delay
-                    .as_deref()
-                    .and_then(|d| parse_max_delay(d).ok()),
+                consistency: settings.consistency,
+                max_delay: settings.max_delay,
                 tag: Rule::tag_of(self.domain, &id),
             })),
             None => None,
@@ -258,7 +253,9 @@ impl TreeBuilder<'_> {
         Some((value, Node { rule, children }))
     }
 
-    fn policy(&mut self, spec: &RateLimitSpec, path: &[Step], id: &str) -> Option<Policy> {
+    /// A `rate_limit`'s settings, each parsed once; `None` (with every problem reported) if
+    /// any is invalid.
+    fn limit(&mut self, spec: &RateLimitSpec, path: &[Step], id: &str) -> Option<LimitSettings> {
         let mut problems = Vec::new();
         for replaced in &spec.replaces {
             if replaced.name.is_empty() {
@@ -267,16 +264,23 @@ impl TreeBuilder<'_> {
                 problems.push("replaces should not contain name of same descriptor".to_owned());
             }
         }
-        if let Some(Err(problem)) = spec.max_delay.as_deref().map(parse_max_delay) {
-            problems.push(problem);
-        }
-        if let Some(name) = spec.consistency.as_deref() {
-            if Consistency::parse(name).is_none() {
+        let max_delay = match spec.max_delay.as_deref().map(parse_max_delay) {
+            Some(Ok(delay)) => Some(delay),
+            Some(Err(problem)) => {
+                problems.push(problem);
+                None
+            }
+            None => None,
+        };
+        let consistency = spec.consistency.as_deref().and_then(|name| {
+            let parsed = Consistency::parse(name);
+            if parsed.is_none() {
                 problems.push(format!(
                     "unknown consistency '{name}' (expected strict or cached)"
                 ));
             }
-        }
+            parsed
+        });
         let policy = if spec.unlimited {
             if spec.unit.as_deref().is_some_and(|u| !u.is_empty()) {
                 problems.push("should not specify rate limit unit when unlimited".to_owned());
@@ -297,7 +301,11 @@ impl TreeBuilder<'_> {
             self.quota(spec, &mut problems).map(Policy::Limited)
         };
         if problems.is_empty() {
-            return policy;
+            return policy.map(|policy| LimitSettings {
+                policy,
+                consistency,
+                max_delay,
+            });
         }
         for problem in problems {
             self.error(path, id, problem);
@@ -335,26 +343,13 @@ impl TreeBuilder<'_> {
             return None;
         };
         let (unit, algorithm) = (unit?, algorithm?);
-        let mut quota = Quota::new(rpu, unit, algorithm);
-        match (algorithm, spec.burst) {
-            (
-                Algorithm::FixedWindow | Algorithm::SlidingWindow | Algorithm::SlidingLog,
-                Some(_),
-            ) => {
-                problems.push("burst applies only to algorithm token_bucket".to_owned());
+        match Quota::try_new(rpu, unit, algorithm, spec.burst) {
+            Ok(quota) => problems.is_empty().then_some(quota),
+            Err(problem) => {
+                problems.push(problem.to_string());
+                None
             }
-            (Algorithm::TokenBucket, Some(0)) if rpu > 0 => {
-                problems.push(
-                    "burst must be at least 1 (use requests_per_unit: 0 to block)".to_owned(),
-                );
-            }
-            (Algorithm::TokenBucket, Some(burst)) => quota = quota.with_burst(burst),
-            (_, None) => {}
         }
-        if let Err(problem) = algorithm::check(&quota) {
-            problems.push(problem);
-        }
-        problems.is_empty().then_some(quota)
     }
 
     fn error(&mut self, path: &[Step], id: &str, message: String) {
@@ -365,6 +360,13 @@ impl TreeBuilder<'_> {
             message,
         });
     }
+}
+
+/// A `rate_limit` compiled: what it allows and how it is enforced.
+struct LimitSettings {
+    policy: Policy,
+    consistency: Option<Consistency>,
+    max_delay: Option<std::time::Duration>,
 }
 
 /// The longest `max_delay`: a held request keeps a connection and a task.

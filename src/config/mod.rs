@@ -3,6 +3,7 @@
 //! The result, [`RateLimitConfig`], is never changed once built; the server publishes it as a
 //! snapshot that requests borrow.
 
+pub mod authz;
 mod compile;
 pub mod error;
 pub mod locate;

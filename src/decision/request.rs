@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 
 use crate::config::RateLimitConfig;
 use crate::matcher::EntryView;
-use crate::quota::{Algorithm, Quota, Unit};
+use crate::quota::{Algorithm, Quota, QuotaError, Unit};
 use crate::rule::{Policy, Rule};
 use crate::store::{Hit, KeyBuilder, Unavailable};
 
@@ -37,7 +37,7 @@ pub enum RequestError {
         /// The descriptor's position.
         index: usize,
         /// Why.
-        reason: String,
+        reason: QuotaError,
     },
     /// A `descriptor.limit` override names no known unit.
     #[error("descriptors[{index}].limit: unknown unit {unit} (expected SECOND 1 … WEEK 7)")]
@@ -111,8 +111,7 @@ pub fn limit<'a>(
             index,
             unit: limit.unit,
         })?;
-        let quota = Quota::new(limit.requests_per_unit, unit, algorithm);
-        crate::algorithm::check(&quota)
+        let quota = Quota::try_new(limit.requests_per_unit, unit, algorithm, None)
             .map_err(|reason| RequestError::UnenforceableOverride { index, reason })?;
         return Ok(Limit::Override(quota));
     }

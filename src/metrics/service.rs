@@ -1,19 +1,87 @@
 //! Service-level metrics: calls by method and result, decision latency, unknown domains.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+/// An enum of label values, each spelt once.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),*
+        }
+
+        impl $name {
+            /// The label value.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),*
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+                fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+
+label_values!(
+    /// The RPC or HTTP endpoint a call came through.
+    Method {
+        /// `RateLimitService/ShouldRateLimit`.
+        ShouldRateLimit => "ShouldRateLimit",
+        /// `Authorization/Check` (ext_authz).
+        Check => "Check",
+        /// `POST /json`.
+        Json => "json",
+    }
+);
+
+label_values!(
+    /// A call's result, as its gRPC status code name.
+    CallCode {
+        /// Answered (allowed or over the limit).
+        Ok => "OK",
+        /// A request that cannot be decided.
+        InvalidArgument => "INVALID_ARGUMENT",
+        /// No store answered.
+        Unavailable => "UNAVAILABLE",
+        /// An ext_authz check that names no domain among several.
+        FailedPrecondition => "FAILED_PRECONDITION",
+    }
+);
+
+label_values!(
+    /// What an ext_authz check answered.
+    AuthzResult {
+        /// Allowed.
+        Ok => "ok",
+        /// Over a limit: 429.
+        OverLimit => "over_limit",
+        /// No key, or an unknown or revoked one: 401.
+        Unauthorized => "unauthorized",
+        /// No limit covers the request and `deny_unlimited` is set: 403.
+        Forbidden => "forbidden",
+    }
+);
+
 /// Labels of a call: the RPC (or HTTP endpoint) and its result code.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CallLabels {
-    /// `ShouldRateLimit`, or `json` for `POST /json`.
-    pub method: &'static str,
+    /// The RPC or endpoint.
+    pub method: Method,
     /// `OK` or the gRPC error code name.
-    pub code: &'static str,
+    pub code: CallCode,
 }
 
 /// Labels of an ext_authz check. Tenant ids come from the configuration, never from requests
@@ -27,8 +95,8 @@ pub struct AuthzLabels {
     pub tenant: String,
     /// The tenant's tier.
     pub tier: String,
-    /// `ok`, `over_limit`, `unauthorized` or `forbidden`.
-    pub result: &'static str,
+    /// What the check answered.
+    pub result: AuthzResult,
 }
 
 /// Calls, latency and unknown domains.

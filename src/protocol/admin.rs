@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 
 use super::{Shared, json};
 use crate::decision::Code;
+use crate::metrics::service::{CallCode, Method};
 use crate::reload::{Outcome, Trigger};
 use crate::rule::Policy;
 
@@ -63,14 +64,14 @@ async fn decide_json(State(shared): State<Shared>, body: Bytes) -> Response {
     let request = match json::parse_request(&body) {
         Ok(request) => request,
         Err(message) => {
-            shared.count_call("json", "INVALID_ARGUMENT");
+            shared.count_call(Method::Json, CallCode::InvalidArgument);
             return (StatusCode::BAD_REQUEST, message).into_response();
         }
     };
     let decision = shared.decide(&request).await;
     match &decision {
-        Ok(_) => shared.count_call("json", "OK"),
-        Err(error) => shared.count_error("json", error),
+        Ok(_) => shared.count_call(Method::Json, CallCode::Ok),
+        Err(error) => shared.count_error(Method::Json, error),
     }
     match decision {
         Ok(decision) => {

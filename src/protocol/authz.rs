@@ -25,9 +25,9 @@ use tonic::{Request, Response, Status};
 
 use super::Shared;
 use crate::authz::{Attributes, Tenant};
-use crate::clock::NANOS_PER_SEC;
+use crate::clock::{NANOS_PER_SEC, saturating_nanos};
 use crate::decision::{Code, Decision, DescriptorStatus, RequestError};
-use crate::metrics::service::AuthzLabels;
+use crate::metrics::service::{AuthzLabels, AuthzResult, CallCode, Method};
 
 /// The ext_authz gRPC service.
 #[derive(Debug, Clone)]
@@ -75,7 +75,8 @@ impl Authorization for AuthorizationGrpc {
         let Some((domain, authz)) =
             domain.and_then(|d| d.authorization.clone().map(|a| (d.name.clone(), a)))
         else {
-            self.shared.count_call("Check", "FAILED_PRECONDITION");
+            self.shared
+                .count_call(Method::Check, CallCode::FailedPrecondition);
             return Err(Status::failed_precondition(
                 "no domain serves ext_authz: give one domain an authorization: section, or name it in the route's context_extensions (domain)",
             ));
@@ -85,8 +86,8 @@ impl Authorization for AuthorizationGrpc {
             .and_then(|key| authz.tenant(key))
             .cloned();
         let Some(tenant) = tenant else {
-            self.count(&domain, None, "unauthorized");
-            self.shared.count_call("Check", "OK");
+            self.count(&domain, None, AuthzResult::Unauthorized);
+            self.shared.count_call(Method::Check, CallCode::Ok);
             return Ok(Response::new(answer(
                 Verdict::Unauthorized,
                 None,
@@ -113,7 +114,7 @@ impl Authorization for AuthorizationGrpc {
             match self.decide_shaped(&request).await {
                 Ok(decision) => Some(decision),
                 Err(error) => {
-                    self.shared.count_error("Check", &error);
+                    self.shared.count_error(Method::Check, &error);
                     return Err(super::grpc_status(&error));
                 }
             }
@@ -130,13 +131,13 @@ impl Authorization for AuthorizationGrpc {
             })),
         };
         let result = match &verdict {
-            Verdict::Unauthorized => "unauthorized",
-            Verdict::Forbidden => "forbidden",
-            Verdict::Limited(d) if d.overall == Code::OverLimit => "over_limit",
-            Verdict::Limited(_) => "ok",
+            Verdict::Unauthorized => AuthzResult::Unauthorized,
+            Verdict::Forbidden => AuthzResult::Forbidden,
+            Verdict::Limited(d) if d.overall == Code::OverLimit => AuthzResult::OverLimit,
+            Verdict::Limited(_) => AuthzResult::Ok,
         };
         self.count(&domain, Some(&tenant), result);
-        self.shared.count_call("Check", "OK");
+        self.shared.count_call(Method::Check, CallCode::Ok);
         Ok(Response::new(answer(
             verdict,
             Some(&tenant),
@@ -154,28 +155,30 @@ impl AuthorizationGrpc {
     /// shows the requests held meanwhile.
     async fn decide_shaped(&self, request: &RateLimitRequest) -> Result<Decision, RequestError> {
         let limiter = self.shared.reloader.limiter().clone();
-        let started = limiter.clock().now();
-        let held_since = Instant::now();
+        // One clock for the decisions, the waits and the budget: the limiter's.
+        let clock = limiter.clock();
+        let started = clock.now();
+        let decided_since = Instant::now();
         let mut held: Option<HeldGauge<'_>> = None;
         loop {
             let result = limiter.decide(request).await;
             let shaping = result.as_ref().ok().and_then(hold);
             let Some((budget, wait)) = shaping else {
-                self.shared.record(request, &result, held_since);
+                self.shared.record(request, &result, decided_since);
                 return result;
             };
-            let waited = Duration::from_nanos(limiter.clock().now().saturating_sub(started));
-            // Past the budget by either clock: answer with the denial.
-            if waited + wait > budget || held_since.elapsed() > budget {
-                self.shared.record(request, &result, held_since);
+            let waited = Duration::from_nanos(clock.now().saturating_sub(started));
+            if waited + wait > budget {
+                self.shared.record(request, &result, decided_since);
                 return result;
             }
             held.get_or_insert_with(|| HeldGauge::new(&self.shared.metrics.service.authz_held));
-            tokio::time::sleep(wait.clamp(Duration::from_millis(1), HOLD_POLL)).await;
+            let wait = saturating_nanos(wait.max(MIN_HOLD));
+            clock.sleep_until(clock.now().saturating_add(wait)).await;
         }
     }
 
-    fn count(&self, domain: &str, tenant: Option<&Tenant>, result: &'static str) {
+    fn count(&self, domain: &str, tenant: Option<&Tenant>, result: AuthzResult) {
         let labels = AuthzLabels {
             domain: domain.to_owned(),
             tenant: tenant.map(|t| t.id.clone()).unwrap_or_default(),
@@ -207,8 +210,8 @@ impl Drop for HeldGauge<'_> {
     }
 }
 
-/// The longest sleep between two decisions of a held request.
-const HOLD_POLL: Duration = Duration::from_millis(25);
+/// The shortest wait between two decisions of a held request.
+const MIN_HOLD: Duration = Duration::from_millis(1);
 
 /// For a denial that every denying limit allows to be held: the smallest `max_delay` among
 /// them and the wait until the request would conform.

@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 
 use crate::decision::{Decision, RequestError};
 use crate::metrics::Metrics;
+use crate::metrics::service::{CallCode, Method};
 use crate::reload::Reloader;
 
 /// What the wire handlers share: the reloader (and through it the limiter) and the metrics.
@@ -59,22 +60,22 @@ impl Shared {
     }
 
     /// Counts a call that failed with `error` by method and gRPC code name.
-    pub fn count_error(&self, method: &'static str, error: &RequestError) {
-        self.count_call(method, code_name(error));
+    pub fn count_error(&self, method: Method, error: &RequestError) {
+        self.count_call(method, call_code(error));
     }
 
     /// Counts a call by method and result code.
-    pub fn count_call(&self, method: &'static str, code: &'static str) {
+    pub fn count_call(&self, method: Method, code: CallCode) {
         let labels = crate::metrics::service::CallLabels { method, code };
         self.metrics.service.calls.get_or_create(&labels).inc();
     }
 }
 
-/// The gRPC code name of a request error, as counted in `tollgate_calls_total`.
-pub fn code_name(error: &RequestError) -> &'static str {
+/// The gRPC code of a request error, as counted in `tollgate_calls_total`.
+pub fn call_code(error: &RequestError) -> CallCode {
     match error {
-        RequestError::Unavailable(_) => "UNAVAILABLE",
-        _ => "INVALID_ARGUMENT",
+        RequestError::Unavailable(_) => CallCode::Unavailable,
+        _ => CallCode::InvalidArgument,
     }
 }
 

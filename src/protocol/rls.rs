@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use super::Shared;
 use crate::clock::NANOS_PER_SEC;
 use crate::decision::{Code, Decision, DescriptorStatus};
+use crate::metrics::service::{CallCode, Method};
 
 /// The gRPC service, deciding with the shared limiter.
 #[derive(Debug, Clone)]
@@ -52,11 +53,12 @@ impl RateLimitService for RateLimitGrpc {
         let decided = self.shared.decide(&request).instrument(span).await;
         match decided {
             Ok(decision) => {
-                self.shared.count_call("ShouldRateLimit", "OK");
+                self.shared
+                    .count_call(Method::ShouldRateLimit, CallCode::Ok);
                 Ok(Response::new(to_proto(&decision)))
             }
             Err(error) => {
-                self.shared.count_error("ShouldRateLimit", &error);
+                self.shared.count_error(Method::ShouldRateLimit, &error);
                 tracing::debug!(domain = %request.domain, %error, "rate limit request not decided");
                 Err(super::grpc_status(&error))
             }

@@ -27,20 +27,9 @@ pub enum FailurePolicy {
     Deny,
 }
 
-impl FailurePolicy {
-    /// The flag value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-        }
-    }
-}
-
 impl std::fmt::Display for FailurePolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        crate::cli::write_value(self, f)
     }
 }
 
@@ -145,5 +134,23 @@ impl Store for Failover {
             parts.memory = Some(local);
         }
         self.inner.parts(parts);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_are_named_as_the_flag_spells_them() {
+        let names: Vec<String> = [
+            FailurePolicy::Local,
+            FailurePolicy::Allow,
+            FailurePolicy::Deny,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(names, ["local", "allow", "deny"]);
     }
 }
