@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use common::redis::RedisServer;
 use proptest::prelude::*;
@@ -20,16 +20,15 @@ use tollgate::store::{
 
 const T0: u64 = 1_800_000_000 * NANOS_PER_SEC;
 
-/// One Redis for the whole binary, and the runtime its store runs on.
-struct Shared {
+/// A real Redis and the runtime its store runs on, for one test.
+struct Lua {
     _server: RedisServer,
     runtime: Runtime,
     store: Arc<RedisStore>,
 }
 
-fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| {
+impl Lua {
+    fn start() -> Self {
         let server = RedisServer::start();
         let runtime = Runtime::new().unwrap();
         let store = runtime.block_on(async {
@@ -44,12 +43,12 @@ fn shared() -> &'static Shared {
             assert!(store.wait_ready(std::time::Duration::from_secs(10)).await);
             store
         });
-        Shared {
+        Self {
             _server: server,
             runtime,
             store,
         }
-    })
+    }
 }
 
 /// A bucket key no other case uses.
@@ -77,6 +76,7 @@ fn steps() -> impl Strategy<Value = Vec<(u64, u64)>> {
 /// Settles `steps` on `before`, then on `after` (a reload), on both stores; every outcome
 /// must be the same.
 fn same_answers(
+    lua: &Lua,
     before: Option<Quota>,
     after: Option<Quota>,
     steps: &[(u64, u64)],
@@ -85,7 +85,6 @@ fn same_answers(
         // Not a quota its algorithm can enforce: nothing to compare.
         return Ok(());
     };
-    let shared = shared();
     let memory = MemoryStore::new(10);
     let key = fresh_key();
     let mut now = T0;
@@ -112,9 +111,9 @@ fn same_answers(
             consistency: None,
         };
         let in_memory = memory.settle_now(&[claim], now);
-        let in_redis = shared
+        let in_redis = lua
             .runtime
-            .block_on(shared.store.settle(&[claim], now))
+            .block_on(lua.store.settle(&[claim], now))
             .unwrap();
         prop_assert_eq!(
             &in_memory,
@@ -128,34 +127,61 @@ fn same_answers(
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+/// Runs `check` on `cases` random inputs from `strategy`.
+fn run<S: Strategy>(
+    strategy: S,
+    check: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) -> Result<(), String>
+where
+    S::Value: std::fmt::Debug,
+{
+    let config = ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    };
+    proptest::test_runner::TestRunner::new(config)
+        .run(&strategy, check)
+        .map_err(|e| e.to_string())
+}
 
-    #[test]
-    fn token_bucket(
-        rpu in 0u32..40, unit in unit(), burst in 0u32..60,
-        rpu2 in 0u32..40, unit2 in unit(), burst2 in 0u32..60,
-        steps in steps(),
-    ) {
-        let quota = |rpu, unit, burst| Quota::try_new(rpu, unit, Algorithm::TokenBucket, Some(burst)).ok();
-        same_answers(quota(rpu, unit, burst), quota(rpu2, unit2, burst2), &steps)?;
-    }
-
-    #[test]
-    fn fixed_window(rpu in 0u32..40, unit in unit(), rpu2 in 0u32..40, unit2 in unit(), steps in steps()) {
-        let quota = |rpu, unit| Quota::try_new(rpu, unit, Algorithm::FixedWindow, None).ok();
-        same_answers(quota(rpu, unit), quota(rpu2, unit2), &steps)?;
-    }
-
-    #[test]
-    fn sliding_window(rpu in 0u32..40, unit in unit(), rpu2 in 0u32..40, unit2 in unit(), steps in steps()) {
-        let quota = |rpu, unit| Quota::try_new(rpu, unit, Algorithm::SlidingWindow, None).ok();
-        same_answers(quota(rpu, unit), quota(rpu2, unit2), &steps)?;
-    }
-
-    #[test]
-    fn sliding_log(rpu in 0u32..40, unit in unit(), rpu2 in 0u32..40, unit2 in unit(), steps in steps()) {
-        let quota = |rpu, unit| Quota::try_new(rpu, unit, Algorithm::SlidingLog, None).ok();
-        same_answers(quota(rpu, unit), quota(rpu2, unit2), &steps)?;
+#[test]
+fn every_algorithm_in_lua_answers_as_in_rust() {
+    let lua = Lua::start();
+    let token_bucket = run(
+        (
+            0u32..40,
+            unit(),
+            0u32..60,
+            0u32..40,
+            unit(),
+            0u32..60,
+            steps(),
+        ),
+        |(rpu, unit, burst, rpu2, unit2, burst2, steps)| {
+            let quota = |rpu, unit, burst| {
+                Quota::try_new(rpu, unit, Algorithm::TokenBucket, Some(burst)).ok()
+            };
+            same_answers(
+                &lua,
+                quota(rpu, unit, burst),
+                quota(rpu2, unit2, burst2),
+                &steps,
+            )
+        },
+    );
+    assert_eq!(token_bucket, Ok(()), "token_bucket");
+    for algorithm in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::SlidingLog,
+    ] {
+        let windows = run(
+            (0u32..40, unit(), 0u32..40, unit(), steps()),
+            |(rpu, unit, rpu2, unit2, steps)| {
+                let quota = |rpu, unit| Quota::try_new(rpu, unit, algorithm, None).ok();
+                same_answers(&lua, quota(rpu, unit), quota(rpu2, unit2), &steps)
+            },
+        );
+        assert_eq!(windows, Ok(()), "{algorithm}");
     }
 }

@@ -65,8 +65,9 @@ impl Failover {
         self.fallbacks.load(Ordering::Relaxed)
     }
 
-    async fn settle_or_fall_back(&self, claims: &[Claim], now: Nanos) -> Settled {
-        match self.inner.settle(claims, now).await {
+    /// The inner store's settlement, or the policy's answer when it has none.
+    fn or_fall_back(&self, settled: Settled, claims: &[Claim], now: Nanos) -> Settled {
+        match settled {
             Ok(settlement) => Ok(settlement),
             Err(_) => {
                 self.fallbacks
@@ -106,7 +107,15 @@ impl Failover {
 
 impl Store for Failover {
     fn settle<'a>(&'a self, claims: &'a [Claim], now: Nanos) -> Settling<'a> {
-        Either::Right(Box::pin(self.settle_or_fall_back(claims, now)))
+        match self.inner.settle(claims, now) {
+            // Settled at once (cached mode's leases): nothing to wait for, nothing to box.
+            Either::Left(ready) => {
+                contract::settled(self.or_fall_back(ready.into_inner(), claims, now))
+            }
+            Either::Right(pending) => Either::Right(Box::pin(async move {
+                self.or_fall_back(pending.await, claims, now)
+            })),
+        }
     }
 
     fn forget(&self, removed: &HashSet<u32>) {

@@ -11,7 +11,10 @@
 //! [`Store::close`], waits for the top-ups under way, then gives every lease back.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, Either};
@@ -32,6 +35,15 @@ const UPKEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// Top-ups waiting to be sent at most; past it a top-up is skipped (the next take asks again).
 const TOPUP_QUEUE: usize = 4096;
+
+/// What leases can say about a request's claims before Redis is asked.
+struct Plan {
+    /// Verdicts served from leases; `None` is decided in Redis.
+    served: SmallVec<[Option<Verdict>; 4]>,
+    /// Claims whose lease missed: fetched with their decision, `lease` more units each.
+    fetching: SmallVec<[usize; 4]>,
+    lease: SmallVec<[u64; 4]>,
+}
 
 /// The cached-mode store: leases in front of [`RedisStore`].
 #[derive(Debug)]
@@ -89,20 +101,21 @@ impl Leasing {
             && lease::slice(&claim.hit.quota) > 1
     }
 
-    async fn settle_leased(&self, claims: &[Claim], now: Nanos) -> Settled {
+    /// Serves what leases can: each claim's verdict from its lease, or the fetch to make.
+    fn plan(&self, claims: &[Claim], now: Nanos) -> Plan {
         let leases = &self.shared.leases;
-        // Verdicts served from leases; `None` is decided in Redis.
-        let mut served: SmallVec<[Option<Verdict>; 4]> = claims.iter().map(|_| None).collect();
-        // Claims whose lease missed: fetched with their decision, `lease` more units each.
-        let mut fetching: SmallVec<[usize; 4]> = SmallVec::new();
-        let mut lease: SmallVec<[u64; 4]> = claims.iter().map(|_| 0).collect();
+        let mut plan = Plan {
+            served: claims.iter().map(|_| None).collect(),
+            fetching: SmallVec::new(),
+            lease: claims.iter().map(|_| 0).collect(),
+        };
         for (index, claim) in claims.iter().enumerate() {
             if !self.leasable(claim) {
                 continue;
             }
             match leases.take(&claim.hit, now) {
                 Take::Served { verdict, refill } => {
-                    served[index] = Some(verdict);
+                    plan.served[index] = Some(verdict);
                     if refill && self.topups.try_send(claim.hit).is_err() {
                         leases.refill_failed(&claim.hit);
                     }
@@ -110,64 +123,92 @@ impl Leasing {
                 // A check takes nothing: Redis answers it without a lease. A miss fetches the
                 // lease with its decision, unless another request is fetching it already.
                 Take::Miss if claim.hit.cost > 0 && leases.begin_fetch(&claim.hit, now) => {
-                    fetching.push(index);
-                    lease[index] = lease::slice(&claim.hit.quota).saturating_sub(claim.hit.cost);
+                    plan.fetching.push(index);
+                    plan.lease[index] =
+                        lease::slice(&claim.hit.quota).saturating_sub(claim.hit.cost);
                 }
                 Take::Miss => {}
             }
         }
+        plan
+    }
+
+    /// A request every claim of which was served from a lease: settled here.
+    fn settle_served(&self, claims: &[Claim], served: &[Option<Verdict>]) -> Settlement {
+        let verdicts = served.iter().flatten();
+        let mut settlement = Settlement {
+            denied: contract::denied(
+                claims
+                    .iter()
+                    .zip(verdicts.clone())
+                    .map(|(claim, verdict)| (claim.role, verdict.allowed)),
+            ),
+            outcomes: verdicts
+                .map(|verdict| Outcome {
+                    verdict: *verdict,
+                    refunded: false,
+                })
+                .collect(),
+        };
+        self.give_back_if_denied(claims, served, &mut settlement);
+        settlement
+    }
+
+    /// A request with claims to decide in Redis: one `decide.lua` call settles them with the
+    /// served ones.
+    async fn settle_in_redis(&self, claims: &[Claim], plan: Plan, now: Nanos) -> Settled {
+        let Plan {
+            served,
+            fetching,
+            lease,
+        } = plan;
         let known: SmallVec<[Option<bool>; 4]> =
             served.iter().map(|v| v.map(|v| v.allowed)).collect();
-        let mut settlement = if known.iter().all(Option::is_some) {
-            let roles = claims.iter().map(|c| c.role);
-            Settlement {
-                denied: contract::denied(roles.zip(known.iter().map(|k| *k == Some(true)))),
-                outcomes: served
-                    .iter()
-                    .flatten()
-                    .map(|verdict| Outcome {
-                        verdict: *verdict,
-                        refunded: false,
-                    })
-                    .collect(),
-            }
-        } else {
-            match self.decide(claims, &known, &lease, fetching, now).await {
-                Ok((denied, figures)) => Settlement {
-                    denied,
-                    outcomes: figures
-                        .iter()
-                        .zip(&served)
-                        .map(|(figures, served)| Outcome {
-                            verdict: served.unwrap_or(figures.verdict),
-                            refunded: served.is_none() && figures.refunded,
-                        })
-                        .collect(),
-                },
-                Err(error) => {
-                    self.untake(claims, &served);
-                    return Err(error);
-                }
+        let (denied, figures) = match self.decide(claims, &known, &lease, fetching, now).await {
+            Ok(decided) => decided,
+            Err(error) => {
+                self.untake(claims, &served);
+                return Err(error);
             }
         };
-        if settlement.denied {
-            // Redis gave back what it decided; the served claims go back to their leases.
-            for ((claim, served), outcome) in
-                claims.iter().zip(&served).zip(&mut settlement.outcomes)
-            {
-                if served.is_some_and(|v| v.allowed) && claim.hit.cost > 0 {
-                    leases.untake(&claim.hit);
-                    outcome.verdict.remaining += claim.hit.cost;
-                    outcome.refunded = true;
-                }
-            }
-        }
+        let mut settlement = Settlement {
+            denied,
+            outcomes: figures
+                .iter()
+                .zip(&served)
+                .map(|(figures, served)| Outcome {
+                    verdict: served.unwrap_or(figures.verdict),
+                    refunded: served.is_none() && figures.refunded,
+                })
+                .collect(),
+        };
+        self.give_back_if_denied(claims, &served, &mut settlement);
         Ok(settlement)
     }
 
-    /// One `decide.lua` call. When it fetches the leases of `claims[fetching]`, it runs as its
-    /// own task and records them itself, so a request given up on (Envoy's timeout) still
-    /// records what Redis leased, and every fetch it began ends.
+    /// For a denied request, the served claims' costs go back to their leases (Redis gave back
+    /// what it decided itself).
+    fn give_back_if_denied(
+        &self,
+        claims: &[Claim],
+        served: &[Option<Verdict>],
+        settlement: &mut Settlement,
+    ) {
+        if !settlement.denied {
+            return;
+        }
+        for ((claim, served), outcome) in claims.iter().zip(served).zip(&mut settlement.outcomes) {
+            if served.is_some_and(|v| v.allowed) && claim.hit.cost > 0 {
+                self.shared.leases.untake(&claim.hit);
+                outcome.verdict.remaining += claim.hit.cost;
+                outcome.refunded = true;
+            }
+        }
+    }
+
+    /// One `decide.lua` call. When it fetches the leases of `claims[fetching]`, it records them
+    /// itself and runs to completion even if the request is given up on (Envoy's timeout), so
+    /// what Redis leased is recorded and every fetch it began ends.
     async fn decide(
         &self,
         claims: &[Claim],
@@ -183,7 +224,7 @@ impl Leasing {
         let claims: SmallVec<[Claim; 4]> = claims.into();
         let known: SmallVec<[Option<bool>; 4]> = known.into();
         let lease: SmallVec<[u64; 4]> = lease.into();
-        let task = tokio::spawn(async move {
+        Completing::new(async move {
             let decided = shared.redis.decide(&claims, &known, &lease, now).await;
             for &index in &fetching {
                 let hit = &claims[index].hit;
@@ -201,9 +242,8 @@ impl Leasing {
                 }
             }
             decided
-        });
-        task.await
-            .unwrap_or_else(|e| Err(contract::Unavailable(e.to_string())))
+        })
+        .await
     }
 
     /// Gives back to their leases the costs that served claims took, for a request that will
@@ -219,7 +259,12 @@ impl Leasing {
 
 impl Store for Leasing {
     fn settle<'a>(&'a self, claims: &'a [Claim], now: Nanos) -> Settling<'a> {
-        Either::Right(Box::pin(self.settle_leased(claims, now)))
+        let plan = self.plan(claims, now);
+        if plan.served.iter().all(Option::is_some) {
+            // Memory speed: no allocation, no await.
+            return contract::settled(Ok(self.settle_served(claims, &plan.served)));
+        }
+        Either::Right(Box::pin(self.settle_in_redis(claims, plan, now)))
     }
 
     fn forget(&self, removed: &HashSet<u32>) {
@@ -316,5 +361,64 @@ async fn give_back(shared: &Shared, unspent: Vec<lease::Unspent>, now: Nanos) {
     }
     if let Err(error) = shared.redis.give_back(&unspent, now).await {
         tracing::debug!(%error, leases = unspent.len(), "unspent leases not given back");
+    }
+}
+
+/// A future that runs to completion even if whoever awaits it is dropped: the rest of it is
+/// then spawned. Polled in place otherwise, so the common case costs no task switch.
+struct Completing<T: Send + 'static>(Option<BoxFuture<'static, T>>);
+
+impl<T: Send + 'static> Completing<T> {
+    fn new(future: impl Future<Output = T> + Send + 'static) -> Self {
+        Self(Some(Box::pin(future)))
+    }
+}
+
+impl<T: Send + 'static> Future for Completing<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let Some(future) = self.0.as_mut() else {
+            return Poll::Pending;
+        };
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<T: Send + 'static> Drop for Completing<T> {
+    fn drop(&mut self) {
+        if let Some(rest) = self.0.take() {
+            tokio::spawn(rest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_completing_future_finishes_when_its_awaiter_is_gone() {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        let mut completing = Completing::new(async move {
+            let _ = wait.await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        assert!((&mut completing).now_or_never().is_none());
+        drop(completing);
+        go.send(()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !finished.load(Ordering::SeqCst) {
+            assert!(tokio::time::Instant::now() < deadline, "the rest never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }

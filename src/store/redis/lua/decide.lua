@@ -11,23 +11,31 @@
 -- nothing: its entries that had conformed are `refunded`, their figures those of a check of the
 -- restored bucket.
 
+undoable = #ARGV - HEADER_ARGS > DECIDE_FIELDS
+
 -- Decide each entry in order, writing as it goes, so two entries on one bucket see each other.
 local decided = {}
-entries(DECIDE_FIELDS, function(kind, key, cost, p1, p2, role, lease)
+local k = 0
+for i = HEADER_ARGS + 1, #ARGV, DECIDE_FIELDS do
+  local kind, cost, p1, p2 = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
+    tonumber(ARGV[i + 3])
+  local role = tonumber(ARGV[i + 4])
   local v
   if kind == KIND_DECIDED then
     v = {allowed = p1 == 1, remaining = 0, reset = 0, retry = -1}
   else
+    k = k + 1
+    local key = KEYS[k]
     v = algorithms[kind](key, cost, p1, p2)
     v.key, v.kind, v.p1, v.p2 = key, kind, p1, p2
     v.took = v.allowed and cost > 0
     v.cost = cost
-    v.lease = lease
+    v.lease = tonumber(ARGV[i + 5])
   end
-  v.denies = math.floor(role / ROLE_DENIES) % 2 == 1
-  v.quota = math.floor(role / ROLE_QUOTA) % 2 == 1
+  v.denies = role % (2 * ROLE_DENIES) >= ROLE_DENIES
+  v.quota = role % (2 * ROLE_QUOTA) >= ROLE_QUOTA
   decided[#decided + 1] = v
-end)
+end
 
 -- Settle as store::contract::denied does: any denying entry over, or every quota-mode one.
 local denied = false
@@ -51,13 +59,12 @@ for _, v in ipairs(decided) do
     reply(out, algorithms[v.kind](v.key, 0, v.p1, v.p2), true, 0)
   elseif v.took then
     local leased = 0
-    if v.lease > 0 then
-      -- After the settlement: a lease never makes the request's own entries deny.
-      local probe = algorithms[v.kind](v.key, 0, v.p1, v.p2)
-      if probe.allowed then
-        local wanted = math.min(v.lease, probe.remaining)
-        if algorithms[v.kind](v.key, wanted, v.p1, v.p2).allowed then leased = wanted end
-      end
+    if v.lease > 0 and v.remaining > 0 then
+      -- After the settlement: a lease never makes the request's own entries deny. What the
+      -- entry left is the most there is to lease (a later entry on the same bucket may have
+      -- taken some: then the take below fails and nothing is leased).
+      local wanted = math.min(v.lease, v.remaining)
+      if algorithms[v.kind](v.key, wanted, v.p1, v.p2).allowed then leased = wanted end
     end
     reply(out, v, false, v.cost + leased)
   else

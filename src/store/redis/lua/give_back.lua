@@ -4,7 +4,8 @@
 -- ARGV: the header, then LEASE_FIELDS per entry: kind, cost (the units to give back), p1, p2.
 -- Returns nothing.
 
-entries(LEASE_FIELDS, function(kind, key, n, p1, p2)
+undoable = false
+entries(function(kind, key, n, p1, p2)
   if kind == KIND_SLIDING_LOG then
     redis.call('ZPOPMAX', key, n)
     return

@@ -5,8 +5,9 @@
 -- Returns REPLY_FIELDS per entry: the figures of the bucket before the lease, and the units
 -- granted (0 when the bucket had none left).
 
+undoable = false
 local out = {}
-entries(LEASE_FIELDS, function(kind, key, cost, p1, p2)
+entries(function(kind, key, cost, p1, p2)
   local probe = algorithms[kind](key, 0, p1, p2)
   local wanted = 0
   if probe.allowed then wanted = math.min(cost, probe.remaining) end

@@ -45,22 +45,24 @@ local function fits(cost, available)
   return cost <= available
 end
 
--- now + d nanoseconds, as the decimal integer the memory store would hold.
-local function at(d)
+-- A token bucket's stored value for a debt of `d` ns at `t` ns per token, and its TTL in ms.
+local function tb_value(d, t)
   local total = now_ns + d
   local carry = math.floor(total / NS)
-  return string.format('%d%09d', now_s + carry, total - carry * NS)
+  return string.format('%d%09d:%d', now_s + carry, total - carry * NS, t)
 end
-
--- A token bucket's stored value for a debt of `d` ns at `t` ns per token, and its TTL in ms.
-local function tb_value(d, t) return at(d) .. ':' .. string.format('%d', t) end
 local function tb_ttl(d) return math.ceil(d / 1000000) + grace_ms end
+
+-- Whether what this call writes may have to be undone: a script sets it false when nothing
+-- can be (a lease, a give-back, a request of one entry: that entry writes only if it conforms,
+-- and then the request is admitted), sparing two reads per write.
+local undoable = true
 
 -- Keys this request wrote, with what they held before, to restore if it is denied.
 local saved = {}
 
 local function write(key, value, ttl_ms)
-  if not saved[key] then
+  if undoable and not saved[key] then
     saved[key] = {raw = redis.call('GET', key), pttl = redis.call('PTTL', key)}
   end
   redis.call('SET', key, value, 'PX', ttl_ms)
@@ -92,8 +94,9 @@ end
 local function tb_debt(key, t, burst)
   local raw = redis.call('GET', key)
   if not raw then return 0 end
-  local tat, from = string.match(raw, '^(%d+):(%d+)$')
-  if not tat then tat = raw end
+  local tat, from = raw, nil
+  local sep = string.find(raw, ':', 1, true)
+  if sep then tat, from = string.sub(raw, 1, sep - 1), string.sub(raw, sep + 1) end
   local s = tonumber(string.sub(tat, 1, -10)) or 0
   local n = tonumber(string.sub(tat, -9)) or 0
   local d = (s - now_s) * NS + (n - now_ns)
@@ -244,7 +247,7 @@ local function sliding_log(key, cost, unit, limit)
     for _ = 1, cost do
       local member = now_ms .. ':' .. redis.call('INCR', key .. ':seq')
       redis.call('ZADD', key, now_ms, member)
-      added[#added + 1] = {key, member}
+      if undoable then added[#added + 1] = {key, member} end
     end
     redis.call('PEXPIRE', key, ttl)
     redis.call('PEXPIRE', key .. ':seq', ttl)
@@ -259,22 +262,15 @@ local algorithms = {
   [KIND_SLIDING_LOG] = sliding_log,
 }
 
--- Calls `each(kind, key, cost, p1, p2, role, lease)` for every entry of `fields` numbers after
--- the header (`role` and `lease` only for DECIDE_FIELDS). KEYS are consumed in order by entries
--- that have a bucket.
-local function entries(fields, each)
+-- Calls `each(kind, key, cost, p1, p2)` for every entry of LEASE_FIELDS numbers after the
+-- header (lease.lua, give_back.lua; decide.lua reads its wider entries inline, on the hot path),
+-- each entry with its key, KEYS[n] for the n-th entry.
+local function entries(each)
   local k = 0
-  for i = HEADER_ARGS + 1, #ARGV, fields do
-    local kind = tonumber(ARGV[i])
-    local key = nil
-    if kind ~= KIND_DECIDED then
-      k = k + 1
-      key = KEYS[k]
-    end
-    local role, lease = nil, nil
-    if fields == DECIDE_FIELDS then role, lease = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]) end
-    each(kind, key, tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), role,
-      lease)
+  for i = HEADER_ARGS + 1, #ARGV, LEASE_FIELDS do
+    k = k + 1
+    each(tonumber(ARGV[i]), KEYS[k], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
+      tonumber(ARGV[i + 3]))
   end
 end
 
