@@ -154,18 +154,10 @@ impl Leases {
     /// bucket's answer to the fetch (remaining and times after it). When the bucket could not
     /// cover the hit, a hit of its cost or more is denied here until the verdict says it could.
     pub fn fill(&self, hit: &Hit, verdict: &Verdict, leased: u64, now: Nanos) {
-        let mut lease = self.leases.entry(hit.key).or_insert_with(|| Lease {
-            hit: *hit,
-            tokens: 0,
-            expires: 0,
-            denied_until: 0,
-            denied_cost: 0,
-            global_remaining: 0,
-            reset_at: 0,
-            retry_after: None,
-            refilling: false,
-            fetching: None,
-        });
+        let mut lease = self
+            .leases
+            .entry(hit.key)
+            .or_insert_with(|| Lease::empty(hit));
         let window_ended =
             lease.hit.quota.algorithm() == Algorithm::FixedWindow && now >= lease.reset_at;
         if lease.hit.quota != hit.quota || window_ended {
@@ -208,16 +200,8 @@ impl Leases {
         self.leases.entry(hit.key).or_insert_with(|| {
             placed = true;
             Lease {
-                hit: *hit,
-                tokens: 0,
-                expires: 0,
-                denied_until: 0,
-                denied_cost: 0,
-                global_remaining: 0,
-                reset_at: 0,
-                retry_after: None,
-                refilling: false,
                 fetching: Some(now),
+                ..Lease::empty(hit)
             }
         });
         placed
@@ -291,6 +275,22 @@ impl Leases {
 }
 
 impl Lease {
+    /// A lease of `hit`'s bucket holding nothing yet.
+    fn empty(hit: &Hit) -> Self {
+        Self {
+            hit: *hit,
+            tokens: 0,
+            expires: 0,
+            denied_until: 0,
+            denied_cost: 0,
+            global_remaining: 0,
+            reset_at: 0,
+            retry_after: None,
+            refilling: false,
+            fetching: None,
+        }
+    }
+
     fn unspent(&self) -> Unspent {
         Unspent {
             hit: self.hit,
