@@ -163,13 +163,15 @@ struct StoreArgs {
     /// `consistency:` overrides it.
     #[arg(long, env = "TOLLGATE_CONSISTENCY", value_enum, default_value_t = Consistency::Strict)]
     consistency: Consistency,
-    /// What to answer while Redis is unreachable or slower than --redis-timeout: decide from
-    /// this replica's memory buckets (`local`), admit (`allow`), or deny (`deny`).
+    /// What to answer while Redis is unreachable or slower than its time: decide from this
+    /// replica's share of each limit (`local`: the limit divided among the live replicas,
+    /// starting from what Redis last reported), admit (`allow`), or deny (`deny`).
     #[arg(long, env = "TOLLGATE_REDIS_FAILURE", value_enum, default_value_t = FailurePolicy::Local)]
     redis_failure: FailurePolicy,
-    /// Longest wait for Redis on one request before the failure policy answers; keep it well
-    /// below Envoy's rate limit timeout (20ms by default).
-    #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT", value_name = "DURATION", default_value = "5ms",
+    /// Longest wait for Redis on one request before the failure policy answers. A call also
+    /// waits at most three quarters of what the caller allows (Envoy's grpc-timeout), so
+    /// Envoy always gets tollgate's answer; a call given up on is reconciled when it answers.
+    #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT", value_name = "DURATION", default_value = "50ms",
           value_parser = humantime::parse_duration)]
     redis_timeout: Duration,
     /// Prefix of every Redis key (also seeds bucket names: replicas sharing limits must agree).

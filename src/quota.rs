@@ -275,6 +275,17 @@ impl Quota {
         self
     }
 
+    /// One of `parts` equal shares of this quota: the rate and the capacity divided, rounded
+    /// down, so the shares never add up to more than the whole.
+    pub const fn share(&self, parts: u32) -> Self {
+        let parts = if parts == 0 { 1 } else { parts };
+        Self {
+            requests_per_unit: self.requests_per_unit / parts,
+            burst: self.burst / parts,
+            ..*self
+        }
+    }
+
     /// Requests allowed per unit.
     pub const fn requests_per_unit(&self) -> u32 {
         self.requests_per_unit

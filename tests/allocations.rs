@@ -64,13 +64,13 @@ fn an_admitted_request_allocates_nothing() {
         &[("route", "/api/users"), ("method", "GET")],
     ]);
     assert_eq!(
-        ready(shared.decide(&req)).unwrap().overall,
+        ready(shared.decide(&req, None)).unwrap().overall,
         Code::Ok,
         "warm-up: buckets and series exist"
     );
     let info = allocation_counter::measure(|| {
         for _ in 0..100 {
-            assert_eq!(ready(shared.decide(&req)).unwrap().overall, Code::Ok);
+            assert_eq!(ready(shared.decide(&req, None)).unwrap().overall, Code::Ok);
         }
     });
     assert_eq!(info.count_total, 0, "{info:?}");
@@ -80,10 +80,16 @@ fn an_admitted_request_allocates_nothing() {
 fn a_denied_request_allocates_nothing() {
     let (shared, _dir) = shared();
     let req = request(&[&[("user", "bob")], &[("blocked", "x")]]);
-    assert_eq!(ready(shared.decide(&req)).unwrap().overall, Code::OverLimit);
+    assert_eq!(
+        ready(shared.decide(&req, None)).unwrap().overall,
+        Code::OverLimit
+    );
     let info = allocation_counter::measure(|| {
         for _ in 0..100 {
-            assert_eq!(ready(shared.decide(&req)).unwrap().overall, Code::OverLimit);
+            assert_eq!(
+                ready(shared.decide(&req, None)).unwrap().overall,
+                Code::OverLimit
+            );
         }
     });
     assert_eq!(info.count_total, 0, "{info:?}");

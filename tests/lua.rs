@@ -15,7 +15,7 @@ use tokio::runtime::Runtime;
 use tollgate::clock::NANOS_PER_SEC;
 use tollgate::quota::{Algorithm, Quota, Unit};
 use tollgate::store::{
-    BucketKey, Claim, Hit, MemoryStore, RedisOptions, RedisStore, RedisTls, Role, Store,
+    BucketKey, Claim, Hit, MemoryStore, RedisOptions, RedisStore, RedisTls, Role, Store, When,
 };
 
 const T0: u64 = 1_800_000_000 * NANOS_PER_SEC;
@@ -113,7 +113,7 @@ fn same_answers(
         let in_memory = memory.settle_now(&[claim], now);
         let in_redis = lua
             .runtime
-            .block_on(lua.store.settle(&[claim], now))
+            .block_on(lua.store.settle(&[claim], When::at(now)))
             .unwrap();
         prop_assert_eq!(
             &in_memory,

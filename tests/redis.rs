@@ -829,9 +829,12 @@ async fn redis_down(policy: FailurePolicy, while_down: impl AsyncFnOnce(&mut Tes
     }
     let r = s.call(request("test", one("user", "after"))).await;
     assert_eq!(first(&r), (OK, 2, 20.0));
+    // Under `local`, the first answer after the outage also recorded in Redis what the local
+    // shares admitted meanwhile (the `before` and `new` buckets).
+    let owed = if policy == FailurePolicy::Local { 2 } else { 0 };
     assert_eq!(
         redis.keys("tollgate:*").len(),
-        1,
+        1 + owed,
         "the decision after recovery is counted in redis"
     );
     assert_eq!(metric(&metrics(&s).await, "tollgate_redis_degraded"), 0.0);
@@ -841,17 +844,60 @@ async fn redis_down(policy: FailurePolicy, while_down: impl AsyncFnOnce(&mut Tes
 #[tokio::test]
 async fn redis_down_with_local_answers_from_memory_and_recovers() {
     redis_down(FailurePolicy::Local, async |s: &mut TestServer| {
-        // Memory knows nothing of what Redis counted: a fresh local bucket, enforced.
-        for remaining in [2, 1, 0] {
+        // The local bucket starts from what Redis last said (2 left; one replica, so the
+        // whole of it), and is enforced.
+        for remaining in [1, 0] {
             let r = s.call(request("test", one("user", "before"))).await;
             assert_eq!(first(&r), (OK, remaining, f64::from(3 - remaining) * 20.0));
         }
         let r = s.call(request("test", one("user", "before"))).await;
         assert_eq!(first(&r), (OVER, 0, 60.0));
+        // A key Redis never reported starts from a whole share.
+        let r = s.call(request("test", one("user", "new"))).await;
+        assert_eq!(first(&r), (OK, 2, 20.0));
         let r = s.call(request("test", one("free", "x"))).await;
         assert_eq!(r.overall_code, OK);
     })
     .await;
+}
+
+#[tokio::test]
+async fn what_local_admits_during_an_outage_is_recorded_in_redis_after_it() {
+    let redis = RedisServer::start();
+    let mut setup = RedisSetup::strict(&redis.url());
+    setup.timeout = Duration::from_millis(200);
+    let mut s = start_redis(DOWN, setup).await;
+    let r = s.call(request("test", one("user", "u"))).await;
+    assert_eq!(first(&r), (OK, 2, 20.0));
+    // Paused, not killed: Redis keeps its counts and answers again where it stopped.
+    redis.pause();
+    let end = Instant::now() + RECOVERY;
+    let mut probes = 0;
+    while !s.redis_store().is_degraded() {
+        assert!(
+            Instant::now() < end,
+            "a paused redis never tripped the store"
+        );
+        s.call(request("test", one("user", &format!("probe{probes}"))))
+            .await;
+        probes += 1;
+    }
+    // Local: the share of what Redis last said, 2 left.
+    for remaining in [1, 0] {
+        let r = s.call(request("test", one("user", "u"))).await;
+        assert_eq!(first(&r), (OK, remaining, f64::from(3 - remaining) * 20.0));
+    }
+    redis.resume();
+    assert!(s.redis_store().wait_ready(RECOVERY).await);
+    // Any answered request records the outage's admissions; then the key is spent in Redis.
+    s.call(request("test", one("user", "other"))).await;
+    let r = s.call(request("test", one("user", "u"))).await;
+    assert_eq!(
+        (r.overall_code, r.statuses[0].limit_remaining),
+        (OVER, 0),
+        "1 counted before the outage and 2 during it: the 3 per minute are spent"
+    );
+    s.stop().await;
 }
 
 #[tokio::test]

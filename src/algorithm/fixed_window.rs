@@ -72,6 +72,16 @@ pub fn refund(current: u64, acquired: u64, cost: u64) -> u64 {
     }
 }
 
+/// The state of a window that has `remaining` hits left at `now`.
+pub fn with_remaining(quota: &Quota, remaining: u64, now: Nanos) -> u64 {
+    let unit_secs = quota.unit().seconds();
+    let end_secs = (now / NANOS_PER_SEC / unit_secs + 1) * unit_secs;
+    pack(
+        end_secs,
+        u64::from(quota.requests_per_unit()).saturating_sub(remaining),
+    )
+}
+
 /// A window's count means nothing once the window has ended, or while it is zero.
 pub fn idle_at(state: u64) -> Nanos {
     if count(state) == 0 {

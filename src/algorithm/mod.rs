@@ -77,6 +77,17 @@ pub fn refund(quota: &Quota, current: u64, acquired: u64, cost: u64) -> u64 {
     }
 }
 
+/// The state word of a bucket that has `remaining` units left at `now` (the sliding log keeps a
+/// log: [`sliding_log::with_remaining`]).
+pub fn with_remaining(quota: &Quota, remaining: u64, now: Nanos) -> u64 {
+    match quota.algorithm() {
+        Algorithm::TokenBucket => token_bucket::with_remaining(quota, remaining, now),
+        Algorithm::FixedWindow => fixed_window::with_remaining(quota, remaining, now),
+        Algorithm::SlidingWindow => sliding_window::with_remaining(quota, remaining, now),
+        Algorithm::SlidingLog => FRESH,
+    }
+}
+
 /// The size of one unit in `quota`'s state, for algorithms whose state depends on it (the
 /// token bucket's token length, the sliding window's window length); 0 for those whose state
 /// does not.

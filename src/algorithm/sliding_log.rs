@@ -78,6 +78,12 @@ pub fn decide(quota: &Quota, log: &mut VecDeque<u64>, now: Nanos, cost: u64) -> 
     }
 }
 
+/// A log that has `remaining` hits left at `now`: the rest recorded at `now`.
+pub fn with_remaining(quota: &Quota, remaining: u64, now: Nanos) -> VecDeque<u64> {
+    let used = u64::from(quota.requests_per_unit()).saturating_sub(remaining);
+    std::iter::repeat_n(now / NANOS_PER_MS, used as usize).collect()
+}
+
 /// Takes back `cost` hits that a request recorded at `now` (it was denied by another limit).
 pub fn refund(log: &mut VecDeque<u64>, now: Nanos, cost: u64) {
     let now_ms = now / NANOS_PER_MS;

@@ -175,6 +175,14 @@ pub fn idle_at(state: u64, window_ns: u64, now: Nanos) -> Nanos {
         .saturating_mul(NANOS_PER_MS)
 }
 
+/// The state of a window that has `remaining` hits left at `now`: the rest counted in the
+/// current window.
+pub fn with_remaining(quota: &Quota, remaining: u64, now: Nanos) -> u64 {
+    let (index, _) = position(quota, now);
+    let used = u64::from(quota.requests_per_unit()).saturating_sub(remaining);
+    pack(index, 0, used.min(COUNT_MASK))
+}
+
 /// Re-expresses a state written with windows of `from_ns` in `quota`'s windows: everything it
 /// remembers counts in the current window, so a changed unit never forgets a hit.
 pub fn rescale(quota: &Quota, state: u64, now: Nanos, from_ns: u64) -> u64 {

@@ -126,6 +126,13 @@ pub fn rescale(quota: &Quota, tat: u64, now: Nanos, from: u64) -> u64 {
     clamp_u64(u128::from(now) + (consumed * to).min(capacity))
 }
 
+/// The state of a bucket that has `remaining` tokens at `now` (at most a full one).
+pub fn with_remaining(quota: &Quota, remaining: u64, now: Nanos) -> u64 {
+    let missing = u64::from(quota.burst()).saturating_sub(remaining);
+    let debt = u128::from(missing) * u128::from(token_nanos(quota));
+    clamp_u64(u128::from(now) + debt)
+}
+
 /// A bucket is full, so carries no information, from its `tat` on.
 pub fn idle_at(tat: u64) -> Nanos {
     tat

@@ -13,6 +13,7 @@ pub use outcome::{Code, Decision, DescriptorStatus, ReportedLimit, Usage};
 pub use request::{MAX_DESCRIPTORS, RequestError};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
@@ -21,7 +22,7 @@ use smallvec::SmallVec;
 use crate::clock::Clock;
 use crate::config::RateLimitConfig;
 use crate::quota::Algorithm;
-use crate::store::{Claim, KeyBuilder, Outcome, Role, Settlement, Store};
+use crate::store::{Claim, KeyBuilder, Outcome, Role, Settlement, Store, When};
 use request::Limit;
 
 /// Server-wide decision settings.
@@ -89,6 +90,16 @@ impl Limiter {
 
     /// Decides `request`: match → claims → settle → statuses.
     pub async fn decide(&self, request: &RateLimitRequest) -> Result<Decision, RequestError> {
+        self.decide_within(request, None).await
+    }
+
+    /// Decides `request` for a caller that waits at most `budget` (Envoy's `grpc-timeout`):
+    /// a store that waits on the network answers within it, by its failure policy if need be.
+    pub async fn decide_within(
+        &self,
+        request: &RateLimitRequest,
+        budget: Option<Duration>,
+    ) -> Result<Decision, RequestError> {
         request::check(request)?;
         let config = self.config.load_full();
         let now = self.clock.now();
@@ -115,7 +126,7 @@ impl Limiter {
             Settlement::default()
         } else {
             self.store
-                .settle(&claims, now)
+                .settle(&claims, When::at(now).within(budget))
                 .await
                 .map_err(RequestError::Unavailable)?
         };

@@ -118,8 +118,30 @@ fn redis_metrics(
     counter(
         encoder,
         "redis_timeouts",
-        "Redis calls that outlasted --redis-timeout",
+        "Redis calls that outlasted their wait (--redis-timeout, or the caller's deadline)",
         redis.timeouts(),
+    )?;
+    let (reconciled, lost, units) = redis.late_calls();
+    let mut late = encoder.encode_descriptor(
+        "redis_late_calls",
+        "Calls given up on: late answers reconciled with the answer given, or never answered",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (outcome, value) in [("reconciled", reconciled), ("lost", lost)] {
+        ConstCounter::new(value).encode(late.encode_family(&[("outcome", outcome)])?)?;
+    }
+    counter(
+        encoder,
+        "redis_reconciled_units",
+        "Units given back or charged to make late answers agree with the answers given",
+        units,
+    )?;
+    gauge(
+        encoder,
+        "redis_replicas",
+        "Live replicas sharing Redis, this one included (the failure policy local divides by it)",
+        f64::from(redis.replicas()),
     )?;
     let calls = redis.call_seconds();
     calls.encode(encoder.encode_descriptor(

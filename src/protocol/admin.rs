@@ -68,7 +68,7 @@ async fn decide_json(State(shared): State<Shared>, body: Bytes) -> Response {
             return (StatusCode::BAD_REQUEST, message).into_response();
         }
     };
-    let decision = shared.decide(&request).await;
+    let decision = shared.decide(&request, None).await;
     match &decision {
         Ok(_) => shared.count_call(Method::Json, CallCode::Ok),
         Err(error) => shared.count_error(Method::Json, error),

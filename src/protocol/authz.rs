@@ -60,6 +60,7 @@ impl Authorization for AuthorizationGrpc {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let budget = super::grpc_budget(request.metadata());
         let check = request.into_inner();
         let attributes = check.attributes.unwrap_or_default();
         let mut http = attributes.request.and_then(|r| r.http).unwrap_or_default();
@@ -111,7 +112,7 @@ impl Authorization for AuthorizationGrpc {
                 descriptors,
                 hits_addend: 1,
             };
-            match self.decide_shaped(&request).await {
+            match self.decide_shaped(&request, budget).await {
                 Ok(decision) => Some(decision),
                 Err(error) => {
                     self.shared.count_error(Method::Check, &error);
@@ -153,7 +154,11 @@ impl AuthorizationGrpc {
     /// or waiting longer would pass the smallest `max_delay` among them.
     /// Only the final decision is counted in the metrics; `tollgate_authz_held_requests`
     /// shows the requests held meanwhile.
-    async fn decide_shaped(&self, request: &RateLimitRequest) -> Result<Decision, RequestError> {
+    async fn decide_shaped(
+        &self,
+        request: &RateLimitRequest,
+        budget: Option<Duration>,
+    ) -> Result<Decision, RequestError> {
         let limiter = self.shared.reloader.limiter().clone();
         // One clock for the decisions, the waits and the budget: the limiter's.
         let clock = limiter.clock();
@@ -161,7 +166,7 @@ impl AuthorizationGrpc {
         let decided_since = Instant::now();
         let mut held: Option<HeldGauge<'_>> = None;
         loop {
-            let result = limiter.decide(request).await;
+            let result = limiter.decide_within(request, budget).await;
             let shaping = result.as_ref().ok().and_then(hold);
             let Some((budget, wait)) = shaping else {
                 self.shared.record(request, &result, decided_since);

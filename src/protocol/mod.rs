@@ -7,7 +7,7 @@ pub mod json;
 pub mod rls;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 
@@ -26,10 +26,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Decides `request` and counts it in the metrics.
-    pub async fn decide(&self, request: &RateLimitRequest) -> Result<Decision, RequestError> {
+    /// Decides `request` for a caller that waits at most `budget`, and counts it in the
+    /// metrics.
+    pub async fn decide(
+        &self,
+        request: &RateLimitRequest,
+        budget: Option<Duration>,
+    ) -> Result<Decision, RequestError> {
         let started = Instant::now();
-        let result = self.reloader.limiter().decide(request).await;
+        let result = self.reloader.limiter().decide_within(request, budget).await;
         self.record(request, &result, started);
         result
     }
@@ -93,5 +98,46 @@ pub fn http_status(error: &RequestError) -> axum::http::StatusCode {
     match error {
         RequestError::Unavailable(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
         _ => axum::http::StatusCode::BAD_REQUEST,
+    }
+}
+
+/// How long a gRPC caller waits, from its `grpc-timeout` header (`20m` is 20 ms; units H, M, S,
+/// m, u, n), if it sent one.
+pub fn grpc_budget(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at(split);
+    let amount: u64 = digits.parse().ok()?;
+    let per_unit = match unit {
+        "H" => Duration::from_secs(3600),
+        "M" => Duration::from_secs(60),
+        "S" => Duration::from_secs(1),
+        "m" => Duration::from_millis(1),
+        "u" => Duration::from_micros(1),
+        "n" => Duration::from_nanos(1),
+        _ => return None,
+    };
+    per_unit.checked_mul(u32::try_from(amount).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(value: &str) -> Option<Duration> {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("grpc-timeout", value.parse().unwrap());
+        grpc_budget(&metadata)
+    }
+
+    #[test]
+    fn grpc_timeout_headers_read_as_budgets() {
+        assert_eq!(budget("20m"), Some(Duration::from_millis(20)));
+        assert_eq!(budget("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(budget("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(budget("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(budget("20x"), None);
+        assert_eq!(budget("m"), None);
+        assert_eq!(grpc_budget(&tonic::metadata::MetadataMap::new()), None);
     }
 }

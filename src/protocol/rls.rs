@@ -48,9 +48,10 @@ impl RateLimitService for RateLimitGrpc {
             tracing::Span::none()
         };
         crate::telemetry::continue_trace(&span, request.metadata());
+        let budget = super::grpc_budget(request.metadata());
         let request = request.into_inner();
         span.record("domain", request.domain.as_str());
-        let decided = self.shared.decide(&request).instrument(span).await;
+        let decided = self.shared.decide(&request, budget).instrument(span).await;
         match decided {
             Ok(decision) => {
                 self.shared

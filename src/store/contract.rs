@@ -23,6 +23,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::time::Duration;
 
 use futures_util::future::{BoxFuture, Either, Ready, ready};
 use smallvec::SmallVec;
@@ -34,6 +35,28 @@ use crate::quota::Quota;
 use crate::rule::Consistency;
 
 use super::key::BucketKey;
+
+/// When a request is settled: the time its algorithms read, and how long its caller waits for
+/// the answer, when it said (Envoy's `grpc-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct When {
+    /// The clock's reading for this request.
+    pub now: Nanos,
+    /// How long the caller waits at most.
+    pub budget: Option<Duration>,
+}
+
+impl When {
+    /// At `now`, for a caller that set no deadline.
+    pub fn at(now: Nanos) -> Self {
+        Self { now, budget: None }
+    }
+
+    /// The same, for a caller that waits at most `budget`.
+    pub fn within(self, budget: Option<Duration>) -> Self {
+        Self { budget, ..self }
+    }
+}
 
 /// One descriptor's claim on a bucket: what to take and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,10 +115,71 @@ pub struct Settlement {
     pub outcomes: SmallVec<[Outcome; 4]>,
 }
 
-/// The store could not settle the request; nothing was taken.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("store unavailable: {0}")]
-pub struct Unavailable(pub String);
+/// The store could not settle the request; nothing was taken, unless a call the store gave up
+/// on still takes effect: then [`Unavailable::late`] is set, and whoever answers instead must
+/// tell it what it answered, so the store can make its late effect agree with that answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("store unavailable: {reason}")]
+pub struct Unavailable {
+    /// Why.
+    pub reason: String,
+    /// A call given up on that may still take effect.
+    pub late: Option<Late>,
+}
+
+impl Unavailable {
+    /// Unavailable for `reason`, with nothing under way.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            late: None,
+        }
+    }
+}
+
+impl PartialEq for Unavailable {
+    fn eq(&self, other: &Self) -> bool {
+        self.reason == other.reason
+    }
+}
+
+impl Eq for Unavailable {}
+
+/// A call a store gave up on (it outlasted its time) that may still take effect. Told the
+/// settlement the request got instead, the store waits for the call's own answer and corrects
+/// whatever differs (gives back what it took for a request that was denied, charges what it
+/// did not take for one that was admitted). Dropped untold, the call's effect stands.
+#[derive(Clone)]
+pub struct Late(std::sync::Arc<std::sync::Mutex<Option<Reconcile>>>);
+
+type Reconcile = Box<dyn FnOnce(&Settlement) + Send>;
+
+impl Late {
+    /// A late call that `reconcile` corrects once told the answer given.
+    pub fn new(reconcile: impl FnOnce(&Settlement) + Send + 'static) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(Some(Box::new(
+            reconcile,
+        )))))
+    }
+
+    /// Tells the store the settlement the request got instead (the first call counts).
+    pub fn answered(&self, instead: &Settlement) {
+        let reconcile = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(reconcile) = reconcile {
+            reconcile(instead);
+        }
+    }
+}
+
+impl fmt::Debug for Late {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Late")
+    }
+}
 
 /// What [`Store::settle`] returns: ready at once for stores in memory (no allocation), a boxed
 /// future for stores that wait on the network.
@@ -103,6 +187,9 @@ pub type Settling<'a> = Either<Ready<Result<Settlement, Unavailable>>, BoxFuture
 
 /// A settlement, or why there is none.
 pub type Settled = Result<Settlement, Unavailable>;
+
+/// What [`Store::record`] returns.
+pub type Recording<'a> = BoxFuture<'a, Result<(), Unavailable>>;
 
 /// A settlement available now.
 pub fn settled(settlement: Settled) -> Settling<'static> {
@@ -124,8 +211,14 @@ pub struct Parts<'a> {
 
 /// Where buckets live. See the module documentation for the contract.
 pub trait Store: Send + Sync + fmt::Debug {
-    /// Decides and settles one request's `claims` at `now`, all or nothing.
-    fn settle<'a>(&'a self, claims: &'a [Claim], now: Nanos) -> Settling<'a>;
+    /// Decides and settles one request's `claims`, all or nothing, at `when.now`, answering
+    /// within `when.budget` if it can.
+    fn settle<'a>(&'a self, claims: &'a [Claim], when: When) -> Settling<'a>;
+
+    /// Records usage that already happened, outside any settlement (what the failure policy
+    /// admitted during an outage): each hit's units are taken from its bucket, as many as
+    /// remain.
+    fn record<'a>(&'a self, usage: &'a [(Hit, u64)], when: When) -> Recording<'a>;
 
     /// Drops what is kept for the rules whose tags are in `removed` (a reload took them away).
     fn forget(&self, removed: &HashSet<u32>) {

@@ -2,9 +2,9 @@
 //! failing, or slower than its timeout).
 //!
 //! [`Failover`] settles through its inner store and, when that fails, answers by the policy:
-//! `local` settles on this replica's own memory buckets, `allow` admits and `deny` denies every
-//! claim. The inner store took nothing of a request it failed, so the policy's answer is the
-//! only one counted.
+//! `local` settles on this replica's share of each limit ([`LocalShare`]), `allow` admits and
+//! `deny` denies every claim. The inner store took nothing of a request it failed, except by a
+//! call it gave up on that still runs: that call is told the policy's answer and reconciles.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::future::{BoxFuture, Either};
 
-use super::contract::{self, Claim, Outcome, Parts, Settled, Settlement, Settling, Store};
-use super::memory::MemoryStore;
+use super::contract::{
+    self, Claim, Hit, Outcome, Parts, Recording, Settled, Settlement, Settling, Store, When,
+};
+use super::share::LocalShare;
 use crate::clock::Nanos;
 
 /// What to answer while the store behind the policy is unavailable (`--redis-failure`).
@@ -38,8 +40,8 @@ impl std::fmt::Display for FailurePolicy {
 pub struct Failover {
     inner: Arc<dyn Store>,
     policy: FailurePolicy,
-    /// `local`'s buckets.
-    local: Option<MemoryStore>,
+    /// `local`'s shares.
+    local: Option<LocalShare>,
     fallbacks: AtomicU64,
 }
 
@@ -50,7 +52,7 @@ impl Failover {
         Self {
             inner,
             policy,
-            local: (policy == FailurePolicy::Local).then(|| MemoryStore::new(max_buckets)),
+            local: (policy == FailurePolicy::Local).then(|| LocalShare::new(max_buckets)),
             fallbacks: AtomicU64::new(0),
         }
     }
@@ -65,22 +67,54 @@ impl Failover {
         self.fallbacks.load(Ordering::Relaxed)
     }
 
-    /// The inner store's settlement, or the policy's answer when it has none.
+    /// The inner store's settlement, or the policy's answer when it has none (told to a call
+    /// the inner store gave up on, so its late effect agrees; or else owed by `local`).
     fn or_fall_back(&self, settled: Settled, claims: &[Claim], now: Nanos) -> Settled {
         match settled {
             Ok(settlement) => Ok(settlement),
-            Err(_) => {
+            Err(error) => {
                 self.fallbacks
                     .fetch_add(claims.len() as u64, Ordering::Relaxed);
-                Ok(self.by_policy(claims, now))
+                let settlement = self.by_policy(claims, now);
+                match (error.late, &self.local) {
+                    (Some(late), _) => late.answered(&settlement),
+                    (None, Some(local)) => local.owe(claims, &settlement),
+                    (None, None) => {}
+                }
+                Ok(settlement)
             }
         }
+    }
+
+    /// After the inner store answered at `now`: `local` learns what it said, and the first
+    /// answer after an outage records what the shares admitted meanwhile.
+    async fn answered(&self, claims: &[Claim], settlement: &Settlement, now: Nanos) {
+        let Some(local) = &self.local else { return };
+        local.saw(claims, settlement, now);
+        let owed = local.take_owed();
+        if owed.is_empty() {
+            return;
+        }
+        let units: u64 = owed.iter().map(|(_, units)| units).sum();
+        match self.inner.record(&owed, When::at(now)).await {
+            Ok(()) => tracing::info!(units, "recorded what the shares admitted during the outage"),
+            Err(error) => {
+                tracing::warn!(%error, units, "what the shares admitted during the outage is not recorded")
+            }
+        }
+    }
+
+    /// Live replicas sharing the inner store's Redis (1 without Redis).
+    fn replicas(&self) -> u32 {
+        let mut parts = Parts::default();
+        self.inner.parts(&mut parts);
+        parts.redis.map_or(1, super::RedisStore::replicas)
     }
 
     /// The policy's answer.
     fn by_policy(&self, claims: &[Claim], now: Nanos) -> Settlement {
         if let Some(local) = &self.local {
-            return local.settle_now(claims, now);
+            return local.settle(claims, now, || self.replicas());
         }
         let blindly = match self.policy {
             FailurePolicy::Deny => contract::denied_blindly,
@@ -106,30 +140,36 @@ impl Failover {
 }
 
 impl Store for Failover {
-    fn settle<'a>(&'a self, claims: &'a [Claim], now: Nanos) -> Settling<'a> {
-        match self.inner.settle(claims, now) {
+    fn settle<'a>(&'a self, claims: &'a [Claim], when: When) -> Settling<'a> {
+        let now = when.now;
+        match self.inner.settle(claims, when) {
             // Settled at once (cached mode's leases): nothing to wait for, nothing to box.
             Either::Left(ready) => {
                 contract::settled(self.or_fall_back(ready.into_inner(), claims, now))
             }
             Either::Right(pending) => Either::Right(Box::pin(async move {
-                self.or_fall_back(pending.await, claims, now)
+                let settled = pending.await;
+                if let Ok(settlement) = &settled {
+                    self.answered(claims, settlement, now).await;
+                }
+                self.or_fall_back(settled, claims, now)
             })),
         }
     }
 
+    fn record<'a>(&'a self, usage: &'a [(Hit, u64)], when: When) -> Recording<'a> {
+        self.inner.record(usage, when)
+    }
+
     fn forget(&self, removed: &HashSet<u32>) {
         if let Some(local) = &self.local {
-            Store::forget(local, removed);
+            Store::forget(local.buckets(), removed);
         }
         self.inner.forget(removed);
     }
 
     fn sweep(&self, now: Nanos) -> usize {
-        let local = self
-            .local
-            .as_ref()
-            .map_or(0, |local| Store::sweep(local, now));
+        let local = self.local.as_ref().map_or(0, |local| local.sweep(now));
         local + self.inner.sweep(now)
     }
 
@@ -140,7 +180,7 @@ impl Store for Failover {
     fn parts<'a>(&'a self, parts: &mut Parts<'a>) {
         parts.failover = Some(self);
         if let Some(local) = &self.local {
-            parts.memory = Some(local);
+            parts.memory = Some(local.buckets());
         }
         self.inner.parts(parts);
     }

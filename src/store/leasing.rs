@@ -22,7 +22,9 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::contract::{self, Claim, Hit, Outcome, Parts, Settled, Settlement, Settling, Store};
+use super::contract::{
+    self, Claim, Hit, Outcome, Parts, Recording, Settled, Settlement, Settling, Store, When,
+};
 use super::lease::{self, Leases, Take};
 use super::redis::RedisStore;
 use super::redis::wire::Figures;
@@ -156,7 +158,7 @@ impl Leasing {
 
     /// A request with claims to decide in Redis: one `decide.lua` call settles them with the
     /// served ones.
-    async fn settle_in_redis(&self, claims: &[Claim], plan: Plan, now: Nanos) -> Settled {
+    async fn settle_in_redis(&self, claims: &[Claim], plan: Plan, when: When) -> Settled {
         let Plan {
             served,
             fetching,
@@ -164,7 +166,7 @@ impl Leasing {
         } = plan;
         let known: SmallVec<[Option<bool>; 4]> =
             served.iter().map(|v| v.map(|v| v.allowed)).collect();
-        let (denied, figures) = match self.decide(claims, &known, &lease, fetching, now).await {
+        let (denied, figures) = match self.decide(claims, &known, &lease, fetching, when).await {
             Ok(decided) => decided,
             Err(error) => {
                 self.untake(claims, &served);
@@ -215,17 +217,17 @@ impl Leasing {
         known: &[Option<bool>],
         lease: &[u64],
         fetching: SmallVec<[usize; 4]>,
-        now: Nanos,
+        when: When,
     ) -> Result<(bool, SmallVec<[Figures; 4]>), contract::Unavailable> {
         if fetching.is_empty() {
-            return self.shared.redis.decide(claims, known, lease, now).await;
+            return self.shared.redis.decide(claims, known, lease, when).await;
         }
         let shared = self.shared.clone();
         let claims: SmallVec<[Claim; 4]> = claims.into();
         let known: SmallVec<[Option<bool>; 4]> = known.into();
         let lease: SmallVec<[u64; 4]> = lease.into();
         Completing::new(async move {
-            let decided = shared.redis.decide(&claims, &known, &lease, now).await;
+            let decided = shared.redis.decide(&claims, &known, &lease, when).await;
             for &index in &fetching {
                 let hit = &claims[index].hit;
                 match &decided {
@@ -236,7 +238,7 @@ impl Leasing {
                         } else {
                             figures.taken.saturating_sub(hit.cost)
                         };
-                        shared.leases.fill(hit, &figures.verdict, leased, now);
+                        shared.leases.fill(hit, &figures.verdict, leased, when.now);
                     }
                     Err(_) => shared.leases.fetch_failed(hit),
                 }
@@ -258,13 +260,17 @@ impl Leasing {
 }
 
 impl Store for Leasing {
-    fn settle<'a>(&'a self, claims: &'a [Claim], now: Nanos) -> Settling<'a> {
-        let plan = self.plan(claims, now);
+    fn settle<'a>(&'a self, claims: &'a [Claim], when: When) -> Settling<'a> {
+        let plan = self.plan(claims, when.now);
         if plan.served.iter().all(Option::is_some) {
             // Memory speed: no allocation, no await.
             return contract::settled(Ok(self.settle_served(claims, &plan.served)));
         }
-        Either::Right(Box::pin(self.settle_in_redis(claims, plan, now)))
+        Either::Right(Box::pin(self.settle_in_redis(claims, plan, when)))
+    }
+
+    fn record<'a>(&'a self, usage: &'a [(Hit, u64)], when: When) -> Recording<'a> {
+        self.shared.redis.record(usage, when)
     }
 
     fn forget(&self, removed: &HashSet<u32>) {
@@ -292,6 +298,7 @@ impl Store for Leasing {
             if let Some(task) = task {
                 let _ = task.await;
             }
+            self.shared.redis.close().await;
         })
     }
 

@@ -19,7 +19,9 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use smallvec::SmallVec;
 
-use super::contract::{self, Claim, Hit, Outcome, Parts, Settlement, Settling, Store};
+use super::contract::{
+    self, Claim, Hit, Outcome, Parts, Recording, Settlement, Settling, Store, When,
+};
 use super::key::{BucketKey, FoldHasher};
 use crate::algorithm::{self, FRESH, Verdict, sliding_log};
 use crate::clock::{NANOS_PER_SEC, Nanos};
@@ -269,6 +271,47 @@ impl MemoryStore {
         }
     }
 
+    /// Creates `hit`'s bucket with `remaining` units left at `now`, unless it exists or the
+    /// store is at its cap. For the failure policy `local`, which starts each key from its share
+    /// of what Redis last reported.
+    pub fn seed(&self, hit: &Hit, remaining: u64, now: Nanos) {
+        if hit.quota.algorithm() == Algorithm::SlidingLog {
+            if self.logs.contains_key(&hit.key) || !self.reserve() {
+                return;
+            }
+            if let Entry::Vacant(slot) = self.logs.entry(hit.key) {
+                slot.insert(LogBucket {
+                    log: sliding_log::with_remaining(&hit.quota, remaining, now),
+                    unit_ms: sliding_log::unit_ms(&hit.quota),
+                    tag: hit.rule_tag,
+                    counted: true,
+                });
+            } else {
+                self.release();
+            }
+            return;
+        }
+        if self.buckets.contains_key(&hit.key) || !self.reserve() {
+            return;
+        }
+        if let Entry::Vacant(slot) = self.buckets.entry(hit.key) {
+            slot.insert(Bucket {
+                state: AtomicU64::new(algorithm::with_remaining(&hit.quota, remaining, now)),
+                scale: algorithm::scale(&hit.quota),
+                tag: hit.rule_tag,
+                algorithm: hit.quota.algorithm(),
+                counted: true,
+            });
+        } else {
+            self.release();
+        }
+    }
+
+    /// Drops every bucket.
+    pub fn clear(&self) {
+        self.drop_where(|_| true, |_| true);
+    }
+
     /// Decides `hit` on the bucket at `key`, if it exists.
     fn decide_existing(&self, key: BucketKey, hit: &Hit, now: Nanos) -> Option<Verdict> {
         let bucket = self.buckets.get(&key)?;
@@ -399,8 +442,28 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn settle<'a>(&'a self, claims: &'a [Claim], now: Nanos) -> Settling<'a> {
-        contract::settled(Ok(self.settle_now(claims, now)))
+    fn settle<'a>(&'a self, claims: &'a [Claim], when: When) -> Settling<'a> {
+        contract::settled(Ok(self.settle_now(claims, when.now)))
+    }
+
+    fn record<'a>(&'a self, usage: &'a [(Hit, u64)], when: When) -> Recording<'a> {
+        for (hit, units) in usage {
+            let left = self
+                .acquire(&Hit { cost: 0, ..*hit }, when.now)
+                .verdict
+                .remaining;
+            let taken = (*units).min(left);
+            if taken > 0 {
+                self.acquire(
+                    &Hit {
+                        cost: taken,
+                        ..*hit
+                    },
+                    when.now,
+                );
+            }
+        }
+        Box::pin(async { Ok(()) })
     }
 
     fn forget(&self, removed: &HashSet<u32>) {

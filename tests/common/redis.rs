@@ -87,6 +87,22 @@ impl RedisServer {
         }
     }
 
+    /// Pauses the server (SIGSTOP): connections stay open, nothing is answered, nothing lost.
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Resumes a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let child = self.child.as_ref().expect("a running server");
+        let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
     /// Starts the server again on the same port (empty: there is no persistence).
     pub fn restart(&mut self) {
         self.kill();
@@ -126,12 +142,13 @@ impl RedisServer {
             .unwrap()
     }
 
-    /// Every key matching `pattern` (`redis-cli --scan`), sorted.
+    /// Every bucket key matching `pattern` (`redis-cli --scan`), sorted: the set of live
+    /// replicas (`{prefix}{replicas}:live`) is left out.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let mut keys: Vec<String> = self
             .cli(&["--scan", "--pattern", pattern])
             .lines()
-            .filter(|line| !line.is_empty())
+            .filter(|line| !line.is_empty() && !line.contains("{replicas}"))
             .map(str::to_owned)
             .collect();
         keys.sort();

@@ -1,38 +1,49 @@
 //! The connection to Redis: one multiplexed, self-reconnecting connection to a single node,
-//! or a Redis Cluster connection (one per shard, following slot moves).
+//! or a Redis Cluster connection (one per shard, following slot moves). Calls take a cheap
+//! clone of it ([`Conn`]), so a call can outlive the request that made it; the health probe
+//! replaces it with a freshly made one once Redis answers again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{ClientTlsConfig, RedisResult, ScriptInvocation, TlsCertificates};
+use redis::{ClientTlsConfig, RedisFuture, RedisResult, TlsCertificates, Value};
 
 use super::{RedisOptions, RedisTls, tls};
 
 /// How long connecting may take before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub(super) enum Link {
+/// How to connect, and the connection in use once one is made.
+pub(super) struct Link {
+    client: Client,
+    connection: ArcSwapOption<Conn>,
+}
+
+enum Client {
+    Single(Box<(redis::Client, ConnectionManagerConfig)>),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A connection in use: cheap to clone, shared by concurrent calls (pipelined).
+#[derive(Clone)]
+pub(super) enum Conn {
     Single(ConnectionManager),
-    Cluster {
-        client: Box<ClusterClient>,
-        /// Set once the first connection succeeds; the cluster connection then follows
-        /// topology changes and reconnects shards by itself.
-        connection: ArcSwapOption<ClusterConnection>,
-    },
+    Cluster(ClusterConnection),
 }
 
 impl Link {
-    /// A link for `options`; nothing is connected yet.
+    /// A link for `options`; nothing is connected until [`Link::reconnect`].
     pub(super) fn new(options: &RedisOptions) -> RedisResult<Self> {
-        // Each call has the caller's own deadline; these bound what happens under it.
-        let response_timeout = options.timeout.max(Duration::from_millis(100));
+        // Each call has its own, shorter wait; a call given up on is still awaited for its late
+        // answer (reconcile.rs), so the connection itself waits as long as that.
+        let response_timeout = super::reconcile::LATE_WAIT;
         tls::install_crypto_provider();
         let certificates = certificates(&options.tls);
-        if options.cluster || options.urls.len() > 1 {
+        let client = if options.cluster || options.urls.len() > 1 {
             let mut builder = ClusterClient::builder(options.urls.clone())
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(response_timeout)
@@ -40,63 +51,84 @@ impl Link {
             if let Some(certificates) = certificates {
                 builder = builder.certs(certificates);
             }
-            let client = builder.build()?;
-            return Ok(Self::Cluster {
-                client: Box::new(client),
-                connection: ArcSwapOption::empty(),
-            });
-        }
-        let url = options.urls.first().map_or("redis://127.0.0.1:6379", |u| u);
-        let client = match certificates {
-            Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
-            None => redis::Client::open(url)?,
+            Client::Cluster(Box::new(builder.build()?))
+        } else {
+            let url = options.urls.first().map_or("redis://127.0.0.1:6379", |u| u);
+            let client = match certificates {
+                Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
+                None => redis::Client::open(url)?,
+            };
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(response_timeout))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_secs(2));
+            Client::Single(Box::new((client, config)))
         };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(response_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(2));
-        Ok(Self::Single(ConnectionManager::new_lazy_with_config(
-            client, config,
-        )?))
+        Ok(Self {
+            client,
+            connection: ArcSwapOption::empty(),
+        })
     }
 
-    /// Runs a script invocation.
-    pub(super) async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> RedisResult<Vec<i64>> {
-        match self {
-            Self::Single(manager) => invocation.invoke_async(&mut manager.clone()).await,
-            Self::Cluster { connection, .. } => {
-                let Some(connection) = connection.load_full() else {
-                    return Err(not_connected());
-                };
-                invocation.invoke_async(&mut (*connection).clone()).await
+    /// The connection in use, if one was made.
+    pub(super) fn conn(&self) -> Option<Conn> {
+        self.connection.load().as_deref().cloned()
+    }
+
+    /// Makes a fresh connection, checks that Redis answers on it for `key`'s slot, and puts it
+    /// in use. A fresh one, because the one in use may be dead without knowing it yet (a
+    /// restarted Redis): reusing it would fail once more before reconnecting. On a single node
+    /// the check is a PING; on a Cluster a read of `key`, which goes to the master serving its
+    /// slot (a cluster-wide PING skips masters the client has lost).
+    pub(super) async fn reconnect(&self, key: &str) -> RedisResult<()> {
+        let fresh = match &self.client {
+            Client::Single(single) => {
+                let (client, config) = &**single;
+                let mut manager =
+                    ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+                redis::cmd("PING").query_async::<()>(&mut manager).await?;
+                Conn::Single(manager)
             }
-        }
-    }
-
-    /// Checks that Redis answers for `key`'s slot, connecting first if need be: a PING on a
-    /// single node; on a Cluster, a read of `key`, which goes to the master serving its slot
-    /// (a cluster-wide PING skips masters the client has lost, so it would pass while the
-    /// slot that failed is still down).
-    pub(super) async fn ping(&self, key: &str) -> RedisResult<()> {
-        match self {
-            Self::Single(manager) => redis::cmd("PING").query_async(&mut manager.clone()).await,
-            Self::Cluster { client, connection } => {
-                let mut live = match connection.load_full() {
-                    Some(live) => (*live).clone(),
-                    None => {
-                        let fresh = client.get_async_connection().await?;
-                        connection.store(Some(Arc::new(fresh.clone())));
-                        fresh
-                    }
-                };
+            Client::Cluster(client) => {
+                let mut connection = client.get_async_connection().await?;
                 redis::cmd("EXISTS")
                     .arg(key)
-                    .query_async::<i64>(&mut live)
-                    .await
-                    .map(drop)
+                    .query_async::<i64>(&mut connection)
+                    .await?;
+                Conn::Cluster(connection)
             }
+        };
+        self.connection.store(Some(Arc::new(fresh)));
+        Ok(())
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(manager) => manager.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(manager) => manager.req_packed_commands(cmd, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(manager) => manager.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
         }
     }
 }
@@ -116,8 +148,4 @@ fn certificates(tls: &RedisTls) -> Option<TlsCertificates> {
             }),
         root_cert: tls.ca.clone(),
     })
-}
-
-fn not_connected() -> redis::RedisError {
-    (redis::ErrorKind::Io, "not connected to the cluster yet").into()
 }

@@ -12,31 +12,37 @@
 //! together. Every key carries a TTL that ends when its bucket is whole again (plus a second),
 //! so Redis memory never outgrows the buckets in use.
 //!
-//! A call that fails or outlasts the timeout marks Redis *degraded*: calls then fail at once,
-//! without waiting, while a background probe pings with backoff and restores global counting
-//! as soon as Redis answers again.
+//! A call waits at most `--redis-timeout`, and less when the caller's own deadline is nearer
+//! (three quarters of what is left of it). A call that fails is answered by the failure
+//! policy; [`health`] says when failures mean an outage, and [`reconcile`] makes a call that
+//! answered too late agree with the answer given instead.
 
+mod call;
+pub mod health;
 mod link;
+pub mod reconcile;
+pub mod replicas;
 mod tls;
 pub mod wire;
 
-use std::fmt::Write as _;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use redis::Script;
 use smallvec::SmallVec;
-use tokio::sync::Notify;
 
 use super::contract::{
-    Claim, Hit, Outcome, Parts, Settled, Settlement, Settling, Store, Unavailable,
+    Claim, Hit, Outcome, Parts, Recording, Settled, Settlement, Settling, Store, Unavailable, When,
 };
-use super::key::BucketKey;
 use super::lease::Unspent;
-use crate::clock::{NANOS_PER_SEC, Nanos};
+use call::{Entry, InFlight};
+use health::{Failure, Health};
 use link::Link;
+use reconcile::{Asked, LateCounts};
+use replicas::Replicas;
 pub use tls::{RedisTls, TlsError, is_tls_url};
 use wire::{Figures, Purpose};
 
@@ -57,18 +63,16 @@ pub struct RedisOptions {
 
 /// The Redis bucket store.
 pub struct RedisStore {
+    me: Weak<RedisStore>,
     link: Link,
-    decide: Script,
-    lease: Script,
-    give_back: Script,
+    decide: Arc<Script>,
+    lease: Arc<Script>,
+    give_back: Arc<Script>,
     prefix: String,
     timeout: Duration,
-    degraded: AtomicBool,
-    wake_probe: Arc<Notify>,
-    errors: AtomicU64,
-    timeouts: AtomicU64,
-    /// The domain tag of the last failed call: the probe checks that slot.
-    failed_tag: AtomicU64,
+    health: Health,
+    replicas: Replicas,
+    late: LateCounts,
     /// How long answered calls took (timed-out calls are counted in `timeouts` instead).
     call_seconds: Histogram,
 }
@@ -82,75 +86,69 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// One entry of a script call.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    /// The bucket, or none for [`wire::KIND_DECIDED`].
-    key: Option<BucketKey>,
-    kind: u64,
-    cost: u64,
-    p1: u64,
-    p2: u64,
-    /// Decide entries only: the role bits and the units to lease.
-    role: Option<(u64, u64)>,
-}
-
-impl Entry {
-    fn of(hit: &Hit, cost: u64, role: Option<(u64, u64)>) -> Self {
-        let (kind, p1, p2) = wire::shape(&hit.quota);
-        Self {
-            key: Some(hit.key),
-            kind,
-            cost,
-            p1,
-            p2,
-            role,
-        }
-    }
+/// A failed call, and the call itself when it may still answer (it timed out).
+struct Failed {
+    error: Unavailable,
+    in_flight: Option<InFlight>,
 }
 
 impl RedisStore {
     /// A store for `options`, connecting in the background: it starts degraded when Redis is
     /// not reachable yet and recovers by itself. Errors only for a malformed URL.
     pub fn start(options: &RedisOptions) -> Result<Arc<Self>, Unavailable> {
-        let link = Link::new(options).map_err(|e| Unavailable(e.to_string()))?;
-        let store = Arc::new(Self {
+        let link = Link::new(options).map_err(|e| Unavailable::new(e.to_string()))?;
+        let store = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             link,
-            decide: Script::new(&Purpose::Decide.script()),
-            lease: Script::new(&Purpose::Lease.script()),
-            give_back: Script::new(&Purpose::GiveBack.script()),
+            decide: Arc::new(Script::new(&Purpose::Decide.script())),
+            lease: Arc::new(Script::new(&Purpose::Lease.script())),
+            give_back: Arc::new(Script::new(&Purpose::GiveBack.script())),
             prefix: options.prefix.clone(),
             timeout: options.timeout,
-            degraded: AtomicBool::new(true),
-            wake_probe: Arc::new(Notify::new()),
-            errors: AtomicU64::new(0),
-            timeouts: AtomicU64::new(0),
-            failed_tag: AtomicU64::new(0),
+            health: Health::new(),
+            replicas: Replicas::new(),
+            late: LateCounts::default(),
             // 50 µs … ~100 ms, doubling.
             call_seconds: Histogram::new(exponential_buckets(5e-5, 2.0, 12)),
         });
-        tokio::spawn(probe(Arc::downgrade(&store), store.wake_probe.clone()));
+        tokio::spawn(health::probe(Arc::downgrade(&store), store.health.waker()));
+        tokio::spawn(replicas::heartbeat(Arc::downgrade(&store)));
         Ok(store)
     }
 
     /// Whether Redis is currently bypassed because it failed.
     pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
+        self.health.is_degraded()
     }
 
     /// Calls that failed with an error since start.
     pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+        self.health.errors()
     }
 
-    /// Calls that outlasted the timeout since start.
+    /// Calls that outlasted their time since start.
     pub fn timeouts(&self) -> u64 {
-        self.timeouts.load(Ordering::Relaxed)
+        self.health.timeouts()
     }
 
     /// Round-trip times of the calls Redis answered, with a reply or a server error.
     pub fn call_seconds(&self) -> &Histogram {
         &self.call_seconds
+    }
+
+    /// Live replicas sharing this Redis at the last heartbeat, this one included.
+    pub fn replicas(&self) -> u32 {
+        self.replicas.count()
+    }
+
+    /// Calls given up on whose late answers were reconciled, those that never answered, and
+    /// the units given back or charged to reconcile them.
+    pub fn late_calls(&self) -> (u64, u64, u64) {
+        (
+            self.late.reconciled.load(Ordering::Relaxed),
+            self.late.lost.load(Ordering::Relaxed),
+            self.late.corrected_units.load(Ordering::Relaxed),
+        )
     }
 
     /// Waits until Redis answers (or `deadline` passes); true if it did.
@@ -167,12 +165,13 @@ impl RedisStore {
     /// (cached-mode leases) only take part in settling; once the request is admitted, up to
     /// `lease[i]` more units of claim `i`'s bucket are taken for a lease. Returns whether the
     /// request was denied and each claim's figures (`taken`: its cost plus what was leased).
+    /// A call that times out comes back with [`Unavailable::late`] set (see [`reconcile`]).
     pub async fn decide(
         &self,
         claims: &[Claim],
         known: &[Option<bool>],
         lease: &[u64],
-        now: Nanos,
+        when: When,
     ) -> Result<(bool, SmallVec<[Figures; 4]>), Unavailable> {
         let entries: SmallVec<[Entry; 4]> = claims
             .iter()
@@ -194,31 +193,52 @@ impl RedisStore {
             })
             .collect();
         let hash_tag = claims.first().map_or(0, |c| c.hit.hash_tag);
-        let reply = self.run(&self.decide, hash_tag, &entries, now).await?;
-        match reply.split_first() {
-            Some((denied, rest)) if rest.len() == entries.len() * wire::REPLY_FIELDS => Ok((
-                *denied == 1,
-                rest.chunks_exact(wire::REPLY_FIELDS)
-                    .map(wire::figures)
-                    .collect(),
-            )),
-            _ => Err(self.malformed(hash_tag, reply.len(), entries.len())),
-        }
+        let reply = match self
+            .run(&self.decide, hash_tag, &entries, when.now, when.budget)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(Failed {
+                mut error,
+                in_flight,
+            }) => {
+                error.late = in_flight.map(|in_flight| {
+                    let asked = Asked {
+                        claims: claims.into(),
+                        known: known.into(),
+                        now: when.now,
+                    };
+                    reconcile::late(self.me.clone(), in_flight, asked)
+                });
+                return Err(error);
+            }
+        };
+        call::decided(&reply, entries.len())
+            .ok_or_else(|| self.malformed(hash_tag, reply.len(), entries.len()))
     }
 
-    /// Leases up to `slice` units of each hit's bucket (all in one hash tag), as many as
-    /// remain. Returns each lease's figures: the units granted and the bucket after.
+    /// Leases up to `units` of each hit's bucket (all in one hash tag), as many as remain.
+    /// Returns each lease's figures: the bucket before it, and the units granted. A lease that
+    /// answers too late is given back.
     pub async fn lease(
         &self,
         leases: &[(Hit, u64)],
-        now: Nanos,
+        now: crate::clock::Nanos,
     ) -> Result<SmallVec<[Figures; 4]>, Unavailable> {
         let entries: SmallVec<[Entry; 4]> = leases
             .iter()
-            .map(|(hit, slice)| Entry::of(hit, *slice, None))
+            .map(|(hit, units)| Entry::of(hit, *units, None))
             .collect();
         let hash_tag = leases.first().map_or(0, |(hit, _)| hit.hash_tag);
-        let reply = self.run(&self.lease, hash_tag, &entries, now).await?;
+        let reply = match self.run(&self.lease, hash_tag, &entries, now, None).await {
+            Ok(reply) => reply,
+            Err(Failed { error, in_flight }) => {
+                if let Some(in_flight) = in_flight {
+                    self.give_back_when_answered(in_flight, leases.into(), now);
+                }
+                return Err(error);
+            }
+        };
         if reply.len() != entries.len() * wire::REPLY_FIELDS {
             return Err(self.malformed(hash_tag, reply.len(), entries.len()));
         }
@@ -229,7 +249,11 @@ impl RedisStore {
     }
 
     /// Gives back the unspent units of leases, one call per hash tag.
-    pub async fn give_back(&self, unspent: &[Unspent], now: Nanos) -> Result<(), Unavailable> {
+    pub async fn give_back(
+        &self,
+        unspent: &[Unspent],
+        now: crate::clock::Nanos,
+    ) -> Result<(), Unavailable> {
         let mut by_tag: std::collections::HashMap<u64, Vec<Entry>> = Default::default();
         for lease in unspent {
             by_tag
@@ -238,114 +262,130 @@ impl RedisStore {
                 .push(Entry::of(&lease.hit, lease.tokens, None));
         }
         for (hash_tag, entries) in by_tag {
-            self.run(&self.give_back, hash_tag, &entries, now).await?;
+            self.run(&self.give_back, hash_tag, &entries, now, None)
+                .await
+                .map_err(|failed| failed.error)?;
         }
         Ok(())
     }
 
-    /// Runs `script` on `entries` (all in `hash_tag`'s slot) at `now`, within the timeout.
-    /// Decide entries carry a role (DECIDE_FIELDS), the others do not (LEASE_FIELDS).
+    /// A lease answered after it was given up on: its units go back once it answers.
+    fn give_back_when_answered(
+        &self,
+        in_flight: InFlight,
+        leases: SmallVec<[(Hit, u64); 4]>,
+        now: crate::clock::Nanos,
+    ) {
+        let store = self.me.clone();
+        tokio::spawn(async move {
+            let answer = tokio::time::timeout(reconcile::LATE_WAIT, in_flight).await;
+            let (Some(store), Ok(Ok(reply))) = (store.upgrade(), answer) else {
+                return;
+            };
+            let granted: SmallVec<[Unspent; 4]> = leases
+                .iter()
+                .zip(reply.chunks_exact(wire::REPLY_FIELDS).map(wire::figures))
+                .filter(|(_, figures)| figures.taken > 0)
+                .map(|((hit, _), figures)| Unspent {
+                    hit: *hit,
+                    tokens: figures.taken,
+                })
+                .collect();
+            if !granted.is_empty() {
+                let _ = store.give_back(&granted, now).await;
+            }
+        });
+    }
+
+    /// Runs `script` on `entries` (all in `hash_tag`'s slot) at `now`, waiting at most
+    /// `--redis-timeout`, or three quarters of the caller's `budget` when that is less.
     async fn run(
         &self,
-        script: &Script,
+        script: &Arc<Script>,
         hash_tag: u64,
         entries: &[Entry],
-        now: Nanos,
-    ) -> Result<Vec<i64>, Unavailable> {
-        if self.is_degraded() {
-            return Err(Unavailable("degraded, waiting for redis to answer".into()));
-        }
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .arg(now / NANOS_PER_SEC)
-            .arg(now % NANOS_PER_SEC)
-            .arg(wire::GRACE_MS);
-        let mut name = String::with_capacity(self.prefix.len() + 56);
-        for entry in entries {
-            if let Some(key) = entry.key {
-                name.clear();
-                let _ = write!(name, "{}{{{hash_tag:016x}}}:{:032x}", self.prefix, key.0);
-                invocation.key(name.as_str());
-            }
-            invocation
-                .arg(entry.kind)
-                .arg(entry.cost)
-                .arg(entry.p1)
-                .arg(entry.p2);
-            if let Some((role, lease)) = entry.role {
-                invocation.arg(role).arg(lease);
-            }
-        }
-        let call = self.link.invoke(&invocation);
-        let started = Instant::now();
-        let answer = tokio::time::timeout(self.timeout, call).await;
-        // Only what Redis itself answered (a reply or a server error): a refused or dropped
-        // connection fails at once and would make an outage look fast.
-        let answered = match &answer {
-            Ok(Ok(_)) => true,
-            Ok(Err(error)) => !(error.is_io_error() || error.is_connection_dropped()),
-            Err(_) => false,
+        now: crate::clock::Nanos,
+        budget: Option<Duration>,
+    ) -> Result<Vec<i64>, Failed> {
+        let failed = |error| Failed {
+            error,
+            in_flight: None,
         };
-        if answered {
-            self.call_seconds.observe(started.elapsed().as_secs_f64());
+        if self.is_degraded() {
+            return Err(failed(Unavailable::new(
+                "degraded, waiting for redis to answer",
+            )));
         }
+        let Some(conn) = self.link.conn() else {
+            return Err(failed(self.health.failed(
+                hash_tag,
+                Failure::Connection,
+                "not connected".to_owned(),
+            )));
+        };
+        let wait = budget.map_or(self.timeout, |budget| self.timeout.min(budget * 3 / 4));
+        let mut in_flight = call::call(conn, script.clone(), &self.prefix, hash_tag, entries, now);
+        let started = Instant::now();
+        let answer = tokio::time::timeout(wait, &mut in_flight).await;
         match answer {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => {
+                self.call_seconds.observe(started.elapsed().as_secs_f64());
+                self.health.succeeded();
+                Ok(reply)
+            }
             Ok(Err(error)) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                Err(self.fail(hash_tag, error.to_string()))
+                // Only what Redis itself answered is timed: a refused or dropped connection
+                // fails at once and would make an outage look fast.
+                let lost =
+                    !error.is_timeout() && (error.is_io_error() || error.is_connection_dropped());
+                let failure = if error.is_timeout() {
+                    Failure::Timeout
+                } else if lost {
+                    Failure::Connection
+                } else {
+                    self.call_seconds.observe(started.elapsed().as_secs_f64());
+                    Failure::Server
+                };
+                Err(failed(self.health.failed(
+                    hash_tag,
+                    failure,
+                    error.to_string(),
+                )))
             }
-            Err(_) => {
-                self.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(self.fail(hash_tag, format!("no answer within {:?}", self.timeout)))
-            }
+            Err(_) => Err(Failed {
+                error: self.health.failed(
+                    hash_tag,
+                    Failure::Timeout,
+                    format!("no answer within {wait:?}"),
+                ),
+                in_flight: Some(in_flight),
+            }),
         }
     }
 
     fn malformed(&self, hash_tag: u64, values: usize, entries: usize) -> Unavailable {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        self.fail(
+        self.health.failed(
             hash_tag,
+            Failure::Server,
             format!("script answered {values} values for {entries} entries"),
         )
     }
 
-    fn fail(&self, hash_tag: u64, why: String) -> Unavailable {
-        self.failed_tag.store(hash_tag, Ordering::Relaxed);
-        if !self.degraded.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                reason = %why,
-                "redis unavailable: degraded, answering by the failure policy until it recovers"
-            );
-            self.wake_probe.notify_one();
-        }
-        Unavailable(why)
-    }
-}
-
-impl Drop for RedisStore {
-    fn drop(&mut self) {
-        // Let the probe see the store is gone and end.
-        self.wake_probe.notify_one();
-    }
-}
-
-impl Store for RedisStore {
-    fn settle<'a>(&'a self, claims: &'a [Claim], now: Nanos) -> Settling<'a> {
-        futures_util::future::Either::Right(Box::pin(self.settle_strictly(claims, now)))
+    /// A key of this store in `hash_tag`'s slot.
+    fn key_name(&self, hash_tag: u64, name: &str) -> String {
+        call::key_name(&self.prefix, hash_tag, &name)
     }
 
-    fn parts<'a>(&'a self, parts: &mut Parts<'a>) {
-        parts.redis = Some(self);
+    /// The sorted set of live replicas.
+    fn replicas_key(&self) -> String {
+        format!("{}{{replicas}}:live", self.prefix)
     }
-}
 
-impl RedisStore {
-    /// Every claim decided in Redis, in one call.
-    async fn settle_strictly(&self, claims: &[Claim], now: Nanos) -> Settled {
+    /// Strict mode: every claim decided in Redis, in one call.
+    async fn settle_strictly(&self, claims: &[Claim], when: When) -> Settled {
         let known: SmallVec<[Option<bool>; 4]> = claims.iter().map(|_| None).collect();
         let lease: SmallVec<[u64; 4]> = claims.iter().map(|_| 0).collect();
-        let (denied, figures) = self.decide(claims, &known, &lease, now).await?;
+        let (denied, figures) = self.decide(claims, &known, &lease, when).await?;
         Ok(Settlement {
             denied,
             outcomes: figures
@@ -357,41 +397,49 @@ impl RedisStore {
                 .collect(),
         })
     }
+
+    /// Leaves the set of live replicas (at graceful stop).
+    async fn leave(&self) {
+        let Some(mut conn) = self.link.conn() else {
+            return;
+        };
+        let mut leave = redis::cmd("ZREM");
+        leave.arg(self.replicas_key()).arg(self.replicas.id());
+        let _ = tokio::time::timeout(self.timeout, leave.query_async::<()>(&mut conn)).await;
+    }
 }
 
-/// While the store lives: whenever it is degraded, pings Redis with backoff (50 ms doubling
-/// to 2 s) until it answers, then puts it back in service.
-async fn probe(store: std::sync::Weak<RedisStore>, wake: Arc<Notify>) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let Some(live) = store.upgrade() else { return };
-        if !live.is_degraded() {
-            drop(live);
-            wake.notified().await;
-            continue;
-        }
-        let key = format!(
-            "{}{{{:016x}}}:probe",
-            live.prefix,
-            live.failed_tag.load(Ordering::Relaxed)
-        );
-        let answered = tokio::time::timeout(Duration::from_secs(1), live.link.ping(&key)).await;
-        match answered {
-            Ok(Ok(())) => {
-                live.degraded.store(false, Ordering::Relaxed);
-                tracing::info!("redis answers: counting globally again");
-                backoff = Duration::from_millis(50);
+impl Store for RedisStore {
+    fn settle<'a>(&'a self, claims: &'a [Claim], when: When) -> Settling<'a> {
+        futures_util::future::Either::Right(Box::pin(self.settle_strictly(claims, when)))
+    }
+
+    fn record<'a>(&'a self, usage: &'a [(Hit, u64)], when: When) -> Recording<'a> {
+        Box::pin(async move {
+            // One call per hash tag: a lease takes as many units as remain.
+            let mut by_tag: std::collections::HashMap<u64, Vec<(Hit, u64)>> = Default::default();
+            for (hit, units) in usage {
+                by_tag.entry(hit.hash_tag).or_default().push((*hit, *units));
             }
-            failed => {
-                let reason = match failed {
-                    Ok(Err(error)) => error.to_string(),
-                    _ => "ping timed out".to_owned(),
-                };
-                tracing::debug!(%reason, retry_in = ?backoff, "redis still unavailable");
-                drop(live);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+            for usage in by_tag.values() {
+                self.lease(usage, when.now).await?;
             }
-        }
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.leave())
+    }
+
+    fn parts<'a>(&'a self, parts: &mut Parts<'a>) {
+        parts.redis = Some(self);
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // Let the probe see the store is gone and end.
+        self.health.wake();
     }
 }

@@ -1,0 +1,190 @@
+//! The failure policy `local`, spending only this replica's share.
+//!
+//! While Redis cannot answer, each replica decides from its own memory. Left alone, N replicas
+//! would then admit N × a limit. Instead, during an outage each key is enforced here as one
+//! of N equal shares of its limit ([`Quota::share`]: rate and capacity divided by N, rounded
+//! down), N being the live replicas Redis counted before the outage
+//! ([`RedisStore::replicas`](super::RedisStore::replicas)); and each key starts from its share
+//! of what Redis last reported left for it (a key Redis never reported, or that has refilled
+//! since, starts from a full share). Together the replicas then admit at most what was left,
+//! plus what refills meanwhile, as one budget would.
+//!
+//! An outage starts with the first request the inner store fails after one it answered, and
+//! starts from empty local buckets; they are kept (and refill) until the next outage starts.
+//! What the shares admit meanwhile is owed to the global budget: the first request Redis
+//! answers after the outage records it there ([`Store::record`](super::Store::record)), so the
+//! outage is not a free refill. (A call that timed out is reconciled on its own instead: see
+//! [`reconcile`](super::redis::reconcile).)
+
+use std::hash::BuildHasherDefault;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use dashmap::DashMap;
+use smallvec::SmallVec;
+
+use super::contract::{Claim, Hit, Settlement};
+use super::key::{BucketKey, FoldHasher};
+use super::memory::MemoryStore;
+use crate::clock::Nanos;
+
+/// What Redis last said of a key.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    remaining: u64,
+    /// When the bucket is whole again if nothing more is taken.
+    whole_at: Nanos,
+}
+
+/// This replica's share of each limit, for outages.
+#[derive(Debug)]
+pub struct LocalShare {
+    buckets: MemoryStore,
+    seen: DashMap<BucketKey, Seen, BuildHasherDefault<FoldHasher>>,
+    max_seen: usize,
+    in_outage: AtomicBool,
+    /// Units the shares admitted during an outage, by bucket, to record in Redis after it.
+    owed: DashMap<BucketKey, (Hit, u64), BuildHasherDefault<FoldHasher>>,
+    /// Live replicas when the outage started.
+    replicas: AtomicU32,
+    starting: Mutex<()>,
+}
+
+impl LocalShare {
+    /// Shares kept in at most `max_buckets` buckets, and as many keys remembered.
+    pub fn new(max_buckets: usize) -> Self {
+        Self {
+            buckets: MemoryStore::new(max_buckets),
+            seen: DashMap::default(),
+            max_seen: max_buckets,
+            in_outage: AtomicBool::new(false),
+            owed: DashMap::default(),
+            replicas: AtomicU32::new(1),
+            starting: Mutex::new(()),
+        }
+    }
+
+    /// The local buckets.
+    pub fn buckets(&self) -> &MemoryStore {
+        &self.buckets
+    }
+
+    /// Whether an outage is under way (the last request fell back).
+    pub fn in_outage(&self) -> bool {
+        self.in_outage.load(Ordering::Acquire)
+    }
+
+    /// Remembers what the inner store reported for `claims` (Redis answered at `now`), and
+    /// ends an outage.
+    pub fn saw(&self, claims: &[Claim], settlement: &Settlement, now: Nanos) {
+        if self.in_outage.load(Ordering::Relaxed) {
+            self.in_outage.store(false, Ordering::Release);
+        }
+        for (claim, outcome) in claims.iter().zip(&settlement.outcomes) {
+            let seen = Seen {
+                remaining: outcome.verdict.remaining,
+                whole_at: now.saturating_add(outcome.verdict.reset_after),
+            };
+            match self.seen.get_mut(&claim.hit.key) {
+                Some(mut known) => *known = seen,
+                None if self.seen.len() < self.max_seen => {
+                    self.seen.insert(claim.hit.key, seen);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Settles `claims` on this replica's shares, `replicas` sharing each limit (read when an
+    /// outage starts).
+    pub fn settle(
+        &self,
+        claims: &[Claim],
+        now: Nanos,
+        replicas: impl FnOnce() -> u32,
+    ) -> Settlement {
+        self.start_outage(replicas);
+        let parts = self.replicas.load(Ordering::Relaxed);
+        let shares: SmallVec<[Claim; 4]> = claims
+            .iter()
+            .map(|claim| {
+                let hit = Hit {
+                    quota: claim.hit.quota.share(parts),
+                    ..claim.hit
+                };
+                self.buckets
+                    .seed(&hit, self.share_left(&claim.hit, parts, now), now);
+                Claim { hit, ..*claim }
+            })
+            .collect();
+        self.buckets.settle_now(&shares, now)
+    }
+
+    /// Owes the units `settlement` (decided here, for `claims`) took to the global budget.
+    pub fn owe(&self, claims: &[Claim], settlement: &Settlement) {
+        if settlement.denied {
+            return;
+        }
+        for (claim, outcome) in claims.iter().zip(&settlement.outcomes) {
+            if !outcome.verdict.allowed || claim.hit.cost == 0 {
+                continue;
+            }
+            match self.owed.get_mut(&claim.hit.key) {
+                Some(mut owed) => owed.1 = owed.1.saturating_add(claim.hit.cost),
+                None if self.owed.len() < self.max_seen => {
+                    self.owed.insert(claim.hit.key, (claim.hit, claim.hit.cost));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// What the shares admitted since the last call, to record in the global budget.
+    pub fn take_owed(&self) -> Vec<(Hit, u64)> {
+        if self.owed.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<BucketKey> = self.owed.iter().map(|entry| *entry.key()).collect();
+        keys.iter()
+            .filter_map(|key| self.owed.remove(key).map(|(_, owed)| owed))
+            .collect()
+    }
+
+    /// Drops what no longer says anything: keys whole again, buckets idle.
+    pub fn sweep(&self, now: Nanos) -> usize {
+        self.seen.retain(|_, seen| now < seen.whole_at);
+        self.buckets.sweep(now).evicted
+    }
+
+    /// A key's share of what Redis last reported left, or a whole share.
+    fn share_left(&self, hit: &Hit, parts: u32, now: Nanos) -> u64 {
+        let whole = u64::from(hit.quota.share(parts).burst());
+        match self.seen.get(&hit.key) {
+            Some(seen) if now < seen.whole_at => {
+                (seen.remaining / u64::from(parts.max(1))).min(whole)
+            }
+            _ => whole,
+        }
+    }
+
+    fn start_outage(&self, replicas: impl FnOnce() -> u32) {
+        if self.in_outage.load(Ordering::Acquire) {
+            return;
+        }
+        let _starting = self
+            .starting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.in_outage.load(Ordering::Acquire) {
+            return;
+        }
+        let replicas = replicas().max(1);
+        self.buckets.clear();
+        self.replicas.store(replicas, Ordering::Relaxed);
+        self.in_outage.store(true, Ordering::Release);
+        tracing::warn!(
+            replicas,
+            "redis unavailable: each limit is enforced here as one of {replicas} shares until it answers"
+        );
+    }
+}
