@@ -15,6 +15,7 @@ use crate::quota::Algorithm;
 use crate::reload::Reloader;
 use crate::rule::Consistency;
 use crate::server::{ServeError, Server, ServerOptions};
+use crate::snapshot::{SnapshotOptions, Snapshots};
 use crate::store::{
     Failover, FailurePolicy, KeyBuilder, Leasing, MemoryStore, Parts, RedisOptions, RedisStore,
     Store, Unavailable,
@@ -35,6 +36,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Ports, sweeping, watching, metrics and draining.
     pub server: ServerOptions,
+    /// Crash-recovery snapshots of the memory store.
+    pub snapshot: Option<SnapshotOptions>,
 }
 
 /// Where buckets live.
@@ -69,6 +72,9 @@ pub enum BuildError {
     /// A port cannot be bound.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// Snapshots asked of a store that keeps no buckets in memory.
+    #[error("--snapshot-path saves the memory store's buckets: it needs --store memory")]
+    SnapshotWithoutMemory,
 }
 
 /// A service built and bound, ready to serve.
@@ -130,6 +136,7 @@ impl Config {
                 metrics: MetricsOptions::default(),
                 drain_timeout: Duration::from_secs(10),
             },
+            snapshot: None,
         }
     }
 
@@ -143,15 +150,32 @@ impl Config {
         Ok(Limiter::new(config, store, keys, clock, self.settings))
     }
 
-    /// Loads the limits, builds the store and the limiter, and binds the ports.
+    /// Loads the limits, builds the store and the limiter (restoring the last snapshot), and
+    /// binds the ports.
     pub async fn build(self, clock: Arc<dyn Clock>) -> Result<App, BuildError> {
-        let (store, keys) = self.store.build(self.max_buckets, &clock)?;
+        let snapshots = match (&self.snapshot, &self.store) {
+            (None, _) => None,
+            (Some(options), StoreConfig::Memory) => Some(Snapshots::new(options.clone())),
+            (Some(_), StoreConfig::Redis(_)) => return Err(BuildError::SnapshotWithoutMemory),
+        };
+        let saved = snapshots.as_ref().and_then(Snapshots::load);
+        let (store, mut keys) = self.store.build(self.max_buckets, &clock)?;
+        if let Some(saved) = &saved {
+            // Name buckets as the saved ones were named.
+            keys = KeyBuilder::from_secret(saved.secret);
+        }
         let settings = self.settings;
         let reloader = Reloader::start(&self.limits, self.compile, |config| {
             Limiter::new(config, store, keys, clock, settings)
         })?;
         let reloader = Arc::new(reloader);
-        let server = Server::bind(reloader.clone(), self.server).await?;
+        let mut server = Server::bind(reloader.clone(), self.server).await?;
+        if let Some(snapshots) = snapshots {
+            if let Some(saved) = saved {
+                snapshots.restore(saved, reloader.limiter());
+            }
+            server = server.with_snapshots(snapshots);
+        }
         Ok(App { reloader, server })
     }
 }

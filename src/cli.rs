@@ -17,6 +17,7 @@ use crate::quota::Algorithm;
 use crate::reload::{Reloader, Trigger};
 use crate::rule::Consistency;
 use crate::server::ServerOptions;
+use crate::snapshot::SnapshotOptions;
 use crate::store::{FailurePolicy, RedisOptions, RedisTls, TlsError, is_tls_url};
 use crate::telemetry::{self, LogFormat};
 
@@ -133,6 +134,15 @@ struct ServeArgs {
     no_watch: bool,
     #[command(flatten)]
     store: StoreArgs,
+    /// Save the memory store's buckets to this file every --snapshot-interval and at stop, and
+    /// restore them at start, so a restart or a crash does not reset every budget (memory
+    /// store only; the file holds the secret that names buckets: it is created mode 0600).
+    #[arg(long, env = "TOLLGATE_SNAPSHOT_PATH", value_name = "FILE")]
+    snapshot_path: Option<PathBuf>,
+    /// Time between two snapshots: what a crash can lose.
+    #[arg(long, env = "TOLLGATE_SNAPSHOT_INTERVAL", value_name = "DURATION", default_value = "1s",
+          value_parser = parse_interval)]
+    snapshot_interval: Duration,
     /// Seconds between sweeps that drop idle (full) buckets.
     #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", value_name = "SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -317,6 +327,15 @@ pub fn write_value(value: &impl ValueEnum, f: &mut std::fmt::Formatter<'_>) -> s
     }
 }
 
+/// A duration with its unit (`500ms`, `2s`), more than zero.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Ok(_) => Err("must be more than zero".to_owned()),
+        Err(error) => Err(format!("{error} (e.g. 500ms, 2s)")),
+    }
+}
+
 fn parse_ratio(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
@@ -424,6 +443,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 max_series: args.max_metric_series,
             },
         },
+        snapshot: args.snapshot_path.clone().map(|path| SnapshotOptions {
+            path,
+            interval: args.snapshot_interval,
+        }),
     };
     let app = match config.build(Arc::new(SystemClock::new())).await {
         Ok(app) => app,

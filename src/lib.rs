@@ -9,7 +9,8 @@
 //! - [`authz`]: ext_authz tenants: API keys → tenant → tier → descriptors.
 //! - [`protocol`]: Envoy's gRPC `RateLimitService` and `Authorization`, the HTTP admin
 //!   endpoints and JSON.
-//! - [`server`]: listeners, health, shutdown and background upkeep.
+//! - [`server`]: listeners, health, shutdown and background upkeep; [`snapshot`]: the memory
+//!   store saved and restored across restarts.
 //! - [`app`]: the composition root: settings in, a service out.
 
 pub mod algorithm;
@@ -26,5 +27,6 @@ pub mod quota;
 pub mod reload;
 pub mod rule;
 pub mod server;
+pub mod snapshot;
 pub mod store;
 pub mod telemetry;

@@ -8,7 +8,7 @@ use std::fmt;
 use crate::clock::{NANOS_PER_SEC, Nanos};
 
 /// The time unit of a limit, as in envoyproxy/ratelimit (month = 30 days, year = 365 days).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Unit {
     /// One second.
     Second,
@@ -111,7 +111,18 @@ impl fmt::Display for Unit {
 }
 
 /// How a limit admits traffic over time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[value(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Capacity `burst` (default `requests_per_unit`), refilled continuously at
@@ -226,7 +237,7 @@ pub enum QuotaError {
 }
 
 /// A validated limit: `requests_per_unit` per `unit`, enforced by `algorithm`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Quota {
     requests_per_unit: u32,
     unit: Unit,

@@ -15,6 +15,7 @@ use crate::decision::Limiter;
 use crate::metrics::{Metrics, MetricsOptions};
 use crate::protocol::{Shared, admin, authz::AuthorizationGrpc, rls::RateLimitGrpc};
 use crate::reload::{Reloader, watch};
+use crate::snapshot::Snapshots;
 
 /// A failure to start or to keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,7 @@ pub struct Server {
     grpc: TcpListener,
     http: TcpListener,
     options: ServerOptions,
+    snapshots: Option<Snapshots>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -85,7 +87,14 @@ impl Server {
             http: bind("HTTP", options.http_addr).await?,
             reloader,
             options,
+            snapshots: None,
         })
+    }
+
+    /// Also writes snapshots of the memory store while serving, and one at stop.
+    pub fn with_snapshots(mut self, snapshots: Snapshots) -> Self {
+        self.snapshots = Some(snapshots);
+        self
     }
 
     /// The bound gRPC address.
@@ -144,6 +153,9 @@ impl Server {
             let _ = stop_tx.send(true);
         });
 
+        let snapshotter = self.snapshots.clone().map(|snapshots| {
+            tokio::spawn(snapshots.run(limiter.clone(), stopped(stop_rx.clone())))
+        });
         let sweeper = tokio::spawn(sweep(
             limiter.clone(),
             self.options.sweep_interval,
@@ -180,6 +192,13 @@ impl Server {
         // Every call has been answered: the store stops its background work and gives back
         // what it holds (cached-mode leases), so other replicas can spend it.
         limiter.store().close().await;
+        // And the last snapshot, with every answered call in it.
+        if let Some(snapshots) = &self.snapshots {
+            if let Some(task) = snapshotter {
+                let _ = task.await;
+            }
+            snapshots.write_in_background(&limiter).await;
+        }
         grpc?;
         http
     }

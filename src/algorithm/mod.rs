@@ -134,3 +134,33 @@ pub(crate) fn after_ms(ms: u64, now: Nanos) -> Nanos {
 pub(crate) fn clamp_u64(value: u128) -> u64 {
     u64::try_from(value).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::NANOS_PER_SEC;
+    use crate::quota::Unit;
+
+    #[test]
+    fn a_state_made_with_some_remaining_has_that_many_left() {
+        let now = 1_800_000_030 * NANOS_PER_SEC;
+        for algorithm in [
+            Algorithm::TokenBucket,
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindow,
+        ] {
+            let quota = Quota::new(10, Unit::Minute, algorithm);
+            for remaining in [0, 3, 10, 12] {
+                let state = with_remaining(&quota, remaining, now);
+                assert_eq!(
+                    decide(&quota, state, now, 0).remaining,
+                    remaining.min(10),
+                    "{algorithm}, {remaining} left"
+                );
+            }
+        }
+        let log = Quota::new(10, Unit::Minute, Algorithm::SlidingLog);
+        let mut hits = sliding_log::with_remaining(&log, 4, now);
+        assert_eq!(sliding_log::decide(&log, &mut hits, now, 0).remaining, 4);
+    }
+}

@@ -69,6 +69,18 @@ impl RateLimitConfig {
             .collect()
     }
 
+    /// The quota of every counted rule, by tag (to tell which saved buckets still apply).
+    pub fn quotas_by_tag(&self) -> HashMap<u32, crate::quota::Quota> {
+        self.domains
+            .values()
+            .flat_map(|domain| domain.root.rules())
+            .filter_map(|rule| match rule.policy {
+                Policy::Limited(quota) => Some((rule.tag, quota)),
+                Policy::Unlimited => None,
+            })
+            .collect()
+    }
+
     /// The domains that serve ext_authz, by name.
     pub fn authorization_domains(&self) -> Vec<&Domain> {
         let mut domains: Vec<_> = self

@@ -83,6 +83,11 @@ impl Limiter {
         &self.store
     }
 
+    /// How bucket keys are named.
+    pub fn keys(&self) -> &KeyBuilder {
+        &self.keys
+    }
+
     /// The clock decisions read.
     pub fn clock(&self) -> &dyn Clock {
         &*self.clock

@@ -60,6 +60,16 @@ impl KeyBuilder {
         }
     }
 
+    /// The secret hash key, to name buckets alike after a restart (memory snapshots keep it).
+    pub fn secret(&self) -> [u64; 2] {
+        [self.k0, self.k1]
+    }
+
+    /// A builder with the secret hash key of an earlier one ([`KeyBuilder::secret`]).
+    pub fn from_secret([k0, k1]: [u64; 2]) -> Self {
+        Self { k0, k1 }
+    }
+
     /// A 64-bit digest of `domain`, the Redis hash tag that keeps a request's keys together.
     pub fn domain_tag(&self, domain: &str) -> u64 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);

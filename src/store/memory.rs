@@ -513,5 +513,8 @@ fn update(state: &AtomicU64, decide: impl Fn(u64) -> Verdict) -> Verdict {
     }
 }
 
+mod image;
+pub use image::{Image, Saved};
+
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this helper
 
+pub mod process;
 pub mod redis;
 pub mod scrape;
 
@@ -180,6 +181,7 @@ pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
                 max_series: setup.max_metric_series,
             },
         },
+        snapshot: None,
     }
 }
 

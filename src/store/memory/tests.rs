@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -248,4 +248,51 @@ fn sliding_logs_share_the_cap_and_are_swept_refunded_and_forgotten() {
     );
     assert_eq!(store.forget(&HashSet::from([7])).evicted, 1);
     assert_eq!(store.live(), 0);
+}
+
+#[test]
+fn exported_buckets_are_imported_only_under_their_quota() {
+    let store = MemoryStore::new(10);
+    let quota = Quota::new(5, Unit::Minute, Algorithm::TokenBucket);
+    store.acquire(&hit(1, 5, 2), T0); // tag 1
+    store.acquire(&hit(2, 5, 3), T0); // tag 0
+    store.acquire(&log_hit(3, 5, 4), T0); // tag 7
+    let quotas: HashMap<u32, Quota> = [(1, quota), (7, log_hit(3, 5, 0).quota)].into();
+    let images = store.export(&quotas);
+    assert_eq!(images.len(), 3);
+
+    let restored = MemoryStore::new(10);
+    assert_eq!(restored.import(images.clone(), &quotas), 3);
+    assert_eq!(restored.acquire(&hit(1, 5, 0), T0).verdict.remaining, 3);
+    assert_eq!(restored.acquire(&hit(2, 5, 0), T0).verdict.remaining, 2);
+    assert_eq!(restored.acquire(&log_hit(3, 5, 0), T0).verdict.remaining, 1);
+    assert_eq!(restored.live(), 3);
+
+    let changed: HashMap<u32, Quota> =
+        [(1, Quota::new(6, Unit::Minute, Algorithm::TokenBucket))].into();
+    let fresh = MemoryStore::new(10);
+    assert_eq!(
+        fresh.import(images, &changed),
+        1,
+        "tag 1 changed, tag 7 removed: only the request-sent limit (tag 0) is restored"
+    );
+    assert_eq!(fresh.acquire(&hit(1, 6, 0), T0).verdict.remaining, 6);
+}
+
+#[test]
+fn a_seeded_bucket_has_what_it_was_seeded_with() {
+    let store = MemoryStore::new(10);
+    store.seed(&hit(1, 10, 0), 4, T0);
+    assert_eq!(store.acquire(&hit(1, 10, 0), T0).verdict.remaining, 4);
+    store.seed(&hit(1, 10, 0), 9, T0);
+    assert_eq!(
+        store.acquire(&hit(1, 10, 0), T0).verdict.remaining,
+        4,
+        "an existing bucket is kept"
+    );
+    store.seed(&log_hit(2, 10, 0), 3, T0);
+    assert_eq!(store.acquire(&log_hit(2, 10, 0), T0).verdict.remaining, 3);
+    store.clear();
+    assert_eq!(store.live(), 0);
+    assert_eq!(store.acquire(&hit(1, 10, 0), T0).verdict.remaining, 10);
 }
