@@ -488,9 +488,15 @@ fn shared_manifests_fit_together() {
     );
     let redis = find("Deployment", "tollgate-redis");
     let redis_args = args_of(container(redis, "redis"));
-    for wanted in [["--save", ""], ["--appendonly", "no"]] {
+    // Persistence: an append-only file synced every second, on a claim the manifests make.
+    for wanted in [["--appendonly", "yes"], ["--appendfsync", "everysec"]] {
         assert!(redis_args.windows(2).any(|w| w == wanted), "{redis_args:?}");
     }
+    let claim = list(&redis["spec"]["template"]["spec"]["volumes"])
+        .iter()
+        .find_map(|volume| volume["persistentVolumeClaim"]["claimName"].as_str())
+        .expect("redis data on a PersistentVolumeClaim");
+    find("PersistentVolumeClaim", claim);
     assert!(is_subset(
         &redis_service["spec"]["selector"],
         &redis["spec"]["template"]["metadata"]["labels"]
