@@ -86,22 +86,16 @@ impl Failover {
         }
     }
 
-    /// After the inner store answered at `now`: `local` learns what it said, and the first
-    /// answer after an outage records what the shares admitted meanwhile.
-    async fn answered(&self, claims: &[Claim], settlement: &Settlement, now: Nanos) {
+    /// Before a request goes to the inner store at `now`, once it is back after an outage:
+    /// what `local`'s shares admitted meanwhile is recorded there first.
+    async fn pay_the_outage(&self, now: Nanos) {
         let Some(local) = &self.local else { return };
-        local.saw(claims, settlement, now);
-        let owed = local.take_owed();
-        if owed.is_empty() {
+        if !local.owes() || self.inner_is_down() {
             return;
         }
-        let units: u64 = owed.iter().map(|(_, units)| units).sum();
-        match self.inner.record(&owed, When::at(now)).await {
-            Ok(()) => tracing::info!(units, "recorded what the shares admitted during the outage"),
-            Err(error) => {
-                tracing::warn!(%error, units, "what the shares admitted during the outage is not recorded")
-            }
-        }
+        local
+            .pay(async |owed: &[(Hit, u64)]| self.inner.record(owed, When::at(now)).await)
+            .await;
     }
 
     /// Live replicas sharing the inner store's Redis (1 without Redis).
@@ -109,6 +103,13 @@ impl Failover {
         let mut parts = Parts::default();
         self.inner.parts(&mut parts);
         parts.redis.map_or(1, super::RedisStore::replicas)
+    }
+
+    /// Whether the inner store's Redis is out of service.
+    fn inner_is_down(&self) -> bool {
+        let mut parts = Parts::default();
+        self.inner.parts(&mut parts);
+        parts.redis.is_some_and(super::RedisStore::is_degraded)
     }
 
     /// The policy's answer.
@@ -148,9 +149,10 @@ impl Store for Failover {
                 contract::settled(self.or_fall_back(ready.into_inner(), claims, now))
             }
             Either::Right(pending) => Either::Right(Box::pin(async move {
+                self.pay_the_outage(now).await;
                 let settled = pending.await;
-                if let Ok(settlement) = &settled {
-                    self.answered(claims, settlement, now).await;
+                if let (Ok(settlement), Some(local)) = (&settled, &self.local) {
+                    local.saw(claims, settlement, now);
                 }
                 self.or_fall_back(settled, claims, now)
             })),

@@ -48,6 +48,9 @@ pub struct LocalShare {
     /// Live replicas when the outage started.
     replicas: AtomicU32,
     starting: Mutex<()>,
+    /// Held while what is owed is recorded: requests wait, so none is decided in Redis before
+    /// the outage's admissions are counted there.
+    recording: tokio::sync::Mutex<()>,
 }
 
 impl LocalShare {
@@ -61,6 +64,7 @@ impl LocalShare {
             owed: DashMap::default(),
             replicas: AtomicU32::new(1),
             starting: Mutex::new(()),
+            recording: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -139,15 +143,39 @@ impl LocalShare {
         }
     }
 
-    /// What the shares admitted since the last call, to record in the global budget.
-    pub fn take_owed(&self) -> Vec<(Hit, u64)> {
-        if self.owed.is_empty() {
-            return Vec::new();
+    /// Whether the shares admitted something not yet recorded in the global budget.
+    pub fn owes(&self) -> bool {
+        !self.owed.is_empty()
+    }
+
+    /// Records what the shares admitted with `record`, once, before the caller goes on: callers
+    /// that come meanwhile wait for it (what is owed stays owed until it is recorded, so they
+    /// see it and wait). What cannot be recorded stays owed.
+    pub async fn pay<E: std::fmt::Display>(
+        &self,
+        record: impl AsyncFnOnce(&[(Hit, u64)]) -> Result<(), E>,
+    ) {
+        let _recording = self.recording.lock().await;
+        let owed: Vec<(Hit, u64)> = self.owed.iter().map(|entry| *entry.value()).collect();
+        if owed.is_empty() {
+            return;
         }
-        let keys: Vec<BucketKey> = self.owed.iter().map(|entry| *entry.key()).collect();
-        keys.iter()
-            .filter_map(|key| self.owed.remove(key).map(|(_, owed)| owed))
-            .collect()
+        let units: u64 = owed.iter().map(|(_, units)| units).sum();
+        match record(&owed).await {
+            Ok(()) => {
+                for (hit, paid) in owed {
+                    // Owed meanwhile (a new failure) stays owed.
+                    self.owed.remove_if_mut(&hit.key, |_, owed| {
+                        owed.1 = owed.1.saturating_sub(paid);
+                        owed.1 == 0
+                    });
+                }
+                tracing::info!(units, "recorded what the shares admitted during the outage");
+            }
+            Err(error) => {
+                tracing::warn!(%error, units, "what the shares admitted during the outage is not recorded yet");
+            }
+        }
     }
 
     /// Drops what no longer says anything: keys whole again, buckets idle.

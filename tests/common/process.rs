@@ -69,6 +69,30 @@ impl Tollgate {
         status == 200
     }
 
+    /// What is left on one descriptor, read with a check that takes nothing.
+    pub async fn remaining(&self, domain: &str, entries: &[(&str, &str)]) -> u64 {
+        let entries: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(key, value)| serde_json::json!({"key": key, "value": value}))
+            .collect();
+        let body = serde_json::json!({
+            "domain": domain,
+            "descriptors": [{"entries": entries, "hitsAddend": 0}],
+        });
+        let answer: serde_json::Value = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/json", self.http))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["statuses"][0]["limitRemaining"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
     /// How many of `calls` requests on one descriptor are admitted.
     pub async fn admitted(&self, domain: &str, entries: &[(&str, &str)], calls: usize) -> usize {
         let mut admitted = 0;
