@@ -216,7 +216,12 @@ impl Leases {
         }
     }
 
-    /// A top-up for `hit`'s lease failed: allow another.
+    /// Units held in `hit`'s lease.
+    pub fn tokens(&self, hit: &Hit) -> u64 {
+        self.leases.get(&hit.key).map_or(0, |lease| lease.tokens)
+    }
+
+    /// A top-up for `hit`'s lease failed (or was not needed): allow another.
     pub fn refill_failed(&self, hit: &Hit) {
         if let Some(mut lease) = self.leases.get_mut(&hit.key) {
             lease.refilling = false;

@@ -346,13 +346,16 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
+/// Tops `hit`'s lease back up to one slice: a replica never holds more than a slice of a key,
+/// so a crash never strands more.
 async fn top_up(shared: Arc<Shared>, hit: Hit) {
     let now = shared.clock.now();
-    match shared
-        .redis
-        .lease(&[(hit, lease::slice(&hit.quota))], now)
-        .await
-    {
+    let wanted = lease::slice(&hit.quota).saturating_sub(shared.leases.tokens(&hit));
+    if wanted == 0 {
+        shared.leases.refill_failed(&hit);
+        return;
+    }
+    match shared.redis.lease(&[(hit, wanted)], now).await {
         Ok(figures) => {
             let Figures { verdict, taken, .. } = figures[0];
             let topped = Hit { cost: 0, ..hit };
