@@ -86,6 +86,19 @@ pub fn hash_key(key: &str) -> String {
 }
 
 impl Authorization {
+    /// How many tenants have API keys.
+    pub fn tenants(&self) -> usize {
+        let mut ids: Vec<&str> = self.keys.values().map(|(t, _)| t.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
+    /// How many tiers are defined.
+    pub fn tiers(&self) -> usize {
+        self.tiers.len()
+    }
+
     /// The API key a request presents, if any: the configured header's value, or for
     /// `authorization` the token after `Bearer `.
     pub fn presented_key<'a>(&self, headers: &'a HashMap<String, String>) -> Option<&'a str> {

@@ -117,6 +117,7 @@ impl Server {
         let shared = Shared {
             metrics: Arc::new(Metrics::new(self.reloader.clone(), self.options.metrics)),
             reloader: self.reloader.clone(),
+            unknown: Default::default(),
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let deadline_rx = stop_rx.clone();

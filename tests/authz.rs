@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::scrape::{samples, value};
+use common::scrape::{samples, total, value};
 use common::{
     RedisSetup, Setup, TestServer, descriptor, eventually, request, start, start_in, start_with,
 };
@@ -1002,7 +1002,7 @@ async fn with_several_authorization_domains_the_route_names_one() {
     }
     let m = scrape(&s).await;
     let calls = |code| {
-        value(
+        total(
             &m,
             "tollgate_calls_total",
             &[("method", "Check"), ("code", code)],
@@ -1261,7 +1261,7 @@ async fn checks_are_counted_by_tenant_and_result_and_keys_never_appear() {
         "{text}"
     );
     assert_eq!(
-        value(
+        total(
             &m,
             "tollgate_calls_total",
             &[("method", "Check"), ("code", "OK")]

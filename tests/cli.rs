@@ -332,3 +332,81 @@ async fn sighup_reloads_the_configuration() {
     kill("-TERM");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
 }
+
+#[test]
+fn redis_flags_without_the_redis_store_are_refused_by_name() {
+    for (flag, value) in [
+        ("--consistency", "cached"),
+        ("--redis-failure", "deny"),
+        ("--redis-timeout", "20ms"),
+        ("--redis-prefix", "x:"),
+    ] {
+        let out = run(&["serve", "--config", "examples/config", flag, value]);
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(flag) && stderr.contains("--store redis"),
+            "{flag}: {stderr}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "examples/config", "--store", "memory"])
+        .env("TOLLGATE_REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("TOLLGATE_REDIS_URL"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_bad_redis_url_is_named_without_its_password() {
+    let out = run(&[
+        "serve",
+        "--config",
+        "examples/config",
+        "--redis-url",
+        "redis://user:secret@[bad:6379",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--redis-url redis://***@"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+}
+
+#[test]
+fn durations_take_units_addresses_take_names_and_validate_reads_the_environment() {
+    let out = run(&[
+        "serve",
+        "--config",
+        "examples/config",
+        "--drain-timeout",
+        "soon",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--drain-timeout"));
+    for (flag, value) in [
+        ("--drain-timeout", "10s"),
+        ("--drain-timeout", "10"),
+        ("--sweep-interval", "500ms"),
+        ("--grpc-addr", "localhost:0"),
+    ] {
+        // Accepted: then `validate`-like failure comes from the config, not the flag.
+        let out = run(&["serve", "--config", "/nonexistent", flag, value]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{flag} {value}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = Command::new(BIN)
+        .arg("validate")
+        .env("TOLLGATE_CONFIG", "examples/config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -452,6 +452,23 @@ fn tollgate_args_in_manifests_parse() {
 /// port, for a domain the limits define; tollgate counts in Redis with the URL of a Secret that
 /// exists; the Service, PDB, HPA and NetworkPolicies select the right pods.
 #[test]
+fn the_chart_and_the_plain_manifests_ask_for_the_same_resources() {
+    let documents = k8s_documents("k8s/shared");
+    let deployment = documents
+        .iter()
+        .find(|d| kind(d) == "Deployment" && name(d) == "tollgate")
+        .expect("the tollgate Deployment");
+    let manifests = &container(deployment, "tollgate")["resources"];
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string("helm/tollgate/values.yaml").unwrap())
+            .unwrap();
+    assert_eq!(
+        manifests, &values["resources"],
+        "k8s/shared/tollgate.yaml and helm/tollgate/values.yaml disagree on resources"
+    );
+}
+
+#[test]
 fn shared_manifests_fit_together() {
     let documents = k8s_documents("k8s/shared");
     let find = |wanted_kind: &str, wanted_name: &str| {

@@ -112,15 +112,22 @@ async fn per_limit_counters_are_exact() {
         value(&m, "tollgate_unknown_domain_requests_total", &[]),
         1.0
     );
-    let calls = |code| {
+    let calls = |code, result| {
         value(
             &m,
             "tollgate_calls_total",
-            &[("method", "ShouldRateLimit"), ("code", code)],
+            &[
+                ("method", "ShouldRateLimit"),
+                ("code", code),
+                ("result", result),
+            ],
         )
     };
-    assert_eq!(calls("OK"), 21.0);
-    assert_eq!(calls("INVALID_ARGUMENT"), 1.0);
+    // The decision has its own label: an over-limit answer is a gRPC OK.
+    let (ok, over) = (calls("OK", "ok"), calls("OK", "over_limit"));
+    assert_eq!(ok + over, 21.0);
+    assert!(over > 0.0, "some were over the limit");
+    assert_eq!(calls("INVALID_ARGUMENT", "error"), 1.0);
     assert_eq!(
         value(&m, "tollgate_decision_duration_seconds_count", &[]),
         22.0

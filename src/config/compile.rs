@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::error::ConfigError;
-use super::locate::{Step, line_of};
+use super::locate::{LazyLocator, Step};
 use super::schema::{DescriptorSpec, FileSpec, RateLimitSpec};
 use super::source::SourceFile;
 use super::{Domain, Options, RateLimitConfig};
@@ -31,7 +31,7 @@ pub fn compile(
         };
         if let Some(first) = domains.get(&domain.name) {
             errors.push(ConfigError {
-                line: line_of(&file.text, &[Step::Key("domain")]),
+                line: LazyLocator::new(&file.text).line_of(&[Step::Key("domain")]),
                 ..ConfigError::file(
                     &file.path,
                     format!(
@@ -72,9 +72,11 @@ fn compile_file(
         return None;
     }
     let before = errors.len();
+    let locator = LazyLocator::new(&file.text);
     let mut builder = TreeBuilder {
         domain: &spec.domain,
         file,
+        locator: &locator,
         options,
         errors,
     };
@@ -91,8 +93,7 @@ fn compile_file(
                         let mut at = section.to_vec();
                         at.extend(problem.at);
                         // The section's line where the node cannot be found (YAML merge keys).
-                        let line =
-                            line_of(&file.text, &at).or_else(|| line_of(&file.text, &section));
+                        let line = locator.line_of(&at).or_else(|| locator.line_of(&section));
                         errors.push(ConfigError {
                             line,
                             ..ConfigError::file(
@@ -139,14 +140,50 @@ fn yaml_error(path: &Path, error: &serde_yaml::Error) -> ConfigError {
     });
     ConfigError {
         line,
-        message: format!("error loading config file: {message}"),
+        message: format!("error loading config file: {}", in_config_words(&message)),
         ..ConfigError::file(path, "")
+    }
+}
+
+/// serde's "field: invalid type: string "x", expected u32" in the config's own words:
+/// "field must be a whole number (0 to 4294967295), not the string "x"".
+pub(super) fn in_config_words(message: &str) -> String {
+    let (field, rest) = match message.split_once(": invalid ") {
+        Some((field, rest)) => (Some(field), rest),
+        None => match message.strip_prefix("invalid ") {
+            Some(rest) => (None, rest),
+            None => return message.to_owned(),
+        },
+    };
+    let Some((got, expected)) = rest
+        .split_once(": ")
+        .and_then(|(_, detail)| detail.rsplit_once(", expected "))
+    else {
+        return message.to_owned();
+    };
+    let wanted = match expected {
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number, 0 or more",
+        "a boolean" => "true or false",
+        "a string" => "a string",
+        "a sequence" => "a list (lines starting with -)",
+        other if other.starts_with("struct ") || other == "a map" => "a mapping (key: value lines)",
+        other => other,
+    };
+    let got = got
+        .replace("integer `", "the number ")
+        .replace("floating point `", "the number ")
+        .replace('`', "");
+    match field {
+        Some(field) => format!("{field} must be {wanted}, not {got}"),
+        None => format!("expected {wanted}, not {got}"),
     }
 }
 
 struct TreeBuilder<'a> {
     domain: &'a str,
     file: &'a SourceFile,
+    locator: &'a LazyLocator<'a>,
     options: &'a Options,
     errors: &'a mut Vec<ConfigError>,
 }
@@ -355,7 +392,7 @@ impl TreeBuilder<'_> {
     fn error(&mut self, path: &[Step], id: &str, message: String) {
         self.errors.push(ConfigError {
             file: self.file.path.clone(),
-            line: line_of(&self.file.text, path),
+            line: self.locator.line_of(path),
             descriptor: Some(id.to_owned()),
             message,
         });

@@ -303,13 +303,13 @@ fn type_and_syntax_errors_keep_the_parser_line() {
         "domain: d\ndescriptors:\n  - just-a-string\n",
         Some(3),
         None,
-        "invalid type: string",
+        "descriptors[0] must be a mapping (key: value lines), not string",
     );
     assert_error(
         "domain: d\ndescriptors:\n  - key: [a, b]\n",
         Some(3),
         None,
-        "expected a string or a number",
+        "descriptors[0].key must be a string or a number, not sequence",
     );
     assert_error(
         "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: -1}\n",
@@ -385,4 +385,28 @@ fn load_reads_a_directory_of_domains() {
     let config = load(dir.path(), &Options::default()).unwrap();
     let names: Vec<_> = config.domains().iter().map(|d| d.name.clone()).collect();
     assert_eq!(names, ["a", "b"]);
+}
+
+#[test]
+fn serde_type_errors_read_in_the_configs_words() {
+    use super::compile::in_config_words;
+    assert_eq!(
+        in_config_words(
+            r#"descriptors[0].rate_limit.requests_per_unit: invalid type: string "5 - key", expected u32"#
+        ),
+        r#"descriptors[0].rate_limit.requests_per_unit must be a whole number from 0 to 4294967295, not string "5 - key""#
+    );
+    assert_eq!(
+        in_config_words(
+            "descriptors[0].rate_limit.requests_per_unit: invalid value: integer `-3`, expected u32"
+        ),
+        "descriptors[0].rate_limit.requests_per_unit must be a whole number from 0 to 4294967295, not the number -3"
+    );
+    assert_eq!(
+        in_config_words(
+            r#"descriptors[0].shadow_mode: invalid type: string "maybe", expected a boolean"#
+        ),
+        r#"descriptors[0].shadow_mode must be true or false, not string "maybe""#
+    );
+    assert_eq!(in_config_words("something else"), "something else");
 }

@@ -78,6 +78,14 @@ impl Collector for StateCollector {
             "When the configuration in force was loaded (Unix time)",
             status.loaded_at_unix,
         )?;
+        encoder
+            .encode_descriptor(
+                "build",
+                "The tollgate build serving",
+                None,
+                prometheus_client::metrics::MetricType::Info,
+            )?
+            .encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
         let info = [("version", status.version.as_str())];
         encoder
             .encode_descriptor(

@@ -62,6 +62,20 @@ label_values!(
 );
 
 label_values!(
+    /// What a call decided.
+    CallResult {
+        /// Allowed.
+        Ok => "ok",
+        /// Over a limit.
+        OverLimit => "over_limit",
+        /// Refused for another reason (ext_authz: no key, unknown key, no limit covers it).
+        Denied => "denied",
+        /// Not decided (a bad request, no store answered).
+        Error => "error",
+    }
+);
+
+label_values!(
     /// What an ext_authz check answered.
     AuthzResult {
         /// Allowed.
@@ -75,13 +89,15 @@ label_values!(
     }
 );
 
-/// Labels of a call: the RPC (or HTTP endpoint) and its result code.
+/// Labels of a call: the RPC (or HTTP endpoint), its gRPC code and what it decided.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CallLabels {
     /// The RPC or endpoint.
     pub method: Method,
-    /// `OK` or the gRPC error code name.
+    /// `OK` or the gRPC error code name (an over-limit decision is a gRPC `OK`).
     pub code: CallCode,
+    /// What was decided.
+    pub result: CallResult,
 }
 
 /// Labels of an ext_authz check. Tenant ids come from the configuration, never from requests

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 
 use super::{Shared, json};
 use crate::decision::Code;
-use crate::metrics::service::{CallCode, Method};
+use crate::metrics::service::{CallCode, CallResult, Method};
 use crate::reload::{Outcome, Trigger};
 use crate::rule::Policy;
 
@@ -64,15 +64,12 @@ async fn decide_json(State(shared): State<Shared>, body: Bytes) -> Response {
     let request = match json::parse_request(&body) {
         Ok(request) => request,
         Err(message) => {
-            shared.count_call(Method::Json, CallCode::InvalidArgument);
+            shared.count_call(Method::Json, CallCode::InvalidArgument, CallResult::Error);
             return (StatusCode::BAD_REQUEST, message).into_response();
         }
     };
     let decision = shared.decide(&request, None).await;
-    match &decision {
-        Ok(_) => shared.count_call(Method::Json, CallCode::Ok),
-        Err(error) => shared.count_error(Method::Json, error),
-    }
+    shared.count_decided(Method::Json, &decision);
     match decision {
         Ok(decision) => {
             let status = match decision.overall {

@@ -27,7 +27,7 @@ use super::Shared;
 use crate::authz::{Attributes, Tenant};
 use crate::clock::{NANOS_PER_SEC, saturating_nanos};
 use crate::decision::{Code, Decision, DescriptorStatus, RequestError};
-use crate::metrics::service::{AuthzLabels, AuthzResult, CallCode, Method};
+use crate::metrics::service::{AuthzLabels, AuthzResult, CallCode, CallResult, Method};
 
 /// The ext_authz gRPC service.
 #[derive(Debug, Clone)]
@@ -76,8 +76,11 @@ impl Authorization for AuthorizationGrpc {
         let Some((domain, authz)) =
             domain.and_then(|d| d.authorization.clone().map(|a| (d.name.clone(), a)))
         else {
-            self.shared
-                .count_call(Method::Check, CallCode::FailedPrecondition);
+            self.shared.count_call(
+                Method::Check,
+                CallCode::FailedPrecondition,
+                CallResult::Error,
+            );
             return Err(Status::failed_precondition(
                 "no domain serves ext_authz: give one domain an authorization: section, or name it in the route's context_extensions (domain)",
             ));
@@ -88,7 +91,8 @@ impl Authorization for AuthorizationGrpc {
             .cloned();
         let Some(tenant) = tenant else {
             self.count(&domain, None, AuthzResult::Unauthorized);
-            self.shared.count_call(Method::Check, CallCode::Ok);
+            self.shared
+                .count_call(Method::Check, CallCode::Ok, CallResult::Denied);
             return Ok(Response::new(answer(
                 Verdict::Unauthorized,
                 None,
@@ -115,7 +119,11 @@ impl Authorization for AuthorizationGrpc {
             match self.decide_shaped(&request, budget).await {
                 Ok(decision) => Some(decision),
                 Err(error) => {
-                    self.shared.count_error(Method::Check, &error);
+                    self.shared.count_call(
+                        Method::Check,
+                        super::call_code(&error),
+                        CallResult::Error,
+                    );
                     return Err(super::grpc_status(&error));
                 }
             }
@@ -138,7 +146,12 @@ impl Authorization for AuthorizationGrpc {
             Verdict::Limited(_) => AuthzResult::Ok,
         };
         self.count(&domain, Some(&tenant), result);
-        self.shared.count_call(Method::Check, CallCode::Ok);
+        let decided = match result {
+            AuthzResult::Ok => CallResult::Ok,
+            AuthzResult::OverLimit => CallResult::OverLimit,
+            AuthzResult::Unauthorized | AuthzResult::Forbidden => CallResult::Denied,
+        };
+        self.shared.count_call(Method::Check, CallCode::Ok, decided);
         Ok(Response::new(answer(
             verdict,
             Some(&tenant),

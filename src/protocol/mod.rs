@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 
+use crate::decision::Code;
 use crate::decision::{Decision, RequestError};
 use crate::metrics::Metrics;
-use crate::metrics::service::{CallCode, Method};
+use crate::metrics::service::{CallCode, CallResult, Method};
 use crate::reload::Reloader;
 
 /// What the wire handlers share: the reloader (and through it the limiter) and the metrics.
@@ -23,6 +24,8 @@ pub struct Shared {
     pub reloader: Arc<Reloader>,
     /// Every metric.
     pub metrics: Arc<Metrics>,
+    /// Unknown domains already warned about.
+    pub unknown: Arc<UnknownDomains>,
 }
 
 impl Shared {
@@ -53,6 +56,10 @@ impl Shared {
         if let Ok(decision) = result {
             if decision.unknown_domain {
                 service.unknown_domain.inc();
+                self.unknown.warn(&request.domain);
+            }
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                log_decision(request, decision);
             }
             for (descriptor, status) in request.descriptors.iter().zip(&decision.statuses) {
                 if let Some(usage) = &status.usage {
@@ -64,15 +71,102 @@ impl Shared {
         }
     }
 
-    /// Counts a call that failed with `error` by method and gRPC code name.
-    pub fn count_error(&self, method: Method, error: &RequestError) {
-        self.count_call(method, call_code(error));
+    /// Counts a decided call, or one that failed, by method, code and result.
+    pub fn count_decided(&self, method: Method, result: &Result<Decision, RequestError>) {
+        match result {
+            Ok(decision) => self.count_call(
+                method,
+                CallCode::Ok,
+                match decision.overall {
+                    Code::Ok => CallResult::Ok,
+                    Code::OverLimit => CallResult::OverLimit,
+                },
+            ),
+            Err(error) => self.count_call(method, call_code(error), CallResult::Error),
+        }
     }
 
-    /// Counts a call by method and result code.
-    pub fn count_call(&self, method: Method, code: CallCode) {
-        let labels = crate::metrics::service::CallLabels { method, code };
+    /// Counts a call by method, gRPC code and result.
+    pub fn count_call(&self, method: Method, code: CallCode, result: CallResult) {
+        let labels = crate::metrics::service::CallLabels {
+            method,
+            code,
+            result,
+        };
         self.metrics.service.calls.get_or_create(&labels).inc();
+    }
+}
+
+/// One debug line per decision: the domain, the result and each limit that applied with its
+/// code (never descriptor values: they may identify users).
+fn log_decision(request: &RateLimitRequest, decision: &Decision) {
+    let limits: Vec<String> = decision
+        .statuses
+        .iter()
+        .filter_map(|status| {
+            let usage = status.usage.as_ref()?;
+            let limit = usage
+                .rule
+                .as_ref()
+                .map_or("(sent in the request)", |r| &r.id);
+            let code = match status.code {
+                Code::Ok => "ok",
+                Code::OverLimit => "over_limit",
+            };
+            Some(format!("{limit}={code}"))
+        })
+        .collect();
+    tracing::debug!(
+        domain = %request.domain,
+        overall = ?decision.overall,
+        limits = %limits.join(" "),
+        "decided"
+    );
+}
+
+/// Warns of requests for domains no configuration file defines, at most once a minute per
+/// domain (a typo in Envoy's `domain:` turns limiting off: it must be seen). At most
+/// [`UnknownDomains::MAX`] domains are remembered; past that, one warning a minute covers them.
+#[derive(Debug, Default)]
+pub struct UnknownDomains {
+    warned: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+impl UnknownDomains {
+    /// Domains remembered at most.
+    pub const MAX: usize = 1000;
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// Warns about `domain` unless that was done less than a minute ago.
+    pub fn warn(&self, domain: &str) {
+        let mut warned = self
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let recent = |at: &Instant| now.duration_since(*at) < Self::EVERY;
+        if warned.get(domain).is_some_and(recent) {
+            return;
+        }
+        if warned.len() >= Self::MAX && !warned.contains_key(domain) {
+            warned.retain(|_, at| recent(at));
+            if warned.len() >= Self::MAX {
+                if warned.get("").is_some_and(recent) {
+                    return;
+                }
+                warned.insert(String::new(), now);
+                tracing::warn!(
+                    "requests for more than {} unknown domains: allowed without limits",
+                    Self::MAX
+                );
+                return;
+            }
+        }
+        warned.insert(domain.to_owned(), now);
+        tracing::warn!(
+            domain,
+            "request for a domain no configuration file defines: allowed without limits (check Envoy's rate limit `domain:`)"
+        );
     }
 }
 

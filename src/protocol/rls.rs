@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::Shared;
 use crate::clock::NANOS_PER_SEC;
 use crate::decision::{Code, Decision, DescriptorStatus};
-use crate::metrics::service::{CallCode, Method};
+use crate::metrics::service::Method;
 
 /// The gRPC service, deciding with the shared limiter.
 #[derive(Debug, Clone)]
@@ -52,14 +52,10 @@ impl RateLimitService for RateLimitGrpc {
         let request = request.into_inner();
         span.record("domain", request.domain.as_str());
         let decided = self.shared.decide(&request, budget).instrument(span).await;
+        self.shared.count_decided(Method::ShouldRateLimit, &decided);
         match decided {
-            Ok(decision) => {
-                self.shared
-                    .count_call(Method::ShouldRateLimit, CallCode::Ok);
-                Ok(Response::new(to_proto(&decision)))
-            }
+            Ok(decision) => Ok(Response::new(to_proto(&decision))),
             Err(error) => {
-                self.shared.count_error(Method::ShouldRateLimit, &error);
                 tracing::debug!(domain = %request.domain, %error, "rate limit request not decided");
                 Err(super::grpc_status(&error))
             }

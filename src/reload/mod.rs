@@ -156,10 +156,15 @@ impl Reloader {
                 )]))
             });
         let now = SystemTime::now();
+        let was_failing = self.status().last_error.is_some();
         match loaded {
             Ok(loaded) if self.in_force(&loaded.version) => {
                 self.update_status(|s| s.last_error = None);
-                tracing::debug!(%trigger, "configuration unchanged");
+                if was_failing {
+                    tracing::info!(%trigger, version = %loaded.version, "configuration valid again: the version in force is unchanged");
+                } else {
+                    tracing::info!(%trigger, version = %loaded.version, "configuration unchanged");
+                }
                 Ok(Outcome::Unchanged)
             }
             Ok(loaded) => {
@@ -171,7 +176,11 @@ impl Reloader {
                 if let Err(join) = swapped.await {
                     tracing::error!(%join, "configuration swap task failed");
                 }
-                tracing::info!(%trigger, version = %next.version, domains = next.domains.len(), "configuration reloaded");
+                if was_failing {
+                    tracing::info!(%trigger, version = %next.version, domains = next.domains.len(), "configuration valid again: reloaded");
+                } else {
+                    tracing::info!(%trigger, version = %next.version, domains = next.domains.len(), "configuration reloaded");
+                }
                 self.update_status(|s| *s = next.after(s));
                 Ok(Outcome::Applied)
             }

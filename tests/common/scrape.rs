@@ -30,3 +30,13 @@ pub fn value(samples: &[Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
     assert!(found.len() <= 1, "{found:?}");
     found.first().map_or(0.0, |s| number(s))
 }
+
+/// The sum of every series of `metric` that has `labels` (and any others).
+pub fn total(samples: &[Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(number)
+        .sum()
+}

@@ -1,0 +1,275 @@
+//! `tollgate serve`: flags in, an [`app::Config`] out, then serve until told to stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{ArgMatches, Args};
+
+use super::CompileArgs;
+use super::store::StoreArgs;
+use super::values::{parse_addr, parse_interval, parse_ratio, parse_seconds, redacted};
+use crate::app::{self, StoreConfig};
+use crate::clock::SystemClock;
+use crate::decision::Settings;
+use crate::metrics::MetricsOptions;
+use crate::reload::{Reloader, Trigger};
+use crate::server::ServerOptions;
+use crate::snapshot::SnapshotOptions;
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// A YAML file, or a directory of *.yaml / *.yml files (one domain per file).
+    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "PATH")]
+    config: PathBuf,
+    /// Address of the gRPC port Envoy calls: RateLimitService, Authorization (ext_authz) and
+    /// grpc.health.v1. A host name is resolved at startup.
+    #[arg(
+        long,
+        env = "TOLLGATE_GRPC_ADDR",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:8081",
+        value_parser = parse_addr
+    )]
+    grpc_addr: SocketAddr,
+    /// Address of the HTTP admin port (GET /healthcheck, POST /json). Keep it on loopback
+    /// unless callers there are trusted.
+    #[arg(
+        long,
+        env = "TOLLGATE_HTTP_ADDR",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:8080",
+        value_parser = parse_addr
+    )]
+    http_addr: SocketAddr,
+    #[command(flatten)]
+    compile: CompileArgs,
+    /// Count and report every limit but never deny (global shadow mode).
+    #[arg(long, env = "TOLLGATE_SHADOW_MODE")]
+    shadow_mode: bool,
+    /// Most per-value buckets kept in memory (about 100 bytes each). Past it, new values of a
+    /// limit share one overflow bucket until idle buckets are swept.
+    #[arg(
+        long,
+        env = "TOLLGATE_MAX_BUCKETS",
+        value_name = "N",
+        default_value_t = 1_000_000
+    )]
+    max_buckets: usize,
+    /// Share of a limit in use from which admitted hits also count as near the limit.
+    #[arg(long, env = "TOLLGATE_NEAR_LIMIT_RATIO", value_name = "RATIO", default_value_t = 0.8,
+          value_parser = parse_ratio)]
+    near_limit_ratio: f64,
+    /// Most per-limit metric series. Series named from request values (detailed_metric,
+    /// value_to_metric, limits sent by Envoy) past it fold into one __overflow__ series.
+    #[arg(
+        long,
+        env = "TOLLGATE_MAX_METRIC_SERIES",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    max_metric_series: usize,
+    /// How long to wait, after SIGTERM/SIGINT, for in-flight calls and open connections
+    /// (`10s`, `500ms`; a bare number is seconds).
+    #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_seconds)]
+    drain_timeout: Duration,
+    /// Do not watch the configuration files; reload only on SIGHUP or POST /reload.
+    #[arg(long, env = "TOLLGATE_NO_WATCH")]
+    no_watch: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Save the memory store's buckets to this file every --snapshot-interval and at stop, and
+    /// restore them at start, so a restart or a crash does not reset every budget (memory
+    /// store only; the file holds the secret that names buckets: it is created mode 0600).
+    #[arg(long, env = "TOLLGATE_SNAPSHOT_PATH", value_name = "FILE")]
+    snapshot_path: Option<PathBuf>,
+    /// Time between two snapshots: what a crash can lose.
+    #[arg(long, env = "TOLLGATE_SNAPSHOT_INTERVAL", value_name = "DURATION", default_value = "1s",
+          value_parser = parse_interval)]
+    snapshot_interval: Duration,
+    /// Time between sweeps that drop idle (full) buckets (`10s`; a bare number is seconds).
+    #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_interval)]
+    sweep_interval: Duration,
+}
+
+/// Serves as `args` say (`given`: which flags were set).
+pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
+    let hangups = catch_hangups();
+    let compile = args.compile.options();
+    let store = match args.store.config(given) {
+        Ok(store) => store,
+        Err(error) => {
+            tracing::error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = app::Config {
+        limits: args.config.clone(),
+        compile,
+        settings: Settings {
+            shadow_mode: args.shadow_mode,
+            default_algorithm: compile.default_algorithm,
+        },
+        max_buckets: args.max_buckets,
+        store: store.clone(),
+        server: ServerOptions {
+            grpc_addr: args.grpc_addr,
+            http_addr: args.http_addr,
+            sweep_interval: args.sweep_interval,
+            watch: !args.no_watch,
+            drain_timeout: args.drain_timeout,
+            metrics: MetricsOptions {
+                near_limit_ratio: args.near_limit_ratio,
+                max_series: args.max_metric_series,
+            },
+        },
+        snapshot: args.snapshot_path.clone().map(|path| SnapshotOptions {
+            path,
+            interval: args.snapshot_interval,
+        }),
+    };
+    let config_store = store;
+    let app = match config.build(Arc::new(SystemClock::new())).await {
+        Ok(app) => app,
+        Err(app::BuildError::Limits(errors)) => {
+            for error in &errors.0 {
+                tracing::error!("{error}");
+            }
+            tracing::error!(path = %args.config.display(), "invalid configuration: not serving");
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log_store(
+        &config_store,
+        &args,
+        app.redis_ready(Duration::from_secs(1)).await,
+    );
+    let app::App { reloader, server } = app;
+    let config = reloader.limiter().config();
+    for domain in config.domains() {
+        tracing::info!("loaded {}", domain.summary());
+    }
+    for domain in config.authorization_domains() {
+        if let Some(authorization) = &domain.authorization {
+            tracing::info!(
+                domain = %domain.name,
+                tenants = authorization.tenants(),
+                tiers = authorization.tiers(),
+                "ext_authz: this domain checks API keys"
+            );
+        }
+    }
+    tracing::info!(version = %reloader.status().version, "configuration in force");
+    tokio::spawn(reload_on_sighup(reloader, hangups));
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        grpc = %args.grpc_addr,
+        http = %args.http_addr,
+        services = "envoy.service.ratelimit.v3.RateLimitService, envoy.service.auth.v3.Authorization, grpc.health.v1.Health",
+        "tollgate serving"
+    );
+    match server.serve(termination()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Says at startup where buckets live and how Redis is used (`ready`: whether it answered).
+fn log_store(store: &StoreConfig, args: &ServeArgs, ready: Option<bool>) {
+    match store {
+        StoreConfig::Memory => tracing::info!(
+            max_buckets = args.max_buckets,
+            snapshots = ?args.snapshot_path,
+            "store: memory (each replica counts alone)"
+        ),
+        StoreConfig::Redis(redis) => {
+            let urls: Vec<String> = redis.options.urls.iter().map(|u| redacted(u)).collect();
+            tracing::info!(
+                ?urls,
+                cluster = redis.options.cluster,
+                consistency = %redis.consistency,
+                failure = %redis.failure,
+                timeout = ?redis.options.timeout,
+                prefix = %redis.options.prefix,
+                "store: redis (one budget for every replica)"
+            );
+            if ready == Some(false) {
+                tracing::warn!(
+                    policy = %redis.failure,
+                    "redis not reachable yet: answering by the failure policy until it is"
+                );
+            }
+        }
+    }
+}
+
+/// SIGHUP, caught from the start of `serve`: its default action would kill the process if
+/// one arrived while the configuration loads.
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+fn catch_hangups() -> Hangups {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGHUP; reload with POST /reload");
+                None
+            }
+        }
+    }
+}
+
+/// Reloads the configuration on every SIGHUP.
+async fn reload_on_sighup(reloader: Arc<Reloader>, hangups: Hangups) {
+    #[cfg(unix)]
+    if let Some(mut hangups) = hangups {
+        while hangups.recv().await.is_some() {
+            // Errors are logged and kept in the status by the reloader.
+            let _ = reloader.reload(Trigger::Signal).await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (reloader, hangups);
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; stopping on SIGINT only");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
