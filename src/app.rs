@@ -14,7 +14,7 @@ use crate::metrics::MetricsOptions;
 use crate::quota::Algorithm;
 use crate::reload::Reloader;
 use crate::rule::Consistency;
-use crate::server::{ServeError, Server, ServerOptions};
+use crate::server::{Limits, ServeError, Server, ServerOptions};
 use crate::snapshot::{SnapshotOptions, Snapshots};
 use crate::store::{
     Failover, FailurePolicy, KeyBuilder, Leasing, MemoryStore, Parts, RedisOptions, RedisStore,
@@ -135,6 +135,7 @@ impl Config {
                 watch: true,
                 metrics: MetricsOptions::default(),
                 drain_timeout: Duration::from_secs(10),
+                limits: Limits::default(),
             },
             snapshot: None,
         }

@@ -410,3 +410,52 @@ fn durations_take_units_addresses_take_names_and_validate_reads_the_environment(
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+#[test]
+fn help_never_shows_a_password_from_the_environment() {
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .env("TOLLGATE_REDIS_URL", "redis://:hunter2@redis:6379")
+        .output()
+        .unwrap();
+    let help = text(&out.stdout);
+    assert!(help.contains("TOLLGATE_REDIS_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}
+
+#[tokio::test]
+async fn a_relative_config_directory_is_reloaded_on_an_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("limits")).unwrap();
+    let file = dir.path().join("limits/d.yaml");
+    std::fs::write(&file, "domain: d\n").unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "--config", "limits"])
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(status) = get_json(http, "/config").await {
+            break status;
+        }
+        assert!(Instant::now() < end, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    std::fs::write(&file, "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n").unwrap();
+    loop {
+        let status = get_json(http, "/config").await.unwrap();
+        if status["version"] != first["version"] {
+            assert_eq!(status["loaded_by"], "file change");
+            break;
+        }
+        assert!(Instant::now() < end, "the edit was never reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -150,7 +150,7 @@ fn serve_help() -> ServeHelp {
             flags.insert(flag.to_owned());
             last = Some(flag.to_owned());
         } else if let Some(rest) = trimmed.strip_prefix("[env: ") {
-            let variable = rest.split('=').next().unwrap().to_owned();
+            let variable = rest.split(['=', ']']).next().unwrap().to_owned();
             env.insert(variable, last.clone().unwrap());
         }
     }

@@ -16,7 +16,7 @@ use crate::clock::SystemClock;
 use crate::decision::Settings;
 use crate::metrics::MetricsOptions;
 use crate::reload::{Reloader, Trigger};
-use crate::server::ServerOptions;
+use crate::server::{Limits, ServerOptions};
 use crate::snapshot::SnapshotOptions;
 
 #[derive(Debug, Args)]
@@ -49,8 +49,9 @@ pub(super) struct ServeArgs {
     /// Count and report every limit but never deny (global shadow mode).
     #[arg(long, env = "TOLLGATE_SHADOW_MODE")]
     shadow_mode: bool,
-    /// Most per-value buckets kept in memory (about 100 bytes each). Past it, new values of a
-    /// limit share one overflow bucket until idle buckets are swept.
+    /// Most per-value buckets kept in memory (about 100 bytes each; a sliding log counts one
+    /// more per 12 hits it can log, so this bounds memory for every algorithm). Past it, new
+    /// values of a limit share one overflow bucket until idle buckets are swept.
     #[arg(
         long,
         env = "TOLLGATE_MAX_BUCKETS",
@@ -76,6 +77,8 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "10s",
           value_parser = parse_seconds)]
     drain_timeout: Duration,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Do not watch the configuration files; reload only on SIGHUP or POST /reload.
     #[arg(long, env = "TOLLGATE_NO_WATCH")]
     no_watch: bool,
@@ -94,6 +97,67 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", value_name = "DURATION", default_value = "10s",
           value_parser = parse_interval)]
     sweep_interval: Duration,
+}
+
+/// What a client may hold of the ports (see the README's security section).
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Open gRPC connections at most; past it a new connection is closed at once.
+    #[arg(
+        long,
+        env = "TOLLGATE_GRPC_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 1024
+    )]
+    grpc_max_connections: usize,
+    /// Concurrent calls (HTTP/2 streams) per gRPC connection at most.
+    #[arg(
+        long,
+        env = "TOLLGATE_GRPC_MAX_CONCURRENT_STREAMS",
+        value_name = "N",
+        default_value_t = 128
+    )]
+    grpc_max_concurrent_streams: u32,
+    /// Largest gRPC request message in bytes (a RateLimitRequest of 1 000 descriptors is far
+    /// smaller).
+    #[arg(long, env = "TOLLGATE_GRPC_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 4 << 20)]
+    grpc_max_message_bytes: usize,
+    /// Longest a gRPC call may take when its caller sets no deadline (Envoy always sets one).
+    #[arg(long, env = "TOLLGATE_GRPC_CALL_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_interval)]
+    grpc_call_timeout: Duration,
+    /// How soon a new connection must send its first bytes, on either port; HTTP/2 keepalive
+    /// pings (every 30 s) must be answered within it too.
+    #[arg(long, env = "TOLLGATE_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "5s",
+          value_parser = parse_interval)]
+    handshake_timeout: Duration,
+    /// Open admin connections at most.
+    #[arg(
+        long,
+        env = "TOLLGATE_ADMIN_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    admin_max_connections: usize,
+    /// Longest wait for an admin request's headers (idle keep-alive connections included) and
+    /// for its whole body and answer (408 past it).
+    #[arg(long, env = "TOLLGATE_ADMIN_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_interval)]
+    admin_request_timeout: Duration,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            grpc_connections: self.grpc_max_connections,
+            grpc_streams: self.grpc_max_concurrent_streams,
+            grpc_message_bytes: self.grpc_max_message_bytes,
+            grpc_call_timeout: self.grpc_call_timeout,
+            handshake_timeout: self.handshake_timeout,
+            admin_connections: self.admin_max_connections,
+            admin_request_timeout: self.admin_request_timeout,
+        }
+    }
 }
 
 /// Serves as `args` say (`given`: which flags were set).
@@ -122,6 +186,7 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
             sweep_interval: args.sweep_interval,
             watch: !args.no_watch,
             drain_timeout: args.drain_timeout,
+            limits: args.limits.limits(),
             metrics: MetricsOptions {
                 near_limit_ratio: args.near_limit_ratio,
                 max_series: args.max_metric_series,

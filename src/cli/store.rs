@@ -24,7 +24,9 @@ pub(super) struct StoreArgs {
         long,
         env = "TOLLGATE_REDIS_URL",
         value_name = "URL",
-        value_delimiter = ','
+        value_delimiter = ',',
+        // It may carry a password: --help never shows what the environment holds.
+        hide_env_values = true
     )]
     pub(super) redis_url: Vec<String>,
     /// The --redis-url addresses are Redis Cluster nodes.

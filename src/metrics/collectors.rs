@@ -47,7 +47,7 @@ impl Collector for StateCollector {
         gauge(
             &mut encoder,
             "buckets",
-            "Live per-value buckets in memory",
+            "Bucket slots in use in memory (a bucket is one; a sliding log one more per 12 hits it can log)",
             live as f64,
         )?;
         counter(

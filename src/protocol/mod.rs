@@ -5,6 +5,7 @@ pub mod admin;
 pub mod authz;
 pub mod json;
 pub mod rls;
+pub mod undecodable;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

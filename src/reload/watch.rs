@@ -77,6 +77,10 @@ impl ConfigWatch {
 
 /// Starts watching `path`; the receiver yields once per batch of change events.
 pub fn watch(path: &Path) -> notify::Result<(ConfigWatch, mpsc::Receiver<()>)> {
+    // Events name absolute paths: a relative --config (the quick start's examples/config)
+    // must be absolute to be recognised in them. Not canonical: a symlink stays a name.
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = absolute.as_path();
     let (tx, rx) = mpsc::channel(1);
     let is_dir = path.is_dir();
     let parent_of = |p: &Path| {

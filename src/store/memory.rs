@@ -69,7 +69,18 @@ struct LogBucket {
     log: VecDeque<u64>,
     unit_ms: u64,
     tag: u32,
-    counted: bool,
+    /// The cap's slots it holds ([`log_slots`]; 0 for an overflow bucket, which holds none).
+    slots: usize,
+}
+
+/// Timestamps a bucket slot's memory holds: a slot is about 100 bytes, a timestamp 8.
+const HITS_PER_SLOT: usize = 12;
+
+/// The slots a sliding log of `quota` holds against the cap: one, and one per 12 hits it can
+/// log. So `--max-buckets` bounds memory whatever the algorithm (a log of 10 000 hits costs
+/// about 80 KB: 835 slots).
+pub fn log_slots(quota: &crate::quota::Quota) -> usize {
+    1 + quota.requests_per_unit() as usize / HITS_PER_SLOT
 }
 
 /// In-process bucket store.
@@ -249,12 +260,13 @@ impl MemoryStore {
                 key,
             };
         }
-        let counted = self.reserve();
+        let slots = log_slots(&hit.quota);
+        let counted = self.reserve_slots(slots);
         let key = if counted { hit.key } else { hit.overflow };
         let mut bucket = match self.logs.entry(key) {
             Entry::Occupied(existing) => {
                 if counted {
-                    self.release();
+                    self.release_slots(slots);
                 }
                 existing.into_ref()
             }
@@ -262,7 +274,7 @@ impl MemoryStore {
                 log: VecDeque::new(),
                 unit_ms: sliding_log::unit_ms(&hit.quota),
                 tag: hit.rule_tag,
-                counted,
+                slots: if counted { slots } else { 0 },
             }),
         };
         Acquired {
@@ -276,7 +288,8 @@ impl MemoryStore {
     /// of what Redis last reported.
     pub fn seed(&self, hit: &Hit, remaining: u64, now: Nanos) {
         if hit.quota.algorithm() == Algorithm::SlidingLog {
-            if self.logs.contains_key(&hit.key) || !self.reserve() {
+            let slots = log_slots(&hit.quota);
+            if self.logs.contains_key(&hit.key) || !self.reserve_slots(slots) {
                 return;
             }
             if let Entry::Vacant(slot) = self.logs.entry(hit.key) {
@@ -284,10 +297,10 @@ impl MemoryStore {
                     log: sliding_log::with_remaining(&hit.quota, remaining, now),
                     unit_ms: sliding_log::unit_ms(&hit.quota),
                     tag: hit.rule_tag,
-                    counted: true,
+                    slots,
                 });
             } else {
-                self.release();
+                self.release_slots(slots);
             }
             return;
         }
@@ -340,9 +353,7 @@ impl MemoryStore {
                 .remove_if(&acquired.key, |_, bucket| bucket.log.is_empty())
             {
                 self.evicted.fetch_add(1, Ordering::Relaxed);
-                if gone.counted {
-                    self.release();
-                }
+                self.release_slots(gone.slots);
             }
             return;
         }
@@ -415,7 +426,7 @@ impl MemoryStore {
             let gone = drop_log(log);
             if gone {
                 evicted += 1;
-                uncounted += usize::from(log.counted);
+                uncounted += log.slots;
             }
             !gone
         });
@@ -429,15 +440,24 @@ impl MemoryStore {
 
     /// Claims room for one more counted bucket, if the cap allows.
     fn reserve(&self) -> bool {
+        self.reserve_slots(1)
+    }
+
+    fn release(&self) {
+        self.release_slots(1);
+    }
+
+    /// Claims `slots` of the cap, if they fit.
+    fn reserve_slots(&self, slots: usize) -> bool {
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
-                (live < self.max_buckets).then_some(live + 1)
+                (live + slots <= self.max_buckets).then_some(live + slots)
             })
             .is_ok()
     }
 
-    fn release(&self) {
-        self.live.fetch_sub(1, Ordering::Relaxed);
+    fn release_slots(&self, slots: usize) {
+        self.live.fetch_sub(slots, Ordering::Relaxed);
     }
 }
 

@@ -26,7 +26,7 @@ use tollgate::metrics::MetricsOptions;
 use tollgate::quota::Algorithm;
 use tollgate::reload::Reloader;
 use tollgate::rule::Consistency;
-use tollgate::server::ServerOptions;
+use tollgate::server::{Limits, ServerOptions};
 use tollgate::store::{FailurePolicy, Parts, RedisOptions, RedisStore, RedisTls};
 
 /// Limits exercising every request semantic (rls.rs; redis.rs replays it against Redis).
@@ -95,6 +95,8 @@ pub struct Setup {
     pub single_file: bool,
     /// Count in Redis (`--store redis`) instead of memory.
     pub redis: Option<RedisSetup>,
+    /// What clients may hold of the ports.
+    pub limits: Limits,
 }
 
 /// The `--redis-*` flags of a server counting in Redis.
@@ -176,6 +178,7 @@ pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
             sweep_interval: Duration::from_secs(3600),
             watch: setup.watch,
             drain_timeout: Duration::from_secs(5),
+            limits: setup.limits,
             metrics: MetricsOptions {
                 near_limit_ratio: 0.8,
                 max_series: setup.max_metric_series,
@@ -231,6 +234,7 @@ impl Default for Setup {
             max_metric_series: 10_000,
             single_file: false,
             redis: None,
+            limits: Limits::default(),
         }
     }
 }

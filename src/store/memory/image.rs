@@ -65,7 +65,7 @@ impl MemoryStore {
             key: entry.key().0,
             rule_tag: entry.tag,
             quota: quota(entry.tag),
-            counted: entry.counted,
+            counted: entry.slots > 0,
             saved: Saved::Log {
                 unit_ms: entry.unit_ms,
                 hits: entry.log.iter().copied().collect(),
@@ -84,7 +84,13 @@ impl MemoryStore {
                 || image
                     .quota
                     .is_some_and(|saved| quotas.get(&image.rule_tag) == Some(&saved));
-            if !unchanged || (image.counted && !self.reserve()) {
+            // The cap's slots it holds: a log one per 12 hits it can log, besides its own.
+            let slots = match (&image.saved, image.quota) {
+                (Saved::Log { .. }, Some(quota)) => super::log_slots(&quota),
+                (Saved::Log { hits, .. }, None) => 1 + hits.len() / super::HITS_PER_SLOT,
+                (Saved::Word { .. }, _) => 1,
+            };
+            if !unchanged || (image.counted && !self.reserve_slots(slots)) {
                 continue;
             }
             let key = BucketKey(image.key);
@@ -112,7 +118,7 @@ impl MemoryStore {
                             log: hits.into(),
                             unit_ms,
                             tag: image.rule_tag,
-                            counted: image.counted,
+                            slots: if image.counted { slots } else { 0 },
                         });
                         true
                     }
@@ -121,7 +127,7 @@ impl MemoryStore {
             };
             match (placed, image.counted) {
                 (true, _) => restored += 1,
-                (false, true) => self.release(),
+                (false, true) => self.release_slots(slots),
                 (false, false) => {}
             }
         }

@@ -296,3 +296,21 @@ fn a_seeded_bucket_has_what_it_was_seeded_with() {
     assert_eq!(store.live(), 0);
     assert_eq!(store.acquire(&hit(1, 10, 0), T0).verdict.remaining, 10);
 }
+
+#[test]
+fn large_sliding_logs_hold_the_cap_in_proportion_to_their_memory() {
+    let store = MemoryStore::new(1000);
+    let big = |key| Hit {
+        quota: Quota::new(10_000, Unit::Hour, Algorithm::SlidingLog),
+        ..log_hit(key, 10_000, 1)
+    };
+    assert_eq!(super::log_slots(&big(1).quota), 834);
+    assert_eq!(store.acquire(&big(1), T0).key, BucketKey(1));
+    assert_eq!(store.live(), 834);
+    // The next one does not fit: it counts in its limit's overflow bucket instead.
+    assert_eq!(store.acquire(&big(2), T0).key, log_hit(2, 1, 1).overflow);
+    assert_eq!(store.live(), 834);
+    // Small logs still fit in what is left.
+    assert_eq!(store.acquire(&log_hit(3, 5, 1), T0).key, BucketKey(3));
+    assert_eq!(store.live(), 835);
+}

@@ -1,7 +1,12 @@
 //! Running the service: bind both ports, serve until told to stop, then drain.
 //!
 //! Binding is separate from serving so a taken port is a startup error before anything is
-//! announced, and so tests can bind port 0 and learn the addresses.
+//! announced, and so tests can bind port 0 and learn the addresses. Both ports are bounded
+//! ([`Limits`]): connections, streams, message sizes and time, so a misbehaving client cannot
+//! take the service down.
+
+mod connections;
+mod http;
 
 use std::future::Future;
 use std::io;
@@ -13,6 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::decision::Limiter;
 use crate::metrics::{Metrics, MetricsOptions};
+use crate::protocol::undecodable::UndecodableLayer;
 use crate::protocol::{Shared, admin, authz::AuthorizationGrpc, rls::RateLimitGrpc};
 use crate::reload::{Reloader, watch};
 use crate::snapshot::Snapshots;
@@ -61,6 +67,46 @@ pub struct ServerOptions {
     pub metrics: MetricsOptions,
     /// Longest wait for in-flight calls and open connections after a stop signal.
     pub drain_timeout: Duration,
+    /// What a client may hold of either port.
+    pub limits: Limits,
+}
+
+/// How often an HTTP/2 connection is pinged; a ping unanswered within the handshake timeout
+/// closes it (the peer is gone, or never reads).
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(30);
+
+/// What a client may hold of the ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open gRPC connections at most.
+    pub grpc_connections: usize,
+    /// Concurrent streams per gRPC connection at most.
+    pub grpc_streams: u32,
+    /// Largest gRPC request message, in bytes.
+    pub grpc_message_bytes: usize,
+    /// Longest a gRPC call may take when its caller set no deadline.
+    pub grpc_call_timeout: Duration,
+    /// How soon a new connection must send its first bytes; then HTTP/2 keepalive pings, each
+    /// to be answered within it, close connections whose peer is gone.
+    pub handshake_timeout: Duration,
+    /// Open admin connections at most.
+    pub admin_connections: usize,
+    /// Longest wait for an admin request's headers (and between requests) and its answer.
+    pub admin_request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            grpc_connections: 1024,
+            grpc_streams: 128,
+            grpc_message_bytes: 4 << 20,
+            grpc_call_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            admin_connections: 256,
+            admin_request_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// A server with its ports bound, ready to serve.
@@ -163,19 +209,53 @@ impl Server {
             stopped(stop_rx.clone()),
         ));
 
+        let limits = self.options.limits;
+        let gate = connections::Gate::new(limits.grpc_connections, limits.handshake_timeout);
+        // Accepted sockets get TCP_NODELAY here: the builder's setting only reaches listeners it
+        // binds itself, and Nagle + delayed ACKs stall answers ~40 ms. A connection past the cap
+        // is closed at once.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let incoming = futures_util::StreamExt::filter_map(incoming, move |accepted| {
+            let admitted = match accepted {
+                Ok(stream) => gate.admit(stream).map(Ok).or_else(|| {
+                    tracing::debug!("gRPC port full: connection closed");
+                    None
+                }),
+                Err(error) => Some(Err(error)),
+            };
+            std::future::ready(admitted)
+        });
+        let bytes = limits.grpc_message_bytes;
         let grpc = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .max_concurrent_streams(Some(limits.grpc_streams))
+            .http2_keepalive_interval(Some(KEEPALIVE_EVERY))
+            .http2_keepalive_timeout(Some(limits.handshake_timeout))
+            .timeout(limits.grpc_call_timeout)
+            .layer(UndecodableLayer::new(shared.clone()))
             .add_service(health_service)
-            .add_service(RateLimitGrpc::new(shared.clone()).into_server())
-            .add_service(AuthorizationGrpc::new(shared.clone()).into_server())
-            .serve_with_incoming_shutdown(
-                // Accepted sockets get TCP_NODELAY here: the builder's setting only reaches
-                // listeners it binds itself, and Nagle + delayed ACKs stall answers ~40 ms.
-                tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
-                stopped(stop_rx.clone()),
-            );
-        let http =
-            axum::serve(self.http, admin::router(shared)).with_graceful_shutdown(stopped(stop_rx));
+            .add_service(
+                RateLimitGrpc::new(shared.clone())
+                    .into_server()
+                    .max_decoding_message_size(bytes),
+            )
+            .add_service(
+                AuthorizationGrpc::new(shared.clone())
+                    .into_server()
+                    .max_decoding_message_size(bytes),
+            )
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        let http_limits = http::HttpLimits {
+            max_connections: limits.admin_connections,
+            request_timeout: limits.admin_request_timeout,
+        };
+        let http = http::serve(
+            self.http,
+            admin::router(shared),
+            http_limits,
+            stopped(stop_rx),
+        );
         let drain = self.options.drain_timeout;
         let deadline = async move {
             stopped(deadline_rx).await;
