@@ -59,6 +59,8 @@ pub struct Authorization {
     pub(crate) tiers: HashMap<String, Vec<Vec<Template>>>,
     /// Key digest → tenant.
     pub(crate) keys: HashMap<[u8; 32], (Arc<Tenant>, [u8; 32])>,
+    /// Failed checks allowed per client address: (requests per unit, unit).
+    pub failed_keys: Option<(u32, crate::quota::Unit)>,
 }
 
 /// What a request carries, as ext_authz reports it.

@@ -1504,3 +1504,78 @@ async fn a_wait_longer_than_max_delay_is_denied_at_once() {
     );
     s.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Key guessing: failed keys per client address, counted with tollgate's own limiter.
+
+/// `get(path, key)` from client address `address`.
+fn get_from(path: &str, key: Option<&str>, address: &str) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+    let mut request = get(path, key);
+    let attributes = request.attributes.as_mut().unwrap();
+    attributes.source = Some(Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: address.to_owned(),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    });
+    request
+}
+
+#[tokio::test]
+async fn a_client_past_its_failed_key_limit_gets_429_without_its_key_being_read() {
+    let s = start(&saas(
+        100,
+        "  failed_keys: {requests_per_unit: 3, unit: minute}\n",
+    ))
+    .await;
+    let mut authz = Authz::connect(&s).await;
+    let guesser = "203.0.113.7";
+    for guess in ["a", "b", "c"] {
+        let denied = authz
+            .check(get_from("/", Some(guess), guesser))
+            .await
+            .denied();
+        assert_eq!(denied.status, 401, "guess {guess}");
+    }
+    // Past the limit: even the right key is not looked at.
+    let locked = authz
+        .check(get_from("/", Some(ACME_KEY), guesser))
+        .await
+        .denied();
+    assert_eq!(locked.status, 429);
+    assert!(
+        locked.headers.iter().any(|(name, _)| name == "retry-after"),
+        "{locked:?}"
+    );
+    // Other addresses are not affected.
+    authz
+        .check(get_from("/", Some(ACME_KEY), "198.51.100.1"))
+        .await
+        .allowed();
+    // A refilled token later, the right key works again.
+    s.advance(Duration::from_secs(20));
+    authz
+        .check(get_from("/", Some(ACME_KEY), guesser))
+        .await
+        .allowed();
+    let m = scrape(&s).await;
+    assert_eq!(
+        value(
+            &m,
+            "tollgate_authz_checks_total",
+            &[
+                ("domain", "saas"),
+                ("tenant", ""),
+                ("tier", ""),
+                ("result", "too_many_failed_keys")
+            ]
+        ),
+        1.0
+    );
+    s.stop().await;
+}

@@ -100,6 +100,26 @@ pub fn compile(spec: &AuthorizationSpec) -> Result<Authorization, Vec<Problem<'_
             }
         }
     }
+    let failed_keys = spec.failed_keys.as_ref().and_then(|limit| {
+        let at = || vec![Step::Key("failed_keys")];
+        let unit = crate::quota::Unit::parse(&limit.unit);
+        if unit.is_none() {
+            problem(
+                at(),
+                format!(
+                    "failed_keys: invalid unit '{}' (expected one of second, minute, hour, day, week, month, year)",
+                    limit.unit
+                ),
+            );
+        }
+        if limit.requests_per_unit == 0 {
+            problem(
+                at(),
+                "failed_keys: requests_per_unit must be at least 1".to_owned(),
+            );
+        }
+        unit.map(|unit| (limit.requests_per_unit, unit))
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -109,6 +129,7 @@ pub fn compile(spec: &AuthorizationSpec) -> Result<Authorization, Vec<Problem<'_
         deny_unlimited: spec.deny_unlimited,
         tiers,
         keys,
+        failed_keys,
     })
 }
 

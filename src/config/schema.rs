@@ -38,6 +38,19 @@ pub struct AuthorizationSpec {
     /// The tenants and their keys.
     #[serde(default)]
     pub tenants: Vec<TenantSpec>,
+    /// At most this many checks with a missing, unknown or revoked key per client address:
+    /// past it, that address gets 429 without its key being looked at, until it refills.
+    pub failed_keys: Option<FailedKeysSpec>,
+}
+
+/// The failed-key limit: `requests_per_unit` per `unit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedKeysSpec {
+    /// Failed checks allowed per unit.
+    pub requests_per_unit: u32,
+    /// second, minute, hour, day, week, month or year.
+    pub unit: String,
 }
 
 fn default_api_key_header() -> String {

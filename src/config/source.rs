@@ -18,14 +18,29 @@ pub struct SourceFile {
     pub text: String,
 }
 
+/// The largest configuration file read: checking is linear in size, but a file this large is
+/// a mistake (a log, a binary), and a reload must not spend seconds on it.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
 /// Reads the configuration files at `path`.
 pub fn read(path: &Path) -> Result<Vec<SourceFile>, ConfigError> {
     let files = list(path)?;
     files
         .into_iter()
-        .map(|file| match fs::read_to_string(&file) {
-            Ok(text) => Ok(SourceFile { path: file, text }),
-            Err(e) => Err(ConfigError::file(&file, format!("cannot read file: {e}"))),
+        .map(|file| {
+            let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            if size > MAX_FILE_BYTES {
+                return Err(ConfigError::file(
+                    &file,
+                    format!(
+                        "file is {size} bytes, more than the {MAX_FILE_BYTES} a configuration file may have"
+                    ),
+                ));
+            }
+            match fs::read_to_string(&file) {
+                Ok(text) => Ok(SourceFile { path: file, text }),
+                Err(e) => Err(ConfigError::file(&file, format!("cannot read file: {e}"))),
+            }
         })
         .collect()
 }

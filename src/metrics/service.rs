@@ -86,6 +86,8 @@ label_values!(
         Unauthorized => "unauthorized",
         /// No limit covers the request and `deny_unlimited` is set: 403.
         Forbidden => "forbidden",
+        /// The client address is past its failed-key limit: 429, no key looked at.
+        TooManyFailedKeys => "too_many_failed_keys",
     }
 );
 

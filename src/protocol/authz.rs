@@ -16,8 +16,13 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+    Entry, RateLimitOverride,
+};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::google::protobuf::UInt64Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -36,6 +41,36 @@ pub struct AuthorizationGrpc {
 }
 
 impl AuthorizationGrpc {
+    /// Counts `cost` failed keys from `client` against `domain`'s failed-key limit (0: only
+    /// reads it), with tollgate's own limiter: a limit sent with the request, keyed by the
+    /// address, in the same store as every other limit (global with Redis).
+    async fn failed_keys(
+        &self,
+        domain: &str,
+        (per_unit, unit): (u32, crate::quota::Unit),
+        client: &str,
+        cost: u64,
+        budget: Option<Duration>,
+    ) -> Option<Decision> {
+        let request = RateLimitRequest {
+            domain: domain.to_owned(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: FAILED_KEYS_FROM.to_owned(),
+                    value: client.to_owned(),
+                }],
+                limit: Some(RateLimitOverride {
+                    requests_per_unit: per_unit,
+                    unit: unit.to_envoy(),
+                }),
+                hits_addend: Some(UInt64Value { value: cost }),
+            }],
+            hits_addend: 0,
+        };
+        let limiter = self.shared.reloader.limiter();
+        limiter.decide_within(&request, budget).await.ok()
+    }
+
     /// A service deciding with `shared`.
     pub fn new(shared: Shared) -> Self {
         Self { shared }
@@ -63,6 +98,7 @@ impl Authorization for AuthorizationGrpc {
         let budget = super::grpc_budget(request.metadata());
         let check = request.into_inner();
         let attributes = check.attributes.unwrap_or_default();
+        let client = client_address(&attributes);
         let mut http = attributes.request.and_then(|r| r.http).unwrap_or_default();
         let headers = request_headers(&mut http);
         let config = self.shared.reloader.limiter().config();
@@ -85,11 +121,35 @@ impl Authorization for AuthorizationGrpc {
                 "no domain serves ext_authz: give one domain an authorization: section, or name it in the route's context_extensions (domain)",
             ));
         };
+        let guard = authz.failed_keys.zip(client);
+        if let Some(((per_unit, unit), client)) = &guard {
+            let spent = self
+                .failed_keys(&domain, (*per_unit, *unit), client, 0, budget)
+                .await;
+            if let Some(mut locked) = spent.filter(|d| d.statuses[0].remaining == 0) {
+                // Past the failed-key limit: no key is looked at until it refills.
+                locked.overall = Code::OverLimit;
+                locked.statuses[0].code = Code::OverLimit;
+                self.count(&domain, None, AuthzResult::TooManyFailedKeys);
+                self.shared
+                    .count_call(Method::Check, CallCode::Ok, CallResult::Denied);
+                return Ok(Response::new(answer(
+                    Verdict::Limited(Box::new(locked)),
+                    None,
+                    &authz.api_key_header,
+                    false,
+                )));
+            }
+        }
         let tenant = authz
             .presented_key(&headers)
             .and_then(|key| authz.tenant(key))
             .cloned();
         let Some(tenant) = tenant else {
+            if let Some(((per_unit, unit), client)) = &guard {
+                self.failed_keys(&domain, (*per_unit, *unit), client, 1, budget)
+                    .await;
+            }
             self.count(&domain, None, AuthzResult::Unauthorized);
             self.shared
                 .count_call(Method::Check, CallCode::Ok, CallResult::Denied);
@@ -149,7 +209,9 @@ impl Authorization for AuthorizationGrpc {
         let decided = match result {
             AuthzResult::Ok => CallResult::Ok,
             AuthzResult::OverLimit => CallResult::OverLimit,
-            AuthzResult::Unauthorized | AuthzResult::Forbidden => CallResult::Denied,
+            AuthzResult::Unauthorized | AuthzResult::Forbidden | AuthzResult::TooManyFailedKeys => {
+                CallResult::Denied
+            }
         };
         self.shared.count_call(Method::Check, CallCode::Ok, decided);
         Ok(Response::new(answer(
@@ -225,6 +287,29 @@ impl<'a> HeldGauge<'a> {
 impl Drop for HeldGauge<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// The descriptor key failed keys are counted under, by client address.
+const FAILED_KEYS_FROM: &str = "failed_api_key_from";
+
+/// The client's address, as Envoy saw it.
+fn client_address(
+    attributes: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
+) -> Option<String> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address;
+    match attributes
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?
+    {
+        Address::SocketAddress(socket) if !socket.address.is_empty() => {
+            Some(socket.address.clone())
+        }
+        _ => None,
     }
 }
 
