@@ -11,7 +11,6 @@ use crate::clock::Clock;
 use crate::config::{self, ConfigErrors, RateLimitConfig};
 use crate::decision::{Limiter, Settings};
 use crate::metrics::MetricsOptions;
-use crate::quota::Algorithm;
 use crate::reload::Reloader;
 use crate::rule::Consistency;
 use crate::server::{Limits, ServeError, Server, ServerOptions};
@@ -26,8 +25,6 @@ use crate::store::{
 pub struct Config {
     /// The limits: a YAML file or a directory of them.
     pub limits: PathBuf,
-    /// How limit files compile.
-    pub compile: config::Options,
     /// Decision settings.
     pub settings: Settings,
     /// Most per-value buckets kept in memory (and most cached-mode leases).
@@ -121,10 +118,9 @@ impl Config {
     pub fn new(limits: impl Into<PathBuf>) -> Self {
         Self {
             limits: limits.into(),
-            compile: config::Options::default(),
             settings: Settings {
                 shadow_mode: false,
-                default_algorithm: Algorithm::TokenBucket,
+                compile: config::Options::default(),
             },
             max_buckets: 1_000_000,
             store: StoreConfig::Memory,
@@ -166,7 +162,7 @@ impl Config {
             keys = KeyBuilder::from_secret(saved.secret);
         }
         let settings = self.settings;
-        let reloader = Reloader::start(&self.limits, self.compile, |config| {
+        let reloader = Reloader::start(&self.limits, self.settings.compile, |config| {
             Limiter::new(config, store, keys, clock, settings)
         })?;
         let reloader = Arc::new(reloader);

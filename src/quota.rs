@@ -228,6 +228,20 @@ pub enum QuotaError {
         /// The most a sliding log keeps.
         max: u32,
     },
+    /// Debt past what the algorithm counts exactly.
+    #[error(
+        "max_debt {debt} on top of {capacity} is more than {algorithm} counts exactly ({max} in all); lower max_debt"
+    )]
+    DebtTooLarge {
+        /// The debt asked for.
+        debt: u32,
+        /// The capacity it comes on top of.
+        capacity: u32,
+        /// The algorithm.
+        algorithm: Algorithm,
+        /// The most the algorithm counts, capacity and debt together.
+        max: u64,
+    },
     /// `burst` on a window algorithm.
     #[error("burst applies only to algorithm token_bucket")]
     BurstWithoutTokenBucket,
@@ -243,12 +257,15 @@ pub struct Quota {
     unit: Unit,
     algorithm: Algorithm,
     burst: u32,
+    /// Units a hit may take past what is left (`debt:`), repaid as the bucket refills.
+    debt: u32,
 }
 
 impl Quota {
     /// A quota its algorithm can enforce exactly, with a token-bucket capacity of `burst`
     /// (default `requests_per_unit`; token buckets only). `requests_per_unit == 0` denies every
-    /// request. Configuration files and Envoy's overrides are checked here, once.
+    /// request. Configuration files and Envoy's overrides are checked here, once; a quota
+    /// that runs debt is checked again with [`Quota::try_with_debt`].
     pub fn try_new(
         requests_per_unit: u32,
         unit: Unit,
@@ -268,6 +285,30 @@ impl Quota {
         Ok(quota)
     }
 
+    /// The same quota running up to `debt` units of debt, if its algorithm can count that far.
+    pub fn try_with_debt(self, debt: u32) -> Result<Self, QuotaError> {
+        let quota = self.with_debt(debt);
+        crate::algorithm::check(&quota)?;
+        Ok(quota)
+    }
+
+    /// [`QuotaError::DebtTooLarge`] unless capacity plus debt stays within `max`.
+    pub(crate) fn debt_within(&self, max: u64) -> Result<(), QuotaError> {
+        let capacity = match self.algorithm {
+            Algorithm::TokenBucket => self.burst,
+            _ => self.requests_per_unit,
+        };
+        if u64::from(capacity) + u64::from(self.debt) <= max {
+            return Ok(());
+        }
+        Err(QuotaError::DebtTooLarge {
+            debt: self.debt,
+            capacity,
+            algorithm: self.algorithm,
+            max,
+        })
+    }
+
     /// A quota whose token-bucket capacity equals `requests_per_unit`, unchecked: for values
     /// known to be enforceable (tests, and [`Quota::try_new`] itself).
     /// `requests_per_unit == 0` denies every request.
@@ -277,7 +318,22 @@ impl Quota {
             unit,
             algorithm,
             burst: requests_per_unit,
+            debt: 0,
         }
+    }
+
+    /// The same quota letting a hit that does not fit take up to `debt` units past what is
+    /// left (`debt: true`, `max_debt`): the usage happened, so it is counted, and the limit
+    /// answers OVER_LIMIT until refills have repaid it. Checked by [`Quota::try_new`]'s
+    /// callers with [`crate::algorithm::check`].
+    pub const fn with_debt(mut self, debt: u32) -> Self {
+        self.debt = debt;
+        self
+    }
+
+    /// Units a hit may take past what is left (0: none; a hit that does not fit takes nothing).
+    pub const fn debt(&self) -> u32 {
+        self.debt
     }
 
     /// The same quota with a token-bucket capacity of `burst`.

@@ -1,5 +1,5 @@
-//! Each algorithm's Lua function beside its Rust one: random quotas and random sequences of
-//! (time step, cost), with a reload that changes the quota halfway, settled on the memory store
+//! Each algorithm's Lua function beside its Rust one: random quotas (with and without debt) and
+//! random sequences of (time step, cost), with a reload that changes the quota halfway, settled on the memory store
 //! and on the Redis store (a real `redis-server` this test starts); every verdict must match.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
@@ -61,6 +61,11 @@ fn fresh_key() -> BucketKey {
 
 fn unit() -> impl Strategy<Value = Unit> {
     prop::sample::select(vec![Unit::Second, Unit::Minute, Unit::Hour, Unit::Day])
+}
+
+/// No debt, or some.
+fn debt() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(0u32), 1u32..30]
 }
 
 fn steps() -> impl Strategy<Value = Vec<(u64, u64)>> {
@@ -149,22 +154,20 @@ fn every_algorithm_in_lua_answers_as_in_rust() {
     let lua = Lua::start();
     let token_bucket = run(
         (
-            0u32..40,
-            unit(),
-            0u32..60,
-            0u32..40,
-            unit(),
-            0u32..60,
+            (0u32..40, unit(), 0u32..60, debt()),
+            (0u32..40, unit(), 0u32..60, debt()),
             steps(),
         ),
-        |(rpu, unit, burst, rpu2, unit2, burst2, steps)| {
-            let quota = |rpu, unit, burst| {
-                Quota::try_new(rpu, unit, Algorithm::TokenBucket, Some(burst)).ok()
+        |((rpu, unit, burst, debt), (rpu2, unit2, burst2, debt2), steps)| {
+            let quota = |rpu, unit, burst, debt| {
+                Quota::try_new(rpu, unit, Algorithm::TokenBucket, Some(burst))
+                    .and_then(|quota| quota.try_with_debt(debt))
+                    .ok()
             };
             same_answers(
                 &lua,
-                quota(rpu, unit, burst),
-                quota(rpu2, unit2, burst2),
+                quota(rpu, unit, burst, debt),
+                quota(rpu2, unit2, burst2, debt2),
                 &steps,
             )
         },
@@ -176,10 +179,23 @@ fn every_algorithm_in_lua_answers_as_in_rust() {
         Algorithm::SlidingLog,
     ] {
         let windows = run(
-            (0u32..40, unit(), 0u32..40, unit(), steps()),
-            |(rpu, unit, rpu2, unit2, steps)| {
-                let quota = |rpu, unit| Quota::try_new(rpu, unit, algorithm, None).ok();
-                same_answers(&lua, quota(rpu, unit), quota(rpu2, unit2), &steps)
+            (
+                (0u32..40, unit(), debt()),
+                (0u32..40, unit(), debt()),
+                steps(),
+            ),
+            |((rpu, unit, debt), (rpu2, unit2, debt2), steps)| {
+                let quota = |rpu, unit, debt| {
+                    Quota::try_new(rpu, unit, algorithm, None)
+                        .and_then(|quota| quota.try_with_debt(debt))
+                        .ok()
+                };
+                same_answers(
+                    &lua,
+                    quota(rpu, unit, debt),
+                    quota(rpu2, unit2, debt2),
+                    &steps,
+                )
             },
         );
         assert_eq!(windows, Ok(()), "{algorithm}");

@@ -222,6 +222,14 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 3, algorithm: fixed_window}
   - key: free
     rate_limit: {unlimited: true}
+  - key: dtb
+    rate_limit: {unit: minute, requests_per_unit: 6, debt: true, max_debt: 4}
+  - key: dfw
+    rate_limit: {unit: minute, requests_per_unit: 4, algorithm: fixed_window, debt: true}
+  - key: dsw
+    rate_limit: {unit: minute, requests_per_unit: 5, algorithm: sliding_window, debt: true}
+  - key: dsl
+    rate_limit: {unit: minute, requests_per_unit: 5, algorithm: sliding_log, debt: true}
 "#;
 
 /// xorshift64*: a small deterministic generator, so a failing seed can be replayed.
@@ -245,9 +253,9 @@ impl Rng {
 }
 
 fn random_request(rng: &mut Rng) -> RateLimitRequest {
-    const KEYS: [&str; 17] = [
+    const KEYS: [&str; 21] = [
         "tb", "burst", "hourly", "daily", "fw", "fwh", "sw", "swh", "sl", "slh", "zero", "zerofw",
-        "shadow", "qa", "qb", "free", "nothing",
+        "shadow", "qa", "qb", "free", "nothing", "dtb", "dfw", "dsw", "dsl",
     ];
     let count = 1 + rng.below(3) as usize;
     let mut descriptors: Vec<RateLimitDescriptor> = Vec::new();
@@ -335,6 +343,7 @@ fn equivalence(variant: u64) -> String {
                 "requests_per_unit: 100, burst: 7}",
                 "requests_per_unit: 100, burst: 30}",
             ),
+            ("debt: true, max_debt: 4}", "debt: true, max_debt: 9}"),
         ],
         3 => &[
             (
@@ -659,7 +668,8 @@ async fn strict_replicas_admit_exactly_the_limit_together() {
         let mut check = request("c", one("k", "same"));
         check.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
         let r = replica.call(check).await;
-        assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OVER, 0));
+        // Exactly at the limit: a check is OK, nothing is left.
+        assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 0));
     }
     for replica in replicas {
         replica.stop().await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{Backend, Setup, codes, descriptor, one, request, reset_secs, start, start_with};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::google::protobuf::UInt64Value;
 
@@ -53,7 +54,144 @@ on_every_store!(
     quota_mode_denies_only_when_every_quota_limit_is_over,
     share_threshold_makes_wildcard_matches_share_one_bucket,
     concurrent_callers_never_exceed_the_limit,
+    debt_counts_a_charge_past_what_is_left_until_refills_repay_it,
+    usage_learned_after_the_response_limits_the_next_request,
+    max_debt_bounds_the_debt,
+    a_fixed_window_in_debt_starts_afresh_next_window,
+    a_debt_charge_stands_when_another_descriptor_denies,
+    count_denied_counts_every_hit_on_limits_without_debt,
 );
+
+/// LLM token budgets: the same limit with and without debt.
+const TOKENS: &str = r#"
+domain: llm
+descriptors:
+  - key: tenant
+    rate_limit: {unit: minute, requests_per_unit: 1000, debt: true}
+  - key: capped
+    rate_limit: {unit: minute, requests_per_unit: 1000, debt: true, max_debt: 100}
+  - key: window
+    rate_limit: {unit: minute, requests_per_unit: 1000, algorithm: fixed_window, debt: true}
+  - key: plain
+    rate_limit: {unit: minute, requests_per_unit: 1000}
+  - key: user
+    rate_limit: {unit: minute, requests_per_unit: 1}
+"#;
+
+/// A call on `descriptor` with its own `hits_addend` of `cost` (0: check only).
+fn costing(domain: &str, entries: &[(&str, &str)], cost: u64) -> RateLimitRequest {
+    let mut req = request(domain, vec![descriptor(entries)]);
+    req.descriptors[0].hits_addend = Some(UInt64Value { value: cost });
+    req
+}
+
+/// (overall code, remaining) of a call on `key=value` costing `cost` in `llm`.
+async fn spend(s: &mut common::TestServer, key: &str, value: &str, cost: u64) -> (i32, u32) {
+    let r = s.call(costing("llm", &[(key, value)], cost)).await;
+    (r.overall_code, r.statuses[0].limit_remaining)
+}
+
+async fn debt_counts_a_charge_past_what_is_left_until_refills_repay_it(store: Backend) {
+    let mut s = store.start(TOKENS).await;
+    assert_eq!(spend(&mut s, "tenant", "a", 0).await, (OK, 1000));
+    // 1 200 tokens against 1 000 left: taken, 200 in debt, and that call says OVER_LIMIT.
+    assert_eq!(spend(&mut s, "tenant", "a", 1200).await, (OVER, 0));
+    assert_eq!(
+        spend(&mut s, "tenant", "a", 0).await.0,
+        OVER,
+        "in debt: over"
+    );
+    assert_eq!(
+        spend(&mut s, "tenant", "b", 0).await,
+        (OK, 1000),
+        "others unaffected"
+    );
+    // 1 000 a minute refill 200 tokens in 12 s: then the bucket is exactly at its limit.
+    s.advance(Duration::from_millis(11_900));
+    assert_eq!(spend(&mut s, "tenant", "a", 0).await.0, OVER);
+    s.advance(Duration::from_millis(100));
+    assert_eq!(spend(&mut s, "tenant", "a", 0).await, (OK, 0));
+    s.advance(6 * SEC);
+    assert_eq!(spend(&mut s, "tenant", "a", 0).await, (OK, 100));
+    s.stop().await;
+}
+
+async fn usage_learned_after_the_response_limits_the_next_request(store: Backend) {
+    let mut s = store.start(TOKENS).await;
+    // Envoy's token-quota pattern: a check on the request path, the usage after the
+    // response. Four requests of 300 tokens pass (the fourth from 900: not over), the fifth
+    // finds the bucket 200 in debt.
+    for request in 1..=5 {
+        let (code, _) = spend(&mut s, "tenant", "c", 0).await;
+        if request < 5 {
+            assert_eq!(code, OK, "request {request}");
+            spend(&mut s, "tenant", "c", 300).await;
+        } else {
+            assert_eq!(code, OVER, "request {request}");
+        }
+    }
+    s.stop().await;
+}
+
+async fn max_debt_bounds_the_debt(store: Backend) {
+    let mut s = store.start(TOKENS).await;
+    assert_eq!(spend(&mut s, "capped", "a", 5000).await, (OVER, 0));
+    assert_eq!(spend(&mut s, "capped", "a", 5000).await, (OVER, 0));
+    // 100 in debt at most: repaid in 6 s (60 ms a token), not 4 000 × 60 ms.
+    s.advance(Duration::from_millis(5_900));
+    assert_eq!(spend(&mut s, "capped", "a", 0).await.0, OVER);
+    s.advance(Duration::from_millis(100));
+    assert_eq!(spend(&mut s, "capped", "a", 0).await, (OK, 0));
+    s.stop().await;
+}
+
+async fn a_fixed_window_in_debt_starts_afresh_next_window(store: Backend) {
+    let mut s = store.start(TOKENS).await;
+    assert_eq!(spend(&mut s, "window", "a", 900).await, (OK, 100));
+    assert_eq!(spend(&mut s, "window", "a", 300).await, (OVER, 0));
+    assert_eq!(spend(&mut s, "window", "a", 0).await.0, OVER);
+    s.advance(60 * SEC);
+    assert_eq!(spend(&mut s, "window", "a", 0).await, (OK, 1000));
+    s.stop().await;
+}
+
+async fn a_debt_charge_stands_when_another_descriptor_denies(store: Backend) {
+    let mut s = store.start(TOKENS).await;
+    assert_eq!(spend(&mut s, "user", "u", 1).await, (OK, 0));
+    for (key, left) in [("tenant", 950), ("plain", 1000)] {
+        let mut both = request(
+            "llm",
+            vec![descriptor(&[("user", "u")]), descriptor(&[(key, "d")])],
+        );
+        both.descriptors[1].hits_addend = Some(UInt64Value { value: 50 });
+        let r = s.call(both).await;
+        assert_eq!(codes(&r), (OVER, vec![OVER, OK]), "{key}");
+        // The usage happened: a limit with debt keeps its charge; one without gives it back.
+        assert_eq!(spend(&mut s, key, "d", 0).await, (OK, left), "{key}");
+    }
+    s.stop().await;
+}
+
+async fn count_denied_counts_every_hit_on_limits_without_debt(store: Backend) {
+    let setup = Setup {
+        count_denied: true,
+        ..Setup::default()
+    };
+    let mut s = store.start_with(TOKENS, setup).await;
+    assert_eq!(spend(&mut s, "plain", "a", 1200).await, (OVER, 0));
+    assert_eq!(spend(&mut s, "plain", "a", 0).await.0, OVER);
+    assert_eq!(spend(&mut s, "plain", "b", 300).await, (OK, 700));
+    // Limits Envoy sends in the request count every hit too.
+    let mut sent = costing("llm", &[("anything", "x")], 7);
+    sent.descriptors[0].limit = Some(RateLimitOverride {
+        requests_per_unit: 5,
+        unit: 2,
+    });
+    assert_eq!(s.call(sent.clone()).await.overall_code, OVER);
+    sent.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
+    assert_eq!(s.call(sent).await.overall_code, OVER, "in debt");
+    s.stop().await;
+}
 
 async fn token_bucket_admits_the_limit_then_refills(store: Backend) {
     let mut s = store.start(CONFIG).await;
@@ -199,8 +337,12 @@ async fn hits_addend_descriptor_level_wins_and_zero_only_checks(store: Backend) 
     // Request-level 0 means 1.
     let r = s.call(request("test", one("user", "h"))).await;
     assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 0));
-    // Exhausted: a check reports OVER_LIMIT.
-    assert_eq!(s.call(req.clone()).await.overall_code, OVER);
+    // Exactly at the limit a check is OK (not over), as the reference answers; a hit that
+    // does not fit is denied and, without debt, counts nothing.
+    assert_eq!(s.call(req.clone()).await.overall_code, OK);
+    let r = s.call(request("test", one("user", "h"))).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OVER, 0));
+    assert_eq!(s.call(req.clone()).await.overall_code, OK);
     // Absurd costs are denied, not overflowed.
     let mut huge = request("test", one("user", "other"));
     huge.descriptors[0].hits_addend = Some(UInt64Value { value: u64::MAX });

@@ -21,7 +21,10 @@ fn count(state: u64) -> u64 {
     state & u64::from(u32::MAX)
 }
 
-/// Decides a request of `cost` hits at `now`.
+/// Decides a request of `cost` hits at `now`: it conforms when the window's count plus `cost`
+/// stays within the limit (a check conforms unless the count is past it). A hit that does not
+/// conform counts nothing, unless the quota runs debt: then it counts what it asked, up to the
+/// limit plus the debt.
 pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
     let unit_secs = quota.unit().seconds();
     let end_secs = (now / NANOS_PER_SEC / unit_secs + 1) * unit_secs;
@@ -33,18 +36,22 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
     let limit = u64::from(quota.requests_per_unit());
     let available = limit.saturating_sub(used);
     let reset_after = (end_secs * NANOS_PER_SEC).saturating_sub(now);
-    let enough = if cost == 0 {
-        available >= 1
-    } else {
-        cost <= available
-    };
-    if !enough {
+    if used > limit || cost > available {
+        let debt = u64::from(quota.debt());
+        let taken = match debt {
+            0 => 0,
+            _ => cost.min((limit + debt).saturating_sub(used)),
+        };
         return Verdict {
             allowed: false,
-            state,
-            remaining: available,
+            state: if taken > 0 {
+                pack(end_secs, used + taken)
+            } else {
+                state
+            },
+            remaining: available.saturating_sub(taken),
             reset_after,
-            retry_after: (cost.max(1) <= limit).then_some(reset_after),
+            retry_after: (cost <= limit).then_some(reset_after),
         };
     }
     Verdict {

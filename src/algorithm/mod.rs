@@ -60,7 +60,8 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
 pub fn check(quota: &Quota) -> Result<(), QuotaError> {
     match quota.algorithm() {
         Algorithm::TokenBucket => token_bucket::check(quota),
-        Algorithm::FixedWindow => Ok(()),
+        // The count is 32 bits of the state word.
+        Algorithm::FixedWindow => quota.debt_within(u64::from(u32::MAX)),
         Algorithm::SlidingWindow => sliding_window::check(quota),
         Algorithm::SlidingLog => sliding_log::check(quota),
     }

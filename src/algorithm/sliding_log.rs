@@ -26,7 +26,7 @@ pub fn check(quota: &Quota) -> Result<(), QuotaError> {
             max: MAX_LIMIT,
         });
     }
-    Ok(())
+    quota.debt_within(u64::from(MAX_LIMIT))
 }
 
 /// The unit in milliseconds.
@@ -34,8 +34,11 @@ pub fn unit_ms(quota: &Quota) -> u64 {
     quota.unit().nanos() / NANOS_PER_MS
 }
 
-/// Decides a request of `cost` hits at `now` on `log` (admitted hits' times, in ms, oldest
-/// first): drops the hits that left the unit, and records the request's if it is admitted.
+/// Decides a request of `cost` hits at `now` on `log` (counted hits' times, in ms, oldest
+/// first): drops the hits that left the unit, and records the request's if it conforms, that
+/// is if the log plus `cost` stays within the limit (a check conforms unless the log is past
+/// it). A hit that does not conform records nothing, unless the quota runs debt: then it
+/// records what it asked, up to the limit plus the debt.
 pub fn decide(quota: &Quota, log: &mut VecDeque<u64>, now: Nanos, cost: u64) -> Verdict {
     let unit = unit_ms(quota);
     let now_ms = now / NANOS_PER_MS;
@@ -46,35 +49,25 @@ pub fn decide(quota: &Quota, log: &mut VecDeque<u64>, now: Nanos, cost: u64) -> 
     let limit = u64::from(quota.requests_per_unit());
     let used = log.len() as u64;
     let available = limit.saturating_sub(used);
-    let enough = if cost == 0 {
-        available >= 1
-    } else {
-        cost <= available
+    let conforms = used <= limit && cost <= available;
+    let taken = match (conforms, quota.debt()) {
+        (true, _) => cost,
+        (false, 0) => 0,
+        (false, debt) => cost.min((limit + u64::from(debt)).saturating_sub(used)),
     };
-    if !enough {
-        let want = cost.max(1);
-        // The hit whose leaving makes room: the (used + want − limit)-th oldest.
-        let retry = (want <= limit)
-            .then(|| log.get((used + want - limit - 1) as usize).copied())
-            .flatten()
-            .map(|at| after(at + unit - now_ms));
-        return Verdict {
-            allowed: false,
-            state: 0,
-            remaining: available,
-            reset_after: log.back().map_or(0, |&at| after(at + unit - now_ms)),
-            retry_after: retry,
-        };
-    }
-    for _ in 0..cost {
-        log.push_back(now_ms);
-    }
+    log.extend(std::iter::repeat_n(now_ms, taken as usize));
+    let used = log.len() as u64;
+    // The hit whose leaving lets `cost` conform: the (used + cost − limit)-th oldest.
+    let retry = (!conforms && cost <= limit)
+        .then(|| log.get((used + cost - limit - 1) as usize).copied())
+        .flatten()
+        .map(|at| after(at + unit - now_ms));
     Verdict {
-        allowed: true,
+        allowed: conforms,
         state: 0,
-        remaining: available - cost,
+        remaining: limit.saturating_sub(used),
         reset_after: log.back().map_or(0, |&at| after(at + unit - now_ms)),
-        retry_after: None,
+        retry_after: retry,
     }
 }
 

@@ -46,7 +46,8 @@ pub fn check(quota: &Quota) -> Result<(), QuotaError> {
             unit: quota.unit(),
         });
     }
-    Ok(())
+    let span = ((1u64 << 53) - 1) / unit_ms(quota).max(1);
+    quota.debt_within(u64::from(MAX_LIMIT).min(span))
 }
 
 /// The window length in milliseconds.
@@ -79,7 +80,10 @@ fn position(quota: &Quota, now: Nanos) -> (u64, u64) {
     (now_ms / window, window - now_ms % window)
 }
 
-/// Decides a request of `cost` hits at `now`.
+/// Decides a request of `cost` hits at `now`: it conforms when the estimate plus `cost` stays
+/// within the limit (a check conforms unless the estimate is past it). A hit that does not
+/// conform counts nothing, unless the quota runs debt: then it counts what it asked, up to the
+/// limit plus the debt.
 pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
     let window = u128::from(unit_ms(quota));
     let (index, left) = position(quota, now);
@@ -88,25 +92,29 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
     let weighted = (u128::from(previous) * u128::from(left)).div_ceil(window) as u64;
     let used = weighted + current;
     let available = limit.saturating_sub(used);
-    let enough = if cost == 0 {
-        available >= 1
-    } else {
-        cost <= available
-    };
     // Everything counted now has slid out one window after the current one ends.
-    let reset_ms = match (previous, current) {
+    let reset_ms = |previous: u64, current: u64| match (previous, current) {
         (0, 0) => 0,
         (_, 0) => left,
         _ => left + unit_ms(quota),
     };
-    if !enough {
+    if used > limit || cost > available {
+        let debt = u64::from(quota.debt());
+        let taken = match debt {
+            0 => 0,
+            _ => cost.min((limit + debt).saturating_sub(used)),
+        };
+        let current = current + taken;
         return Verdict {
             allowed: false,
-            state,
-            remaining: available,
-            reset_after: after_ms(reset_ms, now),
-            retry_after: retry_ms(quota, previous, current, left, cost.max(1))
-                .map(|ms| after_ms(ms, now)),
+            state: if taken > 0 {
+                pack(index, previous, current)
+            } else {
+                state
+            },
+            remaining: available.saturating_sub(taken),
+            reset_after: after_ms(reset_ms(previous, current), now),
+            retry_after: retry_ms(quota, previous, current, left, cost).map(|ms| after_ms(ms, now)),
         };
     }
     let counted = cost > 0;
@@ -122,7 +130,7 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
             if counted {
                 left + unit_ms(quota)
             } else {
-                reset_ms
+                reset_ms(previous, current)
             },
             now,
         ),

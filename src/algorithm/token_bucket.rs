@@ -40,7 +40,8 @@ pub fn check(quota: &Quota) -> Result<(), QuotaError> {
             unit,
         });
     }
-    Ok(())
+    // Capacity and debt together refill within the same range.
+    quota.debt_within(MAX_REFILL / token_nanos(quota))
 }
 
 /// Nanoseconds one token is worth: `unit / requests_per_unit`, rounded up, at least 1.
@@ -49,17 +50,18 @@ pub fn token_nanos(quota: &Quota) -> u64 {
     quota.unit().nanos().div_ceil(rpu).max(1)
 }
 
-/// Decides a request of `cost` tokens at `now`.
+/// Decides a request of `cost` tokens at `now`: it conforms when the bucket is not in debt and
+/// holds `cost` tokens (a check, `cost` 0, conforms when the bucket is not in debt, however
+/// few tokens are left, as envoyproxy/ratelimit answers). A hit that does not conform takes
+/// nothing, unless the quota runs debt: then it takes what it asked, down to the debt's
+/// ceiling.
 pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
-    // A bucket is never emptier than empty: debt beyond the capacity (left by a lowered
-    // `burst` or rate) counts as an empty bucket, which refills within `burst·T`.
-    let capacity_nanos = u128::from(quota.burst()) * u128::from(token_nanos(quota));
-    let tat = u128::from(state.max(now)).min(u128::from(now) + capacity_nanos);
     let now_wide = u128::from(now);
     if quota.requests_per_unit() == 0 || quota.burst() == 0 {
-        // A zero rate never refills: every request that wants a token is denied.
+        // A zero rate never refills: a check finds it empty but not in debt; every request
+        // that wants a token is denied, and runs no debt that could never be repaid.
         return Verdict {
-            allowed: false,
+            allowed: cost == 0,
             state,
             remaining: 0,
             reset_after: quota.unit().nanos(),
@@ -68,23 +70,37 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
     }
     let t = u128::from(token_nanos(quota));
     let capacity = u128::from(quota.burst()) * t;
+    // A bucket never owes more than its debt allows: what is past it (left by a lowered
+    // `burst` or rate) is forgiven, so it refills within (`burst` + debt)·T.
+    let ceiling = capacity + u128::from(quota.debt()) * t;
+    let tat = u128::from(state.max(now)).min(now_wide + ceiling);
     let used = tat - now_wide;
     let available = capacity.saturating_sub(used) / t;
     let cost_wide = u128::from(cost);
-    let enough = if cost == 0 {
-        available >= 1
-    } else {
-        cost_wide <= available
+    let conforms = used <= capacity && cost_wide <= available;
+    // The wait until `cost` conforms, from a bucket `used` deep.
+    let retry = |used: u128| {
+        (cost_wide <= u128::from(quota.burst()))
+            .then(|| clamp_u64((used + cost_wide * t).saturating_sub(capacity)))
     };
-    if !enough {
-        let retry_after = (cost_wide.max(1) <= u128::from(quota.burst()))
-            .then(|| clamp_u64((used + cost_wide.max(1) * t).saturating_sub(capacity)));
+    if !conforms {
+        // Debt: the hit takes what it asked, as far as the ceiling allows; without debt,
+        // nothing.
+        let taken = match quota.debt() {
+            0 => 0,
+            _ => cost_wide.min(ceiling.saturating_sub(used) / t),
+        };
+        let after = tat + taken * t;
+        let (state, used) = match u64::try_from(after) {
+            Ok(after_state) if taken > 0 => (after_state, after - now_wide),
+            _ => (state, used),
+        };
         return Verdict {
             allowed: false,
             state,
-            remaining: clamp_u64(available),
+            remaining: clamp_u64(capacity.saturating_sub(used) / t),
             reset_after: clamp_u64(used),
-            retry_after,
+            retry_after: retry(used),
         };
     }
     let new_tat = tat + cost_wide * t;
@@ -121,9 +137,10 @@ pub fn rescale(quota: &Quota, tat: u64, now: Nanos, from: u64) -> u64 {
     let to = u128::from(token_nanos(quota));
     let debt = u128::from(tat.saturating_sub(now));
     let consumed = debt.div_ceil(u128::from(from.max(1)));
-    // At most an empty bucket, so it refills (and can be swept) within `burst·T`.
-    let capacity = u128::from(quota.burst()) * to;
-    clamp_u64(u128::from(now) + (consumed * to).min(capacity))
+    // At most an empty bucket run to its debt's ceiling, so it refills (and can be swept)
+    // within (`burst` + debt)·T.
+    let ceiling = (u128::from(quota.burst()) + u128::from(quota.debt())) * to;
+    clamp_u64(u128::from(now) + (consumed * to).min(ceiling))
 }
 
 /// The state of a bucket that has `remaining` tokens at `now` (at most a full one).

@@ -81,12 +81,18 @@ pub(crate) struct CompileArgs {
     /// Algorithm of limits that set no `algorithm:` (and of limits Envoy sends in requests).
     #[arg(long, env = "TOLLGATE_DEFAULT_ALGORITHM", value_enum, default_value_t = Algorithm::TokenBucket)]
     default_algorithm: Algorithm,
+    /// Count every hit, as envoyproxy/ratelimit does: a hit larger than what is left still
+    /// counts, putting the limit in debt (as if every limit said `debt: true`, limits Envoy
+    /// sends in requests included; a limit's `debt: false` opts out).
+    #[arg(long, env = "TOLLGATE_COUNT_DENIED")]
+    count_denied: bool,
 }
 
 impl CompileArgs {
     fn options(&self) -> Options {
         Options {
             default_algorithm: self.default_algorithm,
+            count_denied: self.count_denied,
         }
     }
 }

@@ -173,10 +173,9 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
     };
     let config = app::Config {
         limits: args.config.clone(),
-        compile,
         settings: Settings {
             shadow_mode: args.shadow_mode,
-            default_algorithm: compile.default_algorithm,
+            compile,
         },
         max_buckets: args.max_buckets,
         store: store.clone(),

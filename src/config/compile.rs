@@ -328,6 +328,8 @@ impl TreeBuilder<'_> {
                 ("burst", spec.burst.is_some()),
                 ("consistency", spec.consistency.is_some()),
                 ("max_delay", spec.max_delay.is_some()),
+                ("debt", spec.debt.is_some()),
+                ("max_debt", spec.max_debt.is_some()),
             ] {
                 if given {
                     problems.push(format!("should not specify {field} when unlimited"));
@@ -380,12 +382,36 @@ impl TreeBuilder<'_> {
             return None;
         };
         let (unit, algorithm) = (unit?, algorithm?);
-        match Quota::try_new(rpu, unit, algorithm, spec.burst) {
+        let debt = self.debt(spec, problems);
+        match Quota::try_new(rpu, unit, algorithm, spec.burst).and_then(|quota| match debt {
+            // One full capacity, unless `max_debt` says otherwise.
+            Some(max) => quota.try_with_debt(max.unwrap_or(quota.burst())),
+            None => Ok(quota),
+        }) {
             Ok(quota) => problems.is_empty().then_some(quota),
             Err(problem) => {
                 problems.push(problem.to_string());
                 None
             }
+        }
+    }
+
+    /// Whether the limit runs debt (`debt:`, else `--count-denied`), and how much `max_debt`
+    /// allows if it says.
+    fn debt(&self, spec: &RateLimitSpec, problems: &mut Vec<String>) -> Option<Option<u32>> {
+        let runs = spec.debt.unwrap_or(self.options.count_denied);
+        match spec.max_debt {
+            Some(_) if spec.debt != Some(true) => {
+                problems.push("max_debt applies only with debt: true".to_owned());
+                None
+            }
+            Some(0) => {
+                problems.push(
+                    "max_debt must be at least 1 (to count no debt, leave debt out)".to_owned(),
+                );
+                None
+            }
+            max => runs.then_some(max),
         }
     }
 

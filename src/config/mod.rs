@@ -26,6 +26,8 @@ use crate::rule::{Policy, Rule};
 pub struct Options {
     /// The algorithm of limits that do not name one.
     pub default_algorithm: Algorithm,
+    /// Every limit counts every hit, as if it said `debt: true` (`--count-denied`).
+    pub count_denied: bool,
 }
 
 /// One domain's descriptor tree.

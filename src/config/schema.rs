@@ -150,6 +150,11 @@ pub struct RateLimitSpec {
     pub burst: Option<u32>,
     /// tollgate: `strict` or `cached`, overriding `--consistency` for this limit.
     pub consistency: Option<String>,
+    /// tollgate: a hit larger than what is left is still counted, putting the limit in debt
+    /// (as the reference service counts every hit); `false` opts out of `--count-denied`.
+    pub debt: Option<bool>,
+    /// tollgate: the most debt a limit runs, in units (default: one full capacity).
+    pub max_debt: Option<u32>,
     /// tollgate, ext_authz: hold a request that would be denied for up to this long (e.g.
     /// `250ms`) until it conforms.
     pub max_delay: Option<String>,

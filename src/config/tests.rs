@@ -104,6 +104,7 @@ fn algorithm_and_burst_extensions_compile() {
 fn the_default_algorithm_comes_from_options() {
     let options = Options {
         default_algorithm: Algorithm::FixedWindow,
+        ..Options::default()
     };
     let config = compile(
         &[file("f.yaml", "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 1}\n")],
@@ -118,9 +119,36 @@ fn the_default_algorithm_comes_from_options() {
 }
 
 #[test]
+fn debt_defaults_to_one_capacity_and_count_denied_gives_it_to_every_limit() {
+    let yaml = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: minute, requests_per_unit: 60, burst: 5, debt: true}\n  - key: b\n    rate_limit: {unit: minute, requests_per_unit: 60, debt: true, max_debt: 7}\n  - key: c\n    rate_limit: {unit: minute, requests_per_unit: 60}\n  - key: e\n    rate_limit: {unit: minute, requests_per_unit: 60, debt: false}\n";
+    let debt_of = |options: &Options, key: &str| {
+        let config = compile(&[file("f.yaml", yaml)], options).unwrap();
+        match config.find("d", &[(key, "1")]).unwrap().policy {
+            Policy::Limited(quota) => quota.debt(),
+            Policy::Unlimited => panic!("limited"),
+        }
+    };
+    let plain = Options::default();
+    assert_eq!(
+        debt_of(&plain, "a"),
+        5,
+        "a token bucket's capacity is its burst"
+    );
+    assert_eq!(debt_of(&plain, "b"), 7);
+    assert_eq!(debt_of(&plain, "c"), 0);
+    let counting = Options {
+        count_denied: true,
+        ..Options::default()
+    };
+    assert_eq!(debt_of(&counting, "c"), 60);
+    assert_eq!(debt_of(&counting, "e"), 0, "debt: false opts out");
+}
+
+#[test]
 fn burst_without_algorithm_means_token_bucket_whatever_the_default() {
     let options = Options {
         default_algorithm: Algorithm::FixedWindow,
+        ..Options::default()
     };
     let config = compile(
         &[file("f.yaml", "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 2, burst: 5}\n")],
@@ -263,6 +291,18 @@ fn rate_limit_errors() {
         (
             "      unit: second\n      requests_per_unit: 1\n      burst: 0\n",
             "burst must be at least 1",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 1\n      max_debt: 5\n",
+            "max_debt applies only with debt: true",
+        ),
+        (
+            "      unit: second\n      requests_per_unit: 1\n      debt: true\n      max_debt: 0\n",
+            "max_debt must be at least 1",
+        ),
+        (
+            "      unit: minute\n      requests_per_unit: 10000\n      algorithm: sliding_log\n      debt: true\n",
+            "max_debt 10000 on top of 10000 is more than sliding_log counts exactly",
         ),
         (
             "      unit: year\n      requests_per_unit: 1\n      burst: 1000\n",

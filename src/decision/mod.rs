@@ -20,8 +20,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use smallvec::SmallVec;
 
 use crate::clock::Clock;
-use crate::config::RateLimitConfig;
-use crate::quota::Algorithm;
+use crate::config::{self, RateLimitConfig};
 use crate::store::{Claim, KeyBuilder, Outcome, Role, Settlement, Store, When};
 use request::Limit;
 
@@ -30,8 +29,8 @@ use request::Limit;
 pub struct Settings {
     /// Treat every limit as shadow mode: count, never deny.
     pub shadow_mode: bool,
-    /// The algorithm of limits Envoy sends in `descriptor.limit`.
-    pub default_algorithm: Algorithm,
+    /// How limits compile: those of the files, and those Envoy sends in `descriptor.limit`.
+    pub compile: config::Options,
 }
 
 /// The rate limiter: the configuration in force, the store and the clock.
@@ -175,7 +174,7 @@ impl Limiter {
                 config,
                 request,
                 index,
-                self.settings.default_algorithm,
+                &self.settings.compile,
             )?);
         }
         drop_replaced(&mut limits);

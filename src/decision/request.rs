@@ -6,9 +6,9 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescript
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 
-use crate::config::RateLimitConfig;
+use crate::config::{Options, RateLimitConfig};
 use crate::matcher::EntryView;
-use crate::quota::{Algorithm, Quota, QuotaError, Unit};
+use crate::quota::{Quota, QuotaError, Unit};
 use crate::rule::{Policy, Rule};
 use crate::store::{Hit, KeyBuilder, Unavailable};
 
@@ -100,7 +100,7 @@ pub fn limit<'a>(
     config: &'a RateLimitConfig,
     request: &RateLimitRequest,
     index: usize,
-    algorithm: Algorithm,
+    options: &Options,
 ) -> Result<Limit<'a>, RequestError> {
     let descriptor = &request.descriptors[index];
     let Some(domain) = config.domain(&request.domain) else {
@@ -111,8 +111,17 @@ pub fn limit<'a>(
             index,
             unit: limit.unit,
         })?;
-        let quota = Quota::try_new(limit.requests_per_unit, unit, algorithm, None)
-            .map_err(|reason| RequestError::UnenforceableOverride { index, reason })?;
+        let quota = Quota::try_new(
+            limit.requests_per_unit,
+            unit,
+            options.default_algorithm,
+            None,
+        )
+        .and_then(|quota| match options.count_denied {
+            true => quota.try_with_debt(quota.burst()),
+            false => Ok(quota),
+        })
+        .map_err(|reason| RequestError::UnenforceableOverride { index, reason })?;
         return Ok(Limit::Override(quota));
     }
     Ok(domain

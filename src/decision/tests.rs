@@ -23,7 +23,7 @@ fn limiter() -> Limiter {
     let config = compile(&[file], &Options::default()).unwrap();
     let settings = Settings {
         shadow_mode: false,
-        default_algorithm: Algorithm::TokenBucket,
+        compile: Options::default(),
     };
     let clock = Arc::new(ManualClock::at(1_800_000_000 * NANOS_PER_SEC));
     Limiter::new(

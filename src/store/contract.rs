@@ -10,7 +10,10 @@
 //!   claim that had conformed reports its bucket as it stands without the request
 //!   ([`Outcome::refunded`]);
 //! - otherwise every claim that conformed keeps its cost, and claims that did not conform (shadow
-//!   mode, quota mode) take nothing.
+//!   mode, quota mode) take nothing;
+//! - whatever the answer, a claim whose quota runs debt ([`keeps`]) keeps what it took: its
+//!   whole cost if it conformed, else its cost down to the debt's ceiling. Its usage happened
+//!   (a cost learned after the response), so it is counted even when the request is denied.
 //!
 //! A store may fail ([`Unavailable`]) only as a whole: then nothing of the request was taken
 //! anywhere, and a wrapper ([`Failover`](super::Failover)) or the caller decides what to answer.
@@ -239,6 +242,21 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Fills in the parts this store is made of.
     fn parts<'a>(&'a self, parts: &mut Parts<'a>);
+}
+
+/// Whether `claim` keeps its charge whatever the settlement: its quota runs debt.
+pub fn keeps(claim: &Claim) -> bool {
+    claim.hit.quota.debt() > 0
+}
+
+/// Units `settlement` charged to `claim`'s bucket, as far as the answer tells: its cost if it
+/// conformed in an admitted request or if it keeps its charge (at most its cost then), else 0.
+pub fn charged(claim: &Claim, outcome: &Outcome, denied: bool) -> u64 {
+    if keeps(claim) || (!denied && outcome.verdict.allowed) {
+        claim.hit.cost
+    } else {
+        0
+    }
 }
 
 /// Whether a request is denied, from each claim's role and whether it conformed: any denying

@@ -134,7 +134,8 @@ impl Leases {
                 refill,
             };
         }
-        if now < lease.denied_until && hit.cost.max(1) >= lease.denied_cost {
+        // A check conforms at the limit, so only Redis can tell it is over.
+        if now < lease.denied_until && hit.cost > 0 && hit.cost >= lease.denied_cost {
             return Take::Served {
                 verdict: lease.denied(now),
                 refill: false,

@@ -97,10 +97,12 @@ impl Leasing {
     }
 
     /// Whether `claim` is served from a lease: a cached limit whose slice is more than one
-    /// unit (smaller limits would fetch a unit per request: they are decided strictly).
+    /// unit (smaller limits would fetch a unit per request: they are decided strictly), that
+    /// runs no debt (a charge past what is left must land where every replica sees it).
     fn leasable(&self, claim: &Claim) -> bool {
         claim.consistency.unwrap_or(self.shared.consistency) == Consistency::Cached
             && lease::slice(&claim.hit.quota) > 1
+            && !contract::keeps(claim)
     }
 
     /// Serves what leases can: each claim's verdict from its lease, or the fetch to make.

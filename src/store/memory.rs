@@ -80,7 +80,7 @@ const HITS_PER_SLOT: usize = 12;
 /// log. So `--max-buckets` bounds memory whatever the algorithm (a log of 10 000 hits costs
 /// about 80 KB: 835 slots).
 pub fn log_slots(quota: &crate::quota::Quota) -> usize {
-    1 + quota.requests_per_unit() as usize / HITS_PER_SLOT
+    1 + (quota.requests_per_unit() as usize + quota.debt() as usize) / HITS_PER_SLOT
 }
 
 /// In-process bucket store.
@@ -135,7 +135,8 @@ impl MemoryStore {
     }
 
     /// Settles `claims` at `now` (see [`Store`]): takes from each bucket in turn, then, if the
-    /// request is denied, gives back what it took and reports each bucket as it stands.
+    /// request is denied, gives back what it took (but debt claims' charges) and reports each
+    /// bucket as it stands.
     pub fn settle_now(&self, claims: &[Claim], now: Nanos) -> Settlement {
         let taken: SmallVec<[Acquired; 4]> =
             claims.iter().map(|c| self.acquire(&c.hit, now)).collect();
@@ -159,7 +160,7 @@ impl MemoryStore {
             .collect();
         if denied {
             for ((claim, acquired), outcome) in claims.iter().zip(&taken).zip(&mut outcomes) {
-                if acquired.verdict.allowed && claim.hit.cost > 0 {
+                if acquired.verdict.allowed && claim.hit.cost > 0 && !contract::keeps(claim) {
                     self.refund(&claim.hit, acquired, now);
                     outcome.refunded = true;
                 }
@@ -245,9 +246,10 @@ impl MemoryStore {
             };
         }
         let full = self.live() >= self.max_buckets;
-        let fresh = decide(&mut VecDeque::new());
-        if !fresh.allowed || hit.cost == 0 {
-            // Nothing to remember.
+        let mut recorded = VecDeque::new();
+        let fresh = decide(&mut recorded);
+        if recorded.is_empty() {
+            // Nothing to remember: checks and denials that take nothing leave it empty.
             let key = if full { hit.overflow } else { hit.key };
             if let Some(mut bucket) = self.logs.get_mut(&key) {
                 return Acquired {

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use dashmap::DashMap;
 use smallvec::SmallVec;
 
-use super::contract::{Claim, Hit, Settlement};
+use super::contract::{self, Claim, Hit, Settlement};
 use super::key::{BucketKey, FoldHasher};
 use super::memory::MemoryStore;
 use crate::clock::Nanos;
@@ -126,17 +126,15 @@ impl LocalShare {
 
     /// Owes the units `settlement` (decided here, for `claims`) took to the global budget.
     pub fn owe(&self, claims: &[Claim], settlement: &Settlement) {
-        if settlement.denied {
-            return;
-        }
         for (claim, outcome) in claims.iter().zip(&settlement.outcomes) {
-            if !outcome.verdict.allowed || claim.hit.cost == 0 {
+            let units = contract::charged(claim, outcome, settlement.denied);
+            if units == 0 {
                 continue;
             }
             match self.owed.get_mut(&claim.hit.key) {
-                Some(mut owed) => owed.1 = owed.1.saturating_add(claim.hit.cost),
+                Some(mut owed) => owed.1 = owed.1.saturating_add(units),
                 None if self.owed.len() < self.max_seen => {
-                    self.owed.insert(claim.hit.key, (claim.hit, claim.hit.cost));
+                    self.owed.insert(claim.hit.key, (claim.hit, units));
                 }
                 None => {}
             }

@@ -23,7 +23,6 @@ use tollgate::clock::{ManualClock, NANOS_PER_SEC};
 use tollgate::config::{Options, RateLimitConfig};
 use tollgate::decision::{Limiter, Settings};
 use tollgate::metrics::MetricsOptions;
-use tollgate::quota::Algorithm;
 use tollgate::reload::Reloader;
 use tollgate::rule::Consistency;
 use tollgate::server::{Limits, ServerOptions};
@@ -87,6 +86,8 @@ pub struct TestServer {
 #[derive(Clone)]
 pub struct Setup {
     pub shadow_mode: bool,
+    /// `--count-denied`: every limit runs debt.
+    pub count_denied: bool,
     pub max_buckets: usize,
     /// Watch the config directory for changes.
     pub watch: bool,
@@ -162,10 +163,12 @@ impl RedisSetup {
 pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
     app::Config {
         limits,
-        compile: Options::default(),
         settings: Settings {
             shadow_mode: setup.shadow_mode,
-            default_algorithm: Algorithm::TokenBucket,
+            compile: Options {
+                count_denied: setup.count_denied,
+                ..Options::default()
+            },
         },
         max_buckets: setup.max_buckets,
         store: match &setup.redis {
@@ -229,6 +232,7 @@ impl Default for Setup {
     fn default() -> Self {
         Self {
             shadow_mode: false,
+            count_denied: false,
             max_buckets: 100_000,
             watch: false,
             max_metric_series: 10_000,

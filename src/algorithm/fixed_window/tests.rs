@@ -57,6 +57,23 @@ fn refund_applies_only_to_the_same_window() {
 }
 
 #[test]
+fn a_check_conforms_at_the_limit_and_not_past_it() {
+    let q = quota(2, Unit::Minute);
+    let full = decide(&q, FRESH, T0, 2).state;
+    assert!(decide(&q, full, T0, 0).allowed, "at the limit: not over");
+    let owing = decide(&q.with_debt(5), full, T0, 3);
+    assert!(!owing.allowed);
+    assert_eq!(count(owing.state), 5, "the 3 are counted past the limit");
+    assert!(!decide(&q, owing.state, T0, 0).allowed, "past it: over");
+    let capped = decide(&q.with_debt(5), owing.state, T0, 10);
+    assert_eq!(
+        count(capped.state),
+        7,
+        "down to the debt's limit, no further"
+    );
+}
+
+#[test]
 fn zero_limit_and_huge_costs_are_denied() {
     let q = quota(0, Unit::Second);
     assert!(!decide(&q, FRESH, T0, 1).allowed);
@@ -70,22 +87,27 @@ proptest! {
     #[test]
     fn matches_a_map_of_window_counters(
         rpu in 0u32..20,
+        debt in prop_oneof![Just(0u32), 0u32..10],
         steps in prop::collection::vec((0u64..40 * SEC, 0u64..5), 1..200),
     ) {
-        let q = quota(rpu, Unit::Minute);
+        let q = quota(rpu, Unit::Minute).with_debt(debt);
+        let (limit, debt) = (u64::from(rpu), u64::from(debt));
         let mut windows: HashMap<u64, u64> = HashMap::new();
         let mut state = FRESH;
         let mut now = T0;
         for (gap, cost) in steps {
             now += gap;
             let used = windows.entry(now / (60 * SEC)).or_default();
-            let ok = if cost == 0 { *used < u64::from(rpu) } else { *used + cost <= u64::from(rpu) };
+            // The reference's rule: over when the count would pass the limit.
+            let ok = *used + cost <= limit;
             if ok {
                 *used += cost;
+            } else if debt > 0 {
+                *used += cost.min((limit + debt).saturating_sub(*used));
             }
             let v = decide(&q, state, now, cost);
             prop_assert_eq!(v.allowed, ok);
-            prop_assert_eq!(v.remaining, u64::from(rpu) - *used);
+            prop_assert_eq!(v.remaining, limit.saturating_sub(*used));
             state = v.state;
         }
     }

@@ -34,6 +34,29 @@ fn counts_exactly_over_the_last_unit() {
 }
 
 #[test]
+fn checks_conform_at_the_limit_and_debt_is_recorded() {
+    let q = quota(3, Unit::Minute);
+    let mut log = VecDeque::new();
+    decide(&q, &mut log, T0, 3);
+    assert!(
+        decide(&q, &mut log, T0, 0).allowed,
+        "at the limit: not over"
+    );
+    let owing = decide(&q.with_debt(3), &mut log, T0 + SEC, 2);
+    assert!(!owing.allowed);
+    assert_eq!(log.len(), 5, "what was asked is recorded");
+    assert!(!decide(&q, &mut log, T0 + SEC, 0).allowed, "past it: over");
+    assert_eq!(
+        owing.retry_after,
+        Some(60 * SEC),
+        "the 2 hits of 1 s and one of 0 s leave"
+    );
+    decide(&q.with_debt(3), &mut log, T0 + SEC, 5);
+    assert_eq!(log.len(), 6, "up to the limit plus the debt");
+    assert!(check(&quota(MAX_LIMIT, Unit::Second).with_debt(1)).is_err());
+}
+
+#[test]
 fn refunds_take_back_what_was_recorded_now() {
     let q = quota(5, Unit::Second);
     let mut log = VecDeque::new();
@@ -49,9 +72,11 @@ proptest! {
     #[test]
     fn admits_at_most_the_limit_in_any_unit_and_everything_that_fits(
         rpu in 1u32..20,
+        debt in prop_oneof![Just(0u32), 0u32..10],
         steps in prop::collection::vec((0u64..3 * SEC, 0u64..4), 1..200),
     ) {
-        let q = quota(rpu, Unit::Second);
+        let q = quota(rpu, Unit::Second).with_debt(debt);
+        let (limit, debt) = (u64::from(rpu), u64::from(debt));
         let mut log = VecDeque::new();
         let mut admitted: Vec<u64> = Vec::new();
         let mut now = T0;
@@ -59,12 +84,22 @@ proptest! {
             now += gap;
             let now_ms = now / 1_000_000;
             let in_unit = admitted.iter().filter(|&&at| at + 1000 > now_ms).count() as u64;
-            let fits = if cost == 0 { in_unit < u64::from(rpu) } else { in_unit + cost <= u64::from(rpu) };
+            let fits = in_unit <= limit && in_unit + cost <= limit;
+            let taken = match (fits, debt) {
+                (true, _) => cost,
+                (false, 0) => 0,
+                (false, _) => cost.min((limit + debt).saturating_sub(in_unit)),
+            };
             let v = decide(&q, &mut log, now, cost);
             prop_assert_eq!(v.allowed, fits);
-            prop_assert_eq!(v.remaining, u64::from(rpu).saturating_sub(in_unit) - if v.allowed { cost } else { 0 });
-            if v.allowed {
-                admitted.extend(std::iter::repeat_n(now_ms, cost as usize));
+            prop_assert_eq!(v.remaining, limit.saturating_sub(in_unit + taken));
+            admitted.extend(std::iter::repeat_n(now_ms, taken as usize));
+            if let Some(wait) = v.retry_after {
+                // The request fits exactly after the wait, and not 1 ms before it.
+                prop_assert!(decide(&q, &mut log.clone(), now + wait, cost).allowed);
+                if wait >= 1_000_000 {
+                    prop_assert!(!decide(&q, &mut log.clone(), now + wait - 1_000_000, cost).allowed);
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ fn quota(rpu: u32, unit: Unit) -> Quota {
 struct Model {
     window_ms: u64,
     limit: u64,
+    debt: u64,
     counts: std::collections::HashMap<u64, u64>,
 }
 
@@ -30,18 +31,20 @@ impl Model {
         let current = self.counts.get(&index).copied().unwrap_or(0);
         // previous × (1 − into/window), rounded up, in exact rationals.
         let weighted = (previous * (self.window_ms - into)).div_ceil(self.window_ms);
-        let available = self.limit.saturating_sub(weighted + current);
-        let ok = if cost == 0 {
-            available >= 1
+        let used = weighted + current;
+        let available = self.limit.saturating_sub(used);
+        let taken = if used <= self.limit && cost <= available {
+            cost
+        } else if self.debt > 0 {
+            cost.min((self.limit + self.debt).saturating_sub(used))
         } else {
-            cost <= available
+            0
         };
-        if ok {
-            *self.counts.entry(index).or_default() += cost;
-            (true, available - cost)
-        } else {
-            (false, available)
-        }
+        *self.counts.entry(index).or_default() += taken;
+        (
+            used <= self.limit && cost <= available,
+            available.saturating_sub(taken),
+        )
     }
 }
 
@@ -93,6 +96,30 @@ fn a_denial_says_when_the_request_fits() {
 }
 
 #[test]
+fn checks_conform_at_the_limit_and_debt_is_counted() {
+    let q = quota(4, Unit::Minute);
+    let full = decide(&q, FRESH, T0 + SEC, 4).state;
+    assert!(
+        decide(&q, full, T0 + SEC, 0).allowed,
+        "at the limit: not over"
+    );
+    let owing = decide(&q.with_debt(4), full, T0 + SEC, 3);
+    assert!(!owing.allowed);
+    assert_eq!(owing.state & COUNT_MASK, 7, "what was asked is counted");
+    assert!(
+        !decide(&q, owing.state, T0 + SEC, 0).allowed,
+        "past it: over"
+    );
+    let capped = decide(&q.with_debt(4), owing.state, T0 + SEC, 10);
+    assert_eq!(
+        capped.state & COUNT_MASK,
+        8,
+        "up to the limit plus the debt"
+    );
+    assert!(check(&quota(MAX_LIMIT, Unit::Second).with_debt(1)).is_err());
+}
+
+#[test]
 fn refunds_and_idle_buckets() {
     let q = quota(5, Unit::Second);
     let taken = decide(&q, FRESH, T0 + SEC / 2, 2);
@@ -120,13 +147,15 @@ proptest! {
     #[test]
     fn matches_the_reference_model(
         rpu in 1u32..40,
+        debt in prop_oneof![Just(0u32), 0u32..20],
         unit in prop::sample::select(vec![Unit::Second, Unit::Minute]),
         steps in prop::collection::vec((0u64..2 * SEC, 0u64..5), 1..300),
     ) {
-        let q = quota(rpu, unit);
+        let q = quota(rpu, unit).with_debt(debt);
         let mut model = Model {
             window_ms: unit_ms(&q),
             limit: u64::from(rpu),
+            debt: u64::from(debt),
             counts: Default::default(),
         };
         let mut state = FRESH;
@@ -139,9 +168,9 @@ proptest! {
             prop_assert_eq!(v.remaining, remaining);
             if let Some(wait) = v.retry_after {
                 // The request fits exactly after the wait, and not 1 ms before it.
-                prop_assert!(decide(&q, state, now + wait, cost).allowed);
+                prop_assert!(decide(&q, v.state, now + wait, cost).allowed);
                 if wait >= 1_000_000 {
-                    prop_assert!(!decide(&q, state, now + wait - 1_000_000, cost).allowed);
+                    prop_assert!(!decide(&q, v.state, now + wait - 1_000_000, cost).allowed);
                 }
             }
             state = v.state;

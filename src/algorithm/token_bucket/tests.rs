@@ -15,37 +15,53 @@ fn quota(rpu: u32, unit: Unit, burst: u32) -> Quota {
 /// The textbook token bucket, written independently: a level of stored nanoseconds-worth of
 /// tokens, topped up by elapsed time and capped at capacity.
 struct Model {
-    level: u128,
+    /// Token-nanoseconds in the bucket; below zero while in debt.
+    level: i128,
     last: u64,
-    t: u128,
-    capacity: u128,
+    t: i128,
+    capacity: i128,
+    /// How far below zero the level may go.
+    floor: i128,
 }
 
 impl Model {
     fn new(q: &Quota, now: u64) -> Self {
-        let t = u128::from(q.unit().nanos()).div_ceil(u128::from(q.requests_per_unit()));
-        let capacity = u128::from(q.burst()) * t;
+        let t = i128::from(q.unit().nanos()).div_ceil_compat(i128::from(q.requests_per_unit()));
+        let capacity = i128::from(q.burst()) * t;
         Self {
             level: capacity,
             last: now,
             t,
             capacity,
+            floor: -i128::from(q.debt()) * t,
         }
     }
 
+    /// A request of `cost` tokens: it conforms when the bucket is not in debt and holds
+    /// them (a check, when not in debt); one that does not takes what it can into debt.
     fn hit(&mut self, now: u64, cost: u64) -> (bool, u64) {
-        self.level = (self.level + u128::from(now - self.last)).min(self.capacity);
+        self.level = (self.level + i128::from(now - self.last)).min(self.capacity);
         self.last = now;
-        let want = u128::from(cost) * self.t;
-        let ok = if cost == 0 {
-            self.level >= self.t
-        } else {
-            self.level >= want
-        };
+        let want = i128::from(cost) * self.t;
+        let ok = self.level - want >= 0;
         if ok {
             self.level -= want;
+        } else if self.floor < 0 {
+            let room = (self.level - self.floor).max(0) / self.t;
+            self.level -= room.min(i128::from(cost)) * self.t;
         }
-        (ok, (self.level / self.t) as u64)
+        (ok, (self.level.max(0) / self.t) as u64)
+    }
+}
+
+/// `div_ceil` for positive i128s.
+trait DivCeil {
+    fn div_ceil_compat(self, by: i128) -> i128;
+}
+
+impl DivCeil for i128 {
+    fn div_ceil_compat(self, by: i128) -> i128 {
+        (self + by - 1) / by
     }
 }
 
@@ -98,25 +114,51 @@ fn burst_sets_capacity_apart_from_rate() {
 }
 
 #[test]
-fn check_only_consumes_nothing_and_reports_exhaustion() {
+fn a_check_consumes_nothing_and_conforms_until_the_bucket_is_in_debt() {
     let q = quota(1, Unit::Hour, 1);
     let v = decide(&q, FRESH, T0, 0);
     assert!(v.allowed);
     assert_eq!(v.state, FRESH);
     let used = decide(&q, FRESH, T0, 1).state;
     let v = decide(&q, used, T0, 0);
+    assert!(v.allowed, "exactly at the limit: not over it");
+    assert_eq!((v.state, v.remaining), (used, 0));
+    // In debt, a check does not conform, and says when it will.
+    let owing = decide(&q.with_debt(3), used, T0, 2);
+    assert!(!owing.allowed);
+    let v = decide(&q.with_debt(3), owing.state, T0, 0);
     assert!(!v.allowed);
-    assert_eq!(v.state, used);
+    assert_eq!(v.retry_after, Some(2 * 3600 * SEC), "two tokens owed");
 }
 
 #[test]
-fn zero_rate_denies_everything() {
+fn a_hit_past_what_is_left_runs_debt_down_to_its_limit() {
+    let q = quota(10, Unit::Minute, 10).with_debt(10);
+    let v = decide(&q, FRESH, T0, 12);
+    assert!(!v.allowed, "12 do not fit in 10");
+    assert_eq!(v.remaining, 0);
+    assert_eq!(v.state, T0 + 12 * 6 * SEC, "but all 12 are taken");
+    let v = decide(&q, v.state, T0, 20);
+    assert_eq!(v.state, T0 + 20 * 6 * SEC, "down to 10 owed, no further");
+    let owing = v.state;
+    assert!(!decide(&q, owing, T0 + 59 * SEC, 0).allowed, "still owing");
+    let v = decide(&q, owing, T0 + 60 * SEC, 0);
+    assert!(v.allowed, "repaid: empty, not owing");
+    assert_eq!(v.remaining, 0);
+    // Without debt, a hit that does not fit takes nothing.
+    let plain = quota(10, Unit::Minute, 10);
+    assert_eq!(decide(&plain, FRESH, T0, 12).state, FRESH);
+}
+
+#[test]
+fn zero_rate_denies_every_hit() {
     let q = quota(0, Unit::Second, 0);
-    for cost in [0, 1, 5] {
-        let v = decide(&q, FRESH, T0, cost);
+    assert!(decide(&q, FRESH, T0, 0).allowed, "a check: empty, not over");
+    for cost in [1, 5] {
+        let v = decide(&q.with_debt(5), FRESH, T0, cost);
         assert!(!v.allowed);
         assert_eq!(v.retry_after, None);
-        assert_eq!(v.state, FRESH);
+        assert_eq!(v.state, FRESH, "no debt that could never be repaid");
     }
 }
 
@@ -229,10 +271,11 @@ proptest! {
     fn matches_the_textbook_model(
         rpu in 1u32..50,
         burst in 1u32..50,
+        debt in prop_oneof![Just(0u32), 0u32..20],
         unit in prop::sample::select(vec![Unit::Second, Unit::Minute]),
         steps in prop::collection::vec((0u64..3 * SEC, 0u64..6), 1..200),
     ) {
-        let q = quota(rpu, unit, burst);
+        let q = quota(rpu, unit, burst).with_debt(debt);
         let mut model = Model::new(&q, T0);
         let mut state = FRESH;
         let mut now = T0;
@@ -271,7 +314,7 @@ impl LeakyMeter {
     fn hit(&mut self, now: u64, cost: u64) -> bool {
         self.water = self.water.saturating_sub(u128::from(now - self.last));
         self.last = now;
-        let poured = u128::from(cost.max(1)) * self.t;
+        let poured = u128::from(cost) * self.t;
         let fits = self.water + poured <= self.capacity;
         if fits && cost > 0 {
             self.water += poured;

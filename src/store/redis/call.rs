@@ -23,6 +23,8 @@ pub(super) struct Entry {
     pub(super) cost: u64,
     pub(super) p1: u64,
     pub(super) p2: u64,
+    /// Units of debt the limit runs (decide entries only).
+    pub(super) debt: u64,
     /// Decide entries only: the role bits and the units to lease.
     pub(super) role: Option<(u64, u64)>,
 }
@@ -37,6 +39,7 @@ impl Entry {
             cost,
             p1,
             p2,
+            debt: u64::from(hit.quota.debt()),
             role,
         }
     }
@@ -56,7 +59,7 @@ pub(super) fn call(
     now: Nanos,
 ) -> InFlight {
     let mut keys: SmallVec<[String; 4]> = SmallVec::new();
-    let mut args: SmallVec<[u64; 27]> = SmallVec::new();
+    let mut args: SmallVec<[u64; 31]> = SmallVec::new();
     args.extend([now / NANOS_PER_SEC, now % NANOS_PER_SEC, wire::GRACE_MS]);
     for entry in entries {
         if let Some(key) = entry.key {
@@ -64,7 +67,7 @@ pub(super) fn call(
         }
         args.extend([entry.kind, entry.cost, entry.p1, entry.p2]);
         if let Some((role, lease)) = entry.role {
-            args.extend([role, lease]);
+            args.extend([role, lease, entry.debt]);
         }
     }
     Box::pin(async move {

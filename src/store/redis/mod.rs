@@ -187,6 +187,7 @@ impl RedisStore {
                         cost: 0,
                         p1: u64::from(*allowed),
                         p2: 0,
+                        debt: 0,
                         role,
                     },
                 }

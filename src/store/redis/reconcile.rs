@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 use super::RedisStore;
 use super::call::{self, InFlight};
 use crate::clock::Nanos;
-use crate::store::contract::{Claim, Hit, Late, Settlement};
+use crate::store::contract::{self, Claim, Hit, Late, Settlement};
 use crate::store::lease::Unspent;
 
 /// The longest wait for a late answer; past it the call counts as lost (its effect, if any,
@@ -48,10 +48,7 @@ pub(super) fn late(store: Weak<RedisStore>, in_flight: InFlight, asked: Asked) -
             .claims
             .iter()
             .zip(&instead.outcomes)
-            .map(|(claim, outcome)| {
-                let took = !instead.denied && outcome.verdict.allowed;
-                if took { claim.hit.cost } else { 0 }
-            })
+            .map(|(claim, outcome)| contract::charged(claim, outcome, instead.denied))
             .collect();
         tokio::spawn(async move {
             let answer = tokio::time::timeout(LATE_WAIT, in_flight).await;
@@ -72,7 +69,7 @@ pub(super) fn late(store: Weak<RedisStore>, in_flight: InFlight, asked: Asked) -
 impl RedisStore {
     /// Makes the effect of a late `reply` to `asked` agree with what the request `took`.
     async fn reconcile(&self, asked: &Asked, took: &[u64], reply: &[i64]) {
-        let Some((denied, figures)) = call::decided(reply, asked.claims.len()) else {
+        let Some((_, figures)) = call::decided(reply, asked.claims.len()) else {
             self.late.lost.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -89,7 +86,8 @@ impl RedisStore {
             if known.is_some() {
                 continue;
             }
-            let taken = if denied { 0 } else { figures.taken };
+            // A denied request's entries took nothing, but what debt kept (0 if they did not).
+            let taken = figures.taken;
             // What it took beyond the request's own units was a lease nobody recorded.
             let back = taken.saturating_sub(took);
             if back > 0 {

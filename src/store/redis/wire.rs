@@ -25,8 +25,8 @@ pub const KIND_SLIDING_LOG: u64 = 4;
 pub const ROLE_DENIES: u64 = 1;
 /// Role bit: the entry is a quota-mode limit.
 pub const ROLE_QUOTA: u64 = 2;
-/// Fields per entry of `decide.lua`: kind, cost, p1, p2, role, lease.
-pub const DECIDE_FIELDS: usize = 6;
+/// Fields per entry of `decide.lua`: kind, cost, p1, p2, role, lease, debt.
+pub const DECIDE_FIELDS: usize = 7;
 /// Fields per entry of `lease.lua` and `give_back.lua`: kind, cost, p1, p2.
 pub const LEASE_FIELDS: usize = 4;
 /// Numbers per entry in a reply: allowed, remaining, reset_after, retry_after (-1: never),

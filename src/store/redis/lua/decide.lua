@@ -4,12 +4,13 @@
 -- ARGV: the header, then DECIDE_FIELDS per entry: kind, cost (units to take; 0 checks only),
 -- p1, p2 (see the prelude), role (ROLE_DENIES + ROLE_QUOTA bits), lease (cached mode: once the
 -- request is admitted, also take up to this many more units, as many as remain, for the
--- caller's lease). A KIND_DECIDED entry was decided by the caller (from a lease): its p1 is 1
--- if it conformed, and it only takes part in settling.
+-- caller's lease), debt (units of debt the limit runs; 0: none). A KIND_DECIDED entry was
+-- decided by the caller (from a lease): its p1 is 1 if it conformed, and it only takes part in
+-- settling.
 -- Returns 1 if the request was denied, then REPLY_FIELDS per entry: the entry's figures after
 -- its own cost, and the units taken (its cost plus what was leased). A denied request takes
--- nothing: its entries that had conformed are `refunded`, their figures those of a check of the
--- restored bucket.
+-- nothing, but what entries running debt took (their usage happened): its other entries that
+-- had conformed are `refunded`, their figures those of a check of the restored bucket.
 
 undoable = #ARGV - HEADER_ARGS > DECIDE_FIELDS
 
@@ -22,13 +23,15 @@ for i = HEADER_ARGS + 1, #ARGV, DECIDE_FIELDS do
   local role = tonumber(ARGV[i + 4])
   local v
   if kind == KIND_DECIDED then
-    v = {allowed = p1 == 1, remaining = 0, reset = 0, retry = -1}
+    v = {allowed = p1 == 1, remaining = 0, reset = 0, retry = -1, taken = 0}
   else
     k = k + 1
     local key = KEYS[k]
-    v = algorithms[kind](key, cost, p1, p2)
-    v.key, v.kind, v.p1, v.p2 = key, kind, p1, p2
+    local debt = tonumber(ARGV[i + 6])
+    v = algorithms[kind](key, cost, p1, p2, debt)
+    v.key, v.kind, v.p1, v.p2, v.debt = key, kind, p1, p2, debt
     v.took = v.allowed and cost > 0
+    v.keeps = debt > 0
     v.cost = cost
     v.lease = tonumber(ARGV[i + 5])
   end
@@ -51,13 +54,21 @@ for _, v in ipairs(decided) do
 end
 if quota_seen and quota_all_over then denied = true end
 
-if denied then restore() end
+if denied and undoable then
+  restore()
+  -- What entries running debt took stands: take it again on the restored buckets (where it
+  -- fits at least as well as it did).
+  undoable = false
+  for _, v in ipairs(decided) do
+    if v.keeps and v.taken > 0 then algorithms[v.kind](v.key, v.taken, v.p1, v.p2, v.debt) end
+  end
+end
 local out = {denied and 1 or 0}
 for _, v in ipairs(decided) do
-  if denied and v.took then
+  if denied and v.took and not v.keeps then
     -- Report the bucket as it stands, untouched by this request.
-    reply(out, algorithms[v.kind](v.key, 0, v.p1, v.p2), true, 0)
-  elseif v.took then
+    reply(out, algorithms[v.kind](v.key, 0, v.p1, v.p2, v.debt), true, 0)
+  elseif v.took and not denied then
     local leased = 0
     if v.lease > 0 and v.remaining > 0 then
       -- After the settlement: a lease never makes the request's own entries deny. What the
@@ -68,7 +79,7 @@ for _, v in ipairs(decided) do
     end
     reply(out, v, false, v.cost + leased)
   else
-    reply(out, v, false, 0)
+    reply(out, v, false, v.taken)
   end
 end
 return out

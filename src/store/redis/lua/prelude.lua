@@ -16,10 +16,15 @@
 --   KIND_SLIDING_LOG = 4     p1: window milliseconds, p2: the limit
 --   ROLE_DENIES = 1          role bit: the entry's denial denies the request
 --   ROLE_QUOTA = 2           role bit: the entry is a quota-mode limit
---   DECIDE_FIELDS = 6        decide.lua: kind, cost, p1, p2, role, lease per entry
+--   DECIDE_FIELDS = 7        decide.lua: kind, cost, p1, p2, role, lease, debt per entry
 --   LEASE_FIELDS = 4         lease.lua and give_back.lua: kind, cost, p1, p2 per entry
 --   REPLY_FIELDS = 6         per entry: allowed, remaining, reset_after (ns), retry_after (ns, -1
 --                            for never), refunded, units taken
+--
+-- Each algorithm is called as `(key, cost, p1, p2, debt)` and returns {allowed, remaining,
+-- reset, retry, taken}: a hit conforms when what is used plus its cost stays within the limit
+-- (a check, cost 0, conforms unless the bucket is past it); one that does not takes nothing,
+-- unless `debt` (units, nil for none) lets it run the bucket into debt.
 --
 -- KEYS hold one bucket key per entry that has a bucket (every kind but KIND_DECIDED), in entry
 -- order. Stored values: a token bucket's is `<theoretical arrival time, ns>:<ns per token>`, a
@@ -39,10 +44,11 @@ local past_ms = now_ns % 1000000
 -- Milliseconds from the last whole millisecond, as nanoseconds from now.
 local function after_ms(ms) return math.max(ms * 1000000 - past_ms, 0) end
 
--- Whether `cost` units fit in `available`; a check (cost 0) needs one.
-local function fits(cost, available)
-  if cost == 0 then return available >= 1 end
-  return cost <= available
+-- A hit that does not conform takes nothing, unless its limit runs `debt` units of debt: then
+-- it takes its cost, as far as `room` (the limit plus the debt, less what is used) allows.
+local function owed(cost, debt, room)
+  if debt == 0 then return 0 end
+  return math.max(math.min(cost, room), 0)
 end
 
 -- A token bucket's stored value for a debt of `d` ns at `t` ns per token, and its TTL in ms.
@@ -88,10 +94,10 @@ end
 
 -- A token bucket's debt at now (its theoretical arrival time minus now, at least 0), at `t` ns
 -- per token. A bucket written at another token length (a reload changed the rate) keeps its
--- whole tokens consumed, a partly refilled one counting as consumed, at most an empty bucket
--- (token_bucket::rescale); the rescaled value is stored at once, as the memory store does, so
+-- whole tokens consumed, a partly refilled one counting as consumed, at most `most` tokens (an
+-- empty bucket run to its debt's ceiling: token_bucket::rescale); the rescaled value is stored at once, as the memory store does, so
 -- it is not undone when the request is denied.
-local function tb_debt(key, t, burst)
+local function tb_debt(key, t, most)
   local raw = redis.call('GET', key)
   if not raw then return 0 end
   local tat, from = raw, nil
@@ -107,38 +113,49 @@ local function tb_debt(key, t, burst)
     -- Division of doubles may round across an integer: settle it with exact products.
     if used > 0 and (used - 1) * from >= d then used = used - 1 end
     if used * from < d then used = used + 1 end
-    d = math.min(used, burst) * t
+    d = math.min(used, most) * t
     redis.call('SET', key, tb_value(d, t), 'PX', tb_ttl(d))
   end
   return d
 end
 
-local function token_bucket(key, cost, t, burst)
-  if burst == 0 then
-    return {allowed = false, remaining = 0, reset = t, retry = -1}
-  end
-  local capacity = burst * t
-  local used = math.min(tb_debt(key, t, burst), capacity)
-  -- floor((capacity - used) / t), without forming capacity - used, which may pass 2^53. Past
-  -- 2^53 the debt carries a few nanoseconds of rounding noise: a debt that close above a token
-  -- boundary counts as on it.
+-- Whole tokens of `tokens` a bucket `used` ns deep still holds: floor(tokens - used / t), at
+-- least 0, without forming a product that may pass 2^53. Past 2^53 the debt carries a few
+-- nanoseconds of rounding noise: a debt that close above a token boundary counts as on it.
+local function tb_left(tokens, used, t)
   local noise = 0
   if used > 9007199254740992 then noise = 64 end
-  local available = math.max(burst - math.ceil((used - noise) / t), 0)
-  if not fits(cost, available) then
-    local want = math.max(cost, 1)
-    local retry = -1
-    if want <= burst then retry = math.max(used + want * t - capacity, 0) end
-    return {allowed = false, remaining = available, reset = used, retry = retry}
-  end
-  local after = used + cost * t
-  if cost > 0 then
-    write(key, tb_value(after, t), tb_ttl(after))
-  end
-  return {allowed = true, remaining = available - cost, reset = after, retry = -1}
+  return math.max(tokens - math.ceil((used - noise) / t), 0)
 end
 
-local function fixed_window(key, cost, unit, limit)
+local function token_bucket(key, cost, t, burst, debt)
+  debt = debt or 0
+  if burst == 0 then
+    return {allowed = cost == 0, remaining = 0, reset = t, retry = -1, taken = 0}
+  end
+  local capacity = burst * t
+  -- Debt past the ceiling (left by a lowered burst or rate) is forgiven.
+  local used = math.min(tb_debt(key, t, burst + debt), (burst + debt) * t)
+  local available = tb_left(burst, used, t)
+  if used <= capacity and cost <= available then
+    local after = used + cost * t
+    if cost > 0 then
+      write(key, tb_value(after, t), tb_ttl(after))
+    end
+    return {allowed = true, remaining = available - cost, reset = after, retry = -1, taken = cost}
+  end
+  local taken = owed(cost, debt, tb_left(burst + debt, used, t))
+  if taken > 0 then
+    used = used + taken * t
+    write(key, tb_value(used, t), tb_ttl(used))
+  end
+  local retry = -1
+  if cost <= burst then retry = math.max(used + cost * t - capacity, 0) end
+  return {allowed = false, remaining = tb_left(burst, used, t), reset = used, retry = retry,
+    taken = taken}
+end
+
+local function fixed_window(key, cost, unit, limit, debt)
   local window_end = (math.floor(now_s / unit) + 1) * unit
   local used = 0
   local raw = redis.call('GET', key)
@@ -148,16 +165,17 @@ local function fixed_window(key, cost, unit, limit)
   end
   local available = math.max(limit - used, 0)
   local reset = (window_end - now_s) * NS - now_ns
-  if not fits(cost, available) then
-    local retry = -1
-    if math.max(cost, 1) <= limit then retry = reset end
-    return {allowed = false, remaining = available, reset = reset, retry = retry}
-  end
-  if cost > 0 then
-    write(key, string.format('%d:%d', window_end, used + cost),
+  local allowed = used <= limit and cost <= available
+  local taken = cost
+  if not allowed then taken = owed(cost, debt or 0, limit + (debt or 0) - used) end
+  if taken > 0 then
+    write(key, string.format('%d:%d', window_end, used + taken),
       math.ceil(reset / 1000000) + grace_ms)
   end
-  return {allowed = true, remaining = available - cost, reset = reset, retry = -1}
+  local retry = -1
+  if not allowed and cost <= limit then retry = reset end
+  return {allowed = allowed, remaining = math.max(available - taken, 0), reset = reset,
+    retry = retry, taken = taken}
 end
 
 local function sw_value(index, previous, current, window)
@@ -187,7 +205,7 @@ end
 
 -- The sliding window counts in whole milliseconds (see sliding_window.rs), so every product
 -- here stays below 2^53.
-local function sliding_window(key, cost, window, limit)
+local function sliding_window(key, cost, window, limit, debt)
   local index = math.floor(now_ms / window)
   local left = window - (now_ms - index * window)
   local previous, current = 0, 0
@@ -197,62 +215,62 @@ local function sliding_window(key, cost, window, limit)
   elseif i == index - 1 then
     previous = c
   end
-  local available = math.max(limit - math.ceil(previous * left / window) - current, 0)
+  local used = math.ceil(previous * left / window) + current
+  local available = math.max(limit - used, 0)
+  local allowed = used <= limit and cost <= available
+  local taken = cost
+  if not allowed then taken = owed(cost, debt or 0, limit + (debt or 0) - used) end
+  if taken > 0 then
+    current = current + taken
+    write(key, sw_value(index, previous, current, window), left + window + grace_ms)
+  end
   local reset = 0
   if current > 0 then reset = left + window elseif previous > 0 then reset = left end
-  if not fits(cost, available) then
-    local want = math.max(cost, 1)
-    local retry = -1
-    if want <= limit then
-      local room = limit - current - want
-      if room >= 0 then
-        retry = after_ms(math.max(left - math.floor(room * window / math.max(previous, 1)), 0))
-      else
-        local keep = math.floor((limit - want) * window / math.max(current, 1))
-        retry = after_ms(left + math.max(window - keep, 0))
-      end
+  local retry = -1
+  if not allowed and cost <= limit then
+    local room = limit - current - cost
+    if room >= 0 then
+      retry = after_ms(math.max(left - math.floor(room * window / math.max(previous, 1)), 0))
+    else
+      local keep = math.floor((limit - cost) * window / math.max(current, 1))
+      retry = after_ms(left + math.max(window - keep, 0))
     end
-    return {allowed = false, remaining = available, reset = after_ms(reset), retry = retry}
   end
-  if cost > 0 then
-    reset = left + window
-    write(key, sw_value(index, previous, current + cost, window), reset + grace_ms)
-  end
-  return {allowed = true, remaining = available - cost, reset = after_ms(reset), retry = -1}
+  return {allowed = allowed, remaining = math.max(available - taken, 0), reset = after_ms(reset),
+    retry = retry, taken = taken}
 end
 
 -- The sliding log: a sorted set of admitted hits scored by their time in ms; members are
 -- made unique by a counter beside it (same hash tag, so the same slot).
-local function sliding_log(key, cost, unit, limit)
+local function sliding_log(key, cost, unit, limit, debt)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms - unit)
   local used = redis.call('ZCARD', key)
-  local available = math.max(limit - used, 0)
-  local function reset()
-    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    if #newest == 0 then return 0 end
-    return after_ms(tonumber(newest[2]) + unit - now_ms)
-  end
-  if not fits(cost, available) then
-    local want = math.max(cost, 1)
-    local retry = -1
-    if want <= limit then
-      local k = used + want - limit - 1
-      local leaving = redis.call('ZRANGE', key, k, k, 'WITHSCORES')
-      if #leaving > 0 then retry = after_ms(tonumber(leaving[2]) + unit - now_ms) end
-    end
-    return {allowed = false, remaining = available, reset = reset(), retry = retry}
-  end
-  if cost > 0 then
+  local allowed = used <= limit and cost <= limit - used
+  local taken = cost
+  if not allowed then taken = owed(cost, debt or 0, limit + (debt or 0) - used) end
+  if taken > 0 then
     local ttl = unit + grace_ms
-    for _ = 1, cost do
+    for _ = 1, taken do
       local member = now_ms .. ':' .. redis.call('INCR', key .. ':seq')
       redis.call('ZADD', key, now_ms, member)
       if undoable then added[#added + 1] = {key, member} end
     end
     redis.call('PEXPIRE', key, ttl)
     redis.call('PEXPIRE', key .. ':seq', ttl)
+    used = used + taken
   end
-  return {allowed = true, remaining = available - cost, reset = reset(), retry = -1}
+  local reset = 0
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if #newest > 0 then reset = after_ms(tonumber(newest[2]) + unit - now_ms) end
+  local retry = -1
+  if not allowed and cost <= limit then
+    -- The hit whose leaving lets the cost conform: the (used + cost - limit)-th oldest.
+    local k = used + cost - limit - 1
+    local leaving = redis.call('ZRANGE', key, k, k, 'WITHSCORES')
+    if #leaving > 0 then retry = after_ms(tonumber(leaving[2]) + unit - now_ms) end
+  end
+  return {allowed = allowed, remaining = math.max(limit - used, 0), reset = reset, retry = retry,
+    taken = taken}
 end
 
 local algorithms = {
