@@ -13,8 +13,10 @@ use tokio::net::TcpListener;
 
 use crate::decision::Limiter;
 use crate::metrics::{Metrics, MetricsOptions};
+use crate::protocol::rlqs::{RateLimitQuotaGrpc, admin_router as rlqs_router};
 use crate::protocol::{Shared, admin, authz::AuthorizationGrpc, rls::RateLimitGrpc};
 use crate::reload::{Reloader, watch};
+use crate::rlqs::{Rlqs, RlqsOptions};
 use crate::snapshot::Snapshots;
 
 /// A failure to start or to keep serving.
@@ -118,6 +120,11 @@ impl Server {
             metrics: Arc::new(Metrics::new(self.reloader.clone(), self.options.metrics)),
             reloader: self.reloader.clone(),
         };
+        let rlqs = Arc::new(Rlqs::new(
+            self.reloader.clone(),
+            shared.metrics.rlqs.clone(),
+            RlqsOptions::default(),
+        ));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let deadline_rx = stop_rx.clone();
         if self.options.watch {
@@ -137,8 +144,11 @@ impl Server {
         type Rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RateLimitGrpc>;
         health.set_serving::<Rls>().await;
 
+        let expiring = rlqs.clone();
         tokio::spawn(async move {
             shutdown.await;
+            // Envoys fall back to their own behaviour before this server goes away.
+            expiring.shutdown();
             tracing::info!("shutting down: draining in-flight calls");
             health.set_not_serving::<Rls>().await;
             health
@@ -156,6 +166,7 @@ impl Server {
         let snapshotter = self.snapshots.clone().map(|snapshots| {
             tokio::spawn(snapshots.run(limiter.clone(), stopped(stop_rx.clone())))
         });
+        tokio::spawn(rlqs.clone().upkeep(stopped(stop_rx.clone())));
         let sweeper = tokio::spawn(sweep(
             limiter.clone(),
             self.options.sweep_interval,
@@ -167,14 +178,15 @@ impl Server {
             .add_service(health_service)
             .add_service(RateLimitGrpc::new(shared.clone()).into_server())
             .add_service(AuthorizationGrpc::new(shared.clone()).into_server())
+            .add_service(RateLimitQuotaGrpc::new(rlqs.clone()).into_server())
             .serve_with_incoming_shutdown(
                 // Accepted sockets get TCP_NODELAY here: the builder's setting only reaches
                 // listeners it binds itself, and Nagle + delayed ACKs stall answers ~40 ms.
                 tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                 stopped(stop_rx.clone()),
             );
-        let http =
-            axum::serve(self.http, admin::router(shared)).with_graceful_shutdown(stopped(stop_rx));
+        let admin = admin::router(shared).merge(rlqs_router(rlqs));
+        let http = axum::serve(self.http, admin).with_graceful_shutdown(stopped(stop_rx));
         let drain = self.options.drain_timeout;
         let deadline = async move {
             stopped(deadline_rx).await;
