@@ -217,7 +217,7 @@ async fn envoys_share_the_limit_by_demand_and_a_closed_stream_frees_its_share() 
     let (mut a, mut b) = (Envoy::connect(&s).await, Envoy::connect(&s).await);
     a.send("quota", &[(API, 1, 0, 0)]).await;
     assert_eq!(a.one().await, Told::Tokens(10, 1, 10, 15));
-    // a uses 2 per second.
+    // a uses 2 per second: it wants 3 (10 % and a token of headroom).
     a.send("quota", &[(API, 9, 0, 5)]).await;
     assert_eq!(
         a.one().await,
@@ -226,13 +226,13 @@ async fn envoys_share_the_limit_by_demand_and_a_closed_stream_frees_its_share() 
     );
     // b subscribes: a is shrunk to what it uses, pushed without a report; b gets the rest.
     b.send("quota", &[(API, 1, 0, 0)]).await;
-    assert_eq!(b.one().await, Told::Tokens(8, 1, 8, 15));
-    assert_eq!(a.one().await, Told::Tokens(2, 1, 2, 15));
+    assert_eq!(b.one().await, Told::Tokens(7, 1, 7, 15));
+    assert_eq!(a.one().await, Told::Tokens(3, 1, 3, 15));
     // b is busy (denied requests are demand too); a, still light, keeps what it needs.
     b.send("quota", &[(API, 39, 60, 5)]).await;
-    assert_eq!(b.one().await, Told::Tokens(8, 1, 8, 15));
+    assert_eq!(b.one().await, Told::Tokens(7, 1, 7, 15));
     a.send("quota", &[(API, 10, 0, 5)]).await;
-    assert_eq!(a.one().await, Told::Tokens(2, 1, 2, 15));
+    assert_eq!(a.one().await, Told::Tokens(3, 1, 3, 15));
 
     let page = rlqs_page(&s).await;
     let envoys = page["buckets"][0]["envoys"].as_array().unwrap();
@@ -244,8 +244,8 @@ async fn envoys_share_the_limit_by_demand_and_a_closed_stream_frees_its_share() 
                 .unwrap()
         })
         .collect();
-    assert_eq!(shares, [2, 8]);
-    assert_eq!(envoys[1]["demand"], 20);
+    assert_eq!(shares, [3, 7]);
+    assert_eq!(envoys[1]["demand"], 23);
 
     // a goes away: b gets its share at once.
     a.close();
