@@ -217,7 +217,7 @@ async fn envoys_share_the_limit_by_demand_and_a_closed_stream_frees_its_share() 
     let (mut a, mut b) = (Envoy::connect(&s).await, Envoy::connect(&s).await);
     a.send("quota", &[(API, 1, 0, 0)]).await;
     assert_eq!(a.one().await, Told::Tokens(10, 1, 10, 15));
-    // a uses 2 per second: it wants 3 (10 % and a token of headroom).
+    // a uses 2 per second: it wants 3 (10 % of headroom, rounded up).
     a.send("quota", &[(API, 9, 0, 5)]).await;
     assert_eq!(
         a.one().await,
@@ -245,7 +245,7 @@ async fn envoys_share_the_limit_by_demand_and_a_closed_stream_frees_its_share() 
         })
         .collect();
     assert_eq!(shares, [3, 7]);
-    assert_eq!(envoys[1]["demand"], 23);
+    assert_eq!(envoys[1]["demand"], 22);
 
     // a goes away: b gets its share at once.
     a.close();

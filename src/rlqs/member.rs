@@ -100,16 +100,17 @@ impl Member {
     }
 
     /// What it wants, in tokens per period of `quota`: the allowed and denied requests of its
-    /// last measured window alike (both are traffic that wants to pass), plus a headroom of
-    /// 10 % and one token, so a steady Envoy is not denied by the jitter of its own traffic and
-    /// an idle one keeps a token for its next request.
+    /// last measured window alike (both are traffic that wants to pass), plus 10 % of headroom,
+    /// rounded up to a whole token and at least one, so a steady Envoy is not denied by the
+    /// jitter of its own traffic and an idle one keeps a token for its next request.
     pub fn demand(&self, quota: &Quota) -> Demand {
         let Some(Window { requests, secs }) = self.rate else {
             return Demand::Unknown;
         };
         let per_period = u128::from(requests) * u128::from(quota.unit().seconds());
-        let used = per_period.div_ceil(u128::from(secs.max(1)));
-        let wanted = used + used / 10 + 1;
+        let wanted = (per_period * 11)
+            .div_ceil(u128::from(secs.max(1)) * 10)
+            .max(1);
         Demand::Known(u64::try_from(wanted).unwrap_or(u64::MAX))
     }
 
@@ -144,9 +145,9 @@ mod tests {
         // The subscription: one request, no time.
         member.record(1, 0, 0, 1);
         assert_eq!(member.demand(&quota), Demand::Unknown);
-        // 9 more over 5 s: 10 in 5 s is 120 per minute, and 10 % + 1 of headroom.
+        // 9 more over 5 s: 10 in 5 s is 120 per minute, and 10 % of headroom.
         member.record(6, 3, 5, 2);
-        assert_eq!(member.demand(&quota), Demand::Known(133));
+        assert_eq!(member.demand(&quota), Demand::Known(132));
         assert_eq!((member.allowed, member.denied), (7, 3));
         // An idle period wants one token.
         member.record(0, 0, 5, 3);

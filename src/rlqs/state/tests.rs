@@ -140,17 +140,17 @@ fn two_envoys_split_by_demand_and_never_hold_more_than_the_limit() {
     );
     w.report(a, "edge", &[("shared", 1, 0, 0)]).unwrap();
     // a measured: 20 per second (the subscription's request counts in the window), wanting
-    // 23 with the headroom.
+    // 22 with the headroom.
     w.report(a, "edge", &[("shared", 99, 0, 5)]).unwrap();
     // b subscribes: a is shrunk to its demand in the same instant, b takes the rest.
     let out = w.report(b, "edge", &[("shared", 1, 0, 0)]).unwrap();
     assert_eq!(
         assigned(&out),
-        [(a, token_bucket(23), 15), (b, token_bucket(77), 15)]
+        [(a, token_bucket(22), 15), (b, token_bucket(78), 15)]
     );
-    // b measured busy (denied requests count as demand): a keeps 23.
+    // b measured busy (denied requests count as demand): a keeps 22.
     let out = w.report(b, "edge", &[("shared", 400, 600, 5)]).unwrap();
-    assert_eq!(assigned(&out), [(b, token_bucket(77), 15)]);
+    assert_eq!(assigned(&out), [(b, token_bucket(78), 15)]);
 }
 
 #[test]
