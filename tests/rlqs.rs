@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::service::rate_limit_quota::v3::{
 };
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use tokio::sync::mpsc;
+use tollgate::reload::Trigger;
 use tonic::{Code, Status, Streaming};
 
 const LIMITS: &str = r#"
@@ -480,4 +481,28 @@ async fn redis_replicas_each_hand_out_their_part_of_the_limit() {
     a.send("quota", &[(API, 5, 0, 5)]).await;
     assert_eq!(a.one().await, Told::Tokens(10, 1, 10, 15));
     one.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_applies_at_each_buckets_next_report() {
+    let s = server().await;
+    let mut envoy = Envoy::connect(&s).await;
+    envoy.send("quota", &[(API, 1, 0, 0)]).await;
+    assert_eq!(envoy.one().await, Told::Tokens(10, 1, 10, 15));
+    let limits = s.dir.join("limits.yaml");
+    let faster = LIMITS.replace("requests_per_unit: 10}", "requests_per_unit: 20}");
+    std::fs::write(&limits, &faster).unwrap();
+    s.reloader.reload(Trigger::Http).await.unwrap();
+    envoy.send("quota", &[(API, 5, 0, 5)]).await;
+    assert_eq!(envoy.one().await, Told::Tokens(20, 1, 20, 15));
+    // The limit is removed: the bucket is no longer limited, and its budget is gone.
+    std::fs::write(&limits, faster.replace("value: api", "value: apis")).unwrap();
+    s.reloader.reload(Trigger::Http).await.unwrap();
+    envoy.send("quota", &[(API, 5, 0, 5)]).await;
+    assert_eq!(envoy.one().await, Told::Allow(15));
+    assert_eq!(
+        rlqs_page(&s).await["buckets"][0]["limit"],
+        serde_json::Value::Null
+    );
+    s.stop().await;
 }
