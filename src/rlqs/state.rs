@@ -221,10 +221,8 @@ impl State {
                 });
             }
         }
-        if !self.closing {
-            for key in touched {
-                self.rebalance(key, None, ctx, &mut outcome);
-            }
+        for key in touched {
+            self.rebalance(key, None, ctx, &mut outcome);
         }
         outcome
     }
