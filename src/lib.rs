@@ -7,8 +7,9 @@
 //! - [`store`]: one contract ([`store::Store`]); memory, Redis, cached-mode leases and the
 //!   failure policy implement it.
 //! - [`authz`]: ext_authz tenants: API keys → tenant → tier → descriptors.
-//! - [`protocol`]: Envoy's gRPC `RateLimitService` and `Authorization`, the HTTP admin
-//!   endpoints and JSON.
+//! - [`protocol`]: Envoy's gRPC `RateLimitService`, `Authorization` and
+//!   `RateLimitQuotaService`, the HTTP admin endpoints and JSON; [`rlqs`]: quota assignments
+//!   shared fairly among the Envoys of the Rate Limit Quota Service.
 //! - [`server`]: listeners, health, shutdown and background upkeep; [`snapshot`]: the memory
 //!   store saved and restored across restarts.
 //! - [`app`]: the composition root: settings in, a service out.
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod quota;
 pub mod reload;
+pub mod rlqs;
 pub mod rule;
 pub mod server;
 pub mod snapshot;

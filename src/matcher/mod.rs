@@ -124,7 +124,9 @@ impl Level {
         None
     }
 
-    fn child(&self, key: &str, value: &str) -> Option<&Node> {
+    /// The node one entry leads to at this level: its exact value, else the first wildcard
+    /// that matches, else the key-only default.
+    pub fn child(&self, key: &str, value: &str) -> Option<&Node> {
         let branch = self.by_key.get(key)?;
         branch
             .exact

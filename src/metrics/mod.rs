@@ -25,6 +25,8 @@ pub struct Metrics {
     pub limits: LimitMetrics,
     /// Calls, latency and unknown domains.
     pub service: ServiceMetrics,
+    /// Rate Limit Quota Service streams, buckets and assignments.
+    pub rlqs: crate::rlqs::RlqsMetrics,
 }
 
 /// Metric settings.
@@ -51,11 +53,13 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tollgate");
         let limits = LimitMetrics::register(&mut registry, options);
         let service = ServiceMetrics::register(&mut registry);
+        let rlqs = crate::rlqs::RlqsMetrics::register(&mut registry);
         collectors::register(&mut registry, reloader);
         Self {
             registry,
             limits,
             service,
+            rlqs,
         }
     }
 

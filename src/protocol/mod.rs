@@ -1,9 +1,10 @@
-//! The wire: Envoy's gRPC `RateLimitService` and ext_authz `Authorization`, and the HTTP admin port (health, JSON, reload,
-//! metrics).
+//! The wire: Envoy's gRPC `RateLimitService`, ext_authz `Authorization` and `RateLimitQuotaService`, and the HTTP admin
+//! port (health, JSON, reload, metrics, `/rlqs`).
 
 pub mod admin;
 pub mod authz;
 pub mod json;
+pub mod rlqs;
 pub mod rls;
 pub mod undecodable;
 

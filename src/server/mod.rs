@@ -18,9 +18,11 @@ use tokio::net::TcpListener;
 
 use crate::decision::Limiter;
 use crate::metrics::{Metrics, MetricsOptions};
+use crate::protocol::rlqs::{RateLimitQuotaGrpc, admin_router as rlqs_router};
 use crate::protocol::undecodable::UndecodableLayer;
 use crate::protocol::{Shared, admin, authz::AuthorizationGrpc, rls::RateLimitGrpc};
 use crate::reload::{Reloader, watch};
+use crate::rlqs::{Rlqs, RlqsOptions};
 use crate::snapshot::Snapshots;
 
 /// A failure to start or to keep serving.
@@ -165,6 +167,11 @@ impl Server {
             reloader: self.reloader.clone(),
             unknown: Default::default(),
         };
+        let rlqs = Arc::new(Rlqs::new(
+            self.reloader.clone(),
+            shared.metrics.rlqs.clone(),
+            RlqsOptions::default(),
+        ));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let deadline_rx = stop_rx.clone();
         if self.options.watch {
@@ -184,8 +191,11 @@ impl Server {
         type Rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RateLimitGrpc>;
         health.set_serving::<Rls>().await;
 
+        let expiring = rlqs.clone();
         tokio::spawn(async move {
             shutdown.await;
+            // Envoys fall back to their own behaviour before this server goes away.
+            expiring.shutdown();
             tracing::info!("shutting down: draining in-flight calls");
             health.set_not_serving::<Rls>().await;
             health
@@ -203,6 +213,7 @@ impl Server {
         let snapshotter = self.snapshots.clone().map(|snapshots| {
             tokio::spawn(snapshots.run(limiter.clone(), stopped(stop_rx.clone())))
         });
+        tokio::spawn(rlqs.clone().upkeep(stopped(stop_rx.clone())));
         let sweeper = tokio::spawn(sweep(
             limiter.clone(),
             self.options.sweep_interval,
@@ -245,6 +256,11 @@ impl Server {
                     .into_server()
                     .max_decoding_message_size(bytes),
             )
+            .add_service(
+                RateLimitQuotaGrpc::new(rlqs.clone())
+                    .into_server()
+                    .max_decoding_message_size(bytes),
+            )
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         let http_limits = http::HttpLimits {
             max_connections: limits.admin_connections,
@@ -252,7 +268,7 @@ impl Server {
         };
         let http = http::serve(
             self.http,
-            admin::router(shared),
+            admin::router(shared).merge(rlqs_router(rlqs)),
             http_limits,
             stopped(stop_rx),
         );
