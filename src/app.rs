@@ -121,6 +121,7 @@ impl Config {
             settings: Settings {
                 shadow_mode: false,
                 compile: config::Options::default(),
+                reservation_ttl: Duration::from_secs(600),
             },
             max_buckets: 1_000_000,
             store: StoreConfig::Memory,

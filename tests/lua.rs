@@ -114,6 +114,7 @@ fn same_answers(
                 quota_mode: false,
             },
             consistency: None,
+            ticket: None,
         };
         let in_memory = memory.settle_now(&[claim], now);
         let in_redis = lua

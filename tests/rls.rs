@@ -60,6 +60,8 @@ on_every_store!(
     a_fixed_window_in_debt_starts_afresh_next_window,
     a_debt_charge_stands_when_another_descriptor_denies,
     count_denied_counts_every_hit_on_limits_without_debt,
+    reservations_hold_estimates_so_concurrent_requests_cannot_overspend,
+    a_settlement_gives_back_the_estimate_then_charges_the_usage,
 );
 
 /// LLM token budgets: the same limit with and without debt.
@@ -89,6 +91,82 @@ fn costing(domain: &str, entries: &[(&str, &str)], cost: u64) -> RateLimitReques
 async fn spend(s: &mut common::TestServer, key: &str, value: &str, cost: u64) -> (i32, u32) {
     let r = s.call(costing("llm", &[(key, value)], cost)).await;
     (r.overall_code, r.statuses[0].limit_remaining)
+}
+
+/// A request-path call reserving `estimate` for request `id` of `tenant`.
+fn reserving(tenant: &str, id: &str, estimate: u64) -> RateLimitRequest {
+    let estimate = estimate.to_string();
+    let entries = [
+        ("tenant", tenant),
+        ("tollgate.request", id),
+        ("tollgate.reserve", &estimate),
+    ];
+    costing("llm", &entries, 0)
+}
+
+/// A stream-done call settling request `id` of `tenant` at `usage`.
+fn settling(tenant: &str, id: &str, usage: u64) -> RateLimitRequest {
+    costing(
+        "llm",
+        &[("tenant", tenant), ("tollgate.request", id)],
+        usage,
+    )
+}
+
+async fn reservations_hold_estimates_so_concurrent_requests_cannot_overspend(store: Backend) {
+    let mut s = store.start(TOKENS).await;
+    let calls: Vec<_> = (0..20)
+        .map(|n| {
+            let mut client = s.client.clone();
+            tokio::spawn(async move {
+                let id = format!("req-{n}");
+                let r = client.should_rate_limit(reserving("r", &id, 100)).await;
+                (id, r.unwrap().into_inner().overall_code == OK)
+            })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for call in calls {
+        let (id, ok) = call.await.unwrap();
+        if ok {
+            admitted.push(id);
+        }
+    }
+    assert_eq!(admitted.len(), 10, "1 000 tokens hold ten estimates of 100");
+    for id in &admitted {
+        s.call(settling("r", id, 40)).await;
+    }
+    assert_eq!(spend(&mut s, "tenant", "r", 0).await, (OK, 600));
+    let mut more = 0;
+    for n in 0..10 {
+        let r = s.call(reserving("r", &format!("more-{n}"), 100)).await;
+        more += usize::from(r.overall_code == OK);
+    }
+    assert_eq!(more, 6, "what the settlements gave back fits six more");
+    s.stop().await;
+}
+
+async fn a_settlement_gives_back_the_estimate_then_charges_the_usage(store: Backend) {
+    let mut s = store.start(TOKENS).await;
+    let r = s.call(reserving("s", "one", 500)).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 500));
+    // Usage above the estimate: the estimate back, then 700 taken.
+    s.call(settling("s", "one", 700)).await;
+    assert_eq!(spend(&mut s, "tenant", "s", 0).await, (OK, 300));
+    // Settled once: a second settlement finds nothing held and charges in full (debt).
+    assert_eq!(s.call(settling("s", "one", 400)).await.overall_code, OVER);
+    assert_eq!(spend(&mut s, "tenant", "s", 0).await.0, OVER, "100 in debt");
+    // An estimate that does not fit is refused and holds nothing, whatever the debt. (1 100
+    // deep: full again 66 s on.)
+    s.advance(66 * SEC);
+    let r = s.call(reserving("s", "big", 1001)).await;
+    assert_eq!(
+        (r.overall_code, r.statuses[0].limit_remaining),
+        (OVER, 1000)
+    );
+    assert_eq!(s.call(settling("s", "big", 10)).await.overall_code, OK);
+    assert_eq!(spend(&mut s, "tenant", "s", 0).await, (OK, 990));
+    s.stop().await;
 }
 
 async fn debt_counts_a_charge_past_what_is_left_until_refills_repay_it(store: Backend) {
@@ -653,4 +731,47 @@ async fn stopping_ends_open_health_watch_streams() {
         "{seen:?}"
     );
     stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unsettled_reservation_expires_and_its_units_stay_spent() {
+    let setup = Setup {
+        reservation_ttl: Duration::from_secs(5),
+        ..Setup::default()
+    };
+    let mut s = common::start_with(TOKENS, setup).await;
+    let window = |entries: &[(&str, &str)], cost| costing("llm", entries, cost);
+    let reserve = [
+        ("window", "w"),
+        ("tollgate.request", "x"),
+        ("tollgate.reserve", "100"),
+    ];
+    assert_eq!(s.call(window(&reserve, 0)).await.overall_code, OK);
+    s.advance(6 * SEC);
+    // Expired: the settlement finds nothing held, and charges its 40 on top of the 100.
+    let settle = [("window", "w"), ("tollgate.request", "x")];
+    let r = s.call(window(&settle, 40)).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 860));
+    let metrics = s.admin_get("/metrics").await.1;
+    for result in ["reserved", "unmatched"] {
+        let line = format!("tollgate_reservations_total{{domain=\"llm\",result=\"{result}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_reservation_entries_get_invalid_argument() {
+    let mut s = common::start(TOKENS).await;
+    let bad = costing("llm", &[("tenant", "a"), ("tollgate.reserve", "many")], 0);
+    let status = s.call_err(bad).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("tollgate.reserve needs tollgate.request"),
+        "{}",
+        status.message()
+    );
+    s.stop().await;
 }

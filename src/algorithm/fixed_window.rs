@@ -3,7 +3,7 @@
 //! The state word packs the window's end (whole seconds since the epoch, high 32 bits, good
 //! until 2106) and the count admitted in it (low 32 bits). A state whose window has ended is a
 //! zero count in the current window. Unlike the reference service, denied requests are not
-//! counted, so the count never exceeds the limit.
+//! counted, so the count never exceeds the limit, unless the limit runs debt.
 
 use super::Verdict;
 use crate::clock::{NANOS_PER_SEC, Nanos};
@@ -77,6 +77,16 @@ pub fn refund(current: u64, acquired: u64, cost: u64) -> u64 {
     } else {
         current
     }
+}
+
+/// Gives back `units` counted at `taken_ms`, if `state` is still that window.
+pub fn release(quota: &Quota, state: u64, taken_ms: u64, units: u64) -> u64 {
+    let unit_secs = quota.unit().seconds();
+    let end_secs = (taken_ms / 1000 / unit_secs + 1) * unit_secs;
+    if window_end_secs(state) != end_secs {
+        return state;
+    }
+    pack(end_secs, count(state).saturating_sub(units))
 }
 
 /// The state of a window that has `remaining` hits left at `now`.

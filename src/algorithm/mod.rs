@@ -78,6 +78,19 @@ pub fn refund(quota: &Quota, current: u64, acquired: u64, cost: u64) -> u64 {
     }
 }
 
+/// Gives back `units` that a reservation took at `taken_ms` (whole milliseconds) from `state`,
+/// at `now`, as far as they still count: a token bucket refills at most to full, a window
+/// gives back only from the window they were counted in (sliding logs:
+/// [`sliding_log::release`]).
+pub fn release(quota: &Quota, state: u64, taken_ms: u64, now: Nanos, units: u64) -> u64 {
+    match quota.algorithm() {
+        Algorithm::TokenBucket => token_bucket::release(quota, state, now, units),
+        Algorithm::FixedWindow => fixed_window::release(quota, state, taken_ms, units),
+        Algorithm::SlidingWindow => sliding_window::release(quota, state, taken_ms, units),
+        Algorithm::SlidingLog => state,
+    }
+}
+
 /// The state word of a bucket that has `remaining` units left at `now` (the sliding log keeps a
 /// log: [`sliding_log::with_remaining`]).
 pub fn with_remaining(quota: &Quota, remaining: u64, now: Nanos) -> u64 {

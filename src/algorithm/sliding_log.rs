@@ -87,6 +87,14 @@ pub fn refund(log: &mut VecDeque<u64>, now: Nanos, cost: u64) {
     }
 }
 
+/// Gives back `units` hits recorded at `taken_ms` that are still in `log`.
+pub fn release(log: &mut VecDeque<u64>, taken_ms: u64, units: u64) {
+    let start = log.partition_point(|&at| at < taken_ms);
+    let end = log.partition_point(|&at| at <= taken_ms);
+    let gone = (end - start).min(units as usize);
+    log.drain(start..start + gone);
+}
+
 /// When `log` stops counting anything: its newest hit's time plus the unit.
 pub fn idle_at(log: &VecDeque<u64>, unit_ms: u64) -> Nanos {
     log.back()

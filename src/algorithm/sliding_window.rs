@@ -156,6 +156,21 @@ fn retry_ms(quota: &Quota, previous: u64, current: u64, left: u64, cost: u64) ->
     Some(left + unit_ms(quota).saturating_sub(keep))
 }
 
+/// Gives back `units` counted at `taken_ms`, from the window they were counted in if `state`
+/// still holds it (as its current or its previous window).
+pub fn release(quota: &Quota, state: u64, taken_ms: u64, units: u64) -> u64 {
+    let taken = taken_ms / unit_ms(quota);
+    let stored = state >> (2 * COUNT_BITS);
+    let (previous, current) = ((state >> COUNT_BITS) & COUNT_MASK, state & COUNT_MASK);
+    if stored == taken & INDEX_MASK {
+        pack(stored, previous, current.saturating_sub(units))
+    } else if stored == (taken + 1) & INDEX_MASK {
+        pack(stored, previous.saturating_sub(units), current)
+    } else {
+        state
+    }
+}
+
 /// Returns `cost` hits counted by `acquired`, if `current` is still that window.
 pub fn refund(current: u64, acquired: u64, cost: u64) -> u64 {
     if current >> (2 * COUNT_BITS) == acquired >> (2 * COUNT_BITS) {

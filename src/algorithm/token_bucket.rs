@@ -129,6 +129,14 @@ pub fn refund(quota: &Quota, tat: u64, cost: u64) -> u64 {
     clamp_u64(u128::from(tat).saturating_sub(back))
 }
 
+/// Gives back `units` tokens taken some time before `now`: the bucket refills at most to full.
+pub fn release(quota: &Quota, tat: u64, now: Nanos, units: u64) -> u64 {
+    if tat <= now {
+        return tat;
+    }
+    refund(quota, tat, units).max(now)
+}
+
 /// Re-expresses a bucket written with tokens of `from` nanoseconds in tokens of `to`
 /// nanoseconds, keeping the number of tokens consumed: after a reload raises a limit from 100 to
 /// 200, a user who had used 80 has 120 left, not 200 and not 40. A token partly refilled counts

@@ -49,6 +49,11 @@ pub(super) struct ServeArgs {
     /// Count and report every limit but never deny (global shadow mode).
     #[arg(long, env = "TOLLGATE_SHADOW_MODE")]
     shadow_mode: bool,
+    /// How long a reservation (`tollgate.reserve`) is held waiting for its settlement; past it,
+    /// its units stay spent (set it above your longest response).
+    #[arg(long, env = "TOLLGATE_RESERVATION_TTL", value_name = "DURATION", default_value = "10m",
+          value_parser = parse_interval)]
+    reservation_ttl: Duration,
     /// Most per-value buckets kept in memory (about 100 bytes each; a sliding log counts one
     /// more per 12 hits it can log, so this bounds memory for every algorithm). Past it, new
     /// values of a limit share one overflow bucket until idle buckets are swept.
@@ -176,6 +181,7 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
         settings: Settings {
             shadow_mode: args.shadow_mode,
             compile,
+            reservation_ttl: args.reservation_ttl,
         },
         max_buckets: args.max_buckets,
         store: store.clone(),

@@ -4,12 +4,15 @@
 //! A request is admitted only if every descriptor that can deny conforms; when it is not,
 //! nothing is consumed (the reference service, by contrast, counts denied hits). Shadow-mode
 //! limits count but never deny; quota-mode limits deny only when all the request's quota-mode
-//! limits are over. How a store keeps that promise is its business (see [`crate::store`]).
+//! limits are over, and a limit that runs debt keeps its charge whatever the answer. A
+//! descriptor may reserve an estimate and settle it later ([`reservation`]). How a store keeps
+//! these promises is its business (see [`crate::store`]).
 
 mod outcome;
 mod request;
+pub mod reservation;
 
-pub use outcome::{Code, Decision, DescriptorStatus, ReportedLimit, Usage};
+pub use outcome::{Code, Decision, DescriptorStatus, ReportedLimit, ReservationUse, Usage};
 pub use request::{MAX_DESCRIPTORS, RequestError};
 
 use std::sync::Arc;
@@ -21,8 +24,9 @@ use smallvec::SmallVec;
 
 use crate::clock::Clock;
 use crate::config::{self, RateLimitConfig};
-use crate::store::{Claim, KeyBuilder, Outcome, Role, Settlement, Store, When};
+use crate::store::{Claim, KeyBuilder, Outcome, Role, Settlement, Store, Ticket, When};
 use request::Limit;
+use reservation::{Read, Wanted};
 
 /// Server-wide decision settings.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +35,8 @@ pub struct Settings {
     pub shadow_mode: bool,
     /// How limits compile: those of the files, and those Envoy sends in `descriptor.limit`.
     pub compile: config::Options,
+    /// How long a reservation is held unsettled (`--reservation-ttl`).
+    pub reservation_ttl: Duration,
 }
 
 /// The rate limiter: the configuration in force, the store and the clock.
@@ -107,22 +113,41 @@ impl Limiter {
         request::check(request)?;
         let config = self.config.load_full();
         let now = self.clock.now();
-        let limits = self.limits(&config, request)?;
+        let read = request
+            .descriptors
+            .iter()
+            .enumerate()
+            .map(|(index, descriptor)| reservation::read(index, descriptor))
+            .collect::<Result<SmallVec<[Read<'_>; 4]>, _>>()?;
+        let limits = self.limits(&config, request, &read)?;
         let hash_tag = self.keys.domain_tag(&request.domain);
         let mut claims: SmallVec<[Claim; 4]> = SmallVec::new();
-        for (limit, descriptor) in limits.iter().zip(&request.descriptors) {
-            let cost = request::cost(request, descriptor);
-            if let Some(hit) = limit.hit(
-                &self.keys,
-                &request.domain,
-                hash_tag,
-                &descriptor.entries,
-                cost,
-            ) {
+        for ((limit, descriptor), read) in limits.iter().zip(&request.descriptors).zip(&read) {
+            let cost = match read.wanted {
+                Some(Wanted::Reserve { estimate, .. }) => estimate,
+                _ => request::cost(request, descriptor),
+            };
+            if let Some(mut hit) =
+                limit.hit(&self.keys, &request.domain, hash_tag, &read.entries, cost)
+            {
+                let ticket = read.wanted.map(|wanted| match wanted {
+                    Wanted::Reserve { request, .. } => {
+                        // A reservation is taken only where it fits: never into debt.
+                        hit.quota = hit.quota.with_debt(0);
+                        Ticket::Reserve {
+                            id: self.keys.reservation(hit.key, request),
+                            ttl: self.settings.reservation_ttl,
+                        }
+                    }
+                    Wanted::Settle { request } => Ticket::Settle {
+                        id: self.keys.reservation(hit.key, request),
+                    },
+                });
                 claims.push(Claim {
                     hit,
                     role: self.role(limit),
                     consistency: limit.rule().and_then(|rule| rule.consistency),
+                    ticket,
                 });
             }
         }
@@ -145,7 +170,7 @@ impl Limiter {
                     Some(_) => outcomes
                         .next()
                         .map_or_else(DescriptorStatus::no_limit, |(claim, outcome)| {
-                            status(limit, claim, outcome)
+                            status(limit, claim, outcome, settlement.denied)
                         }),
                     None => DescriptorStatus::no_limit(),
                 }
@@ -167,13 +192,15 @@ impl Limiter {
         &self,
         config: &'c RateLimitConfig,
         request: &RateLimitRequest,
+        read: &[Read<'_>],
     ) -> Result<SmallVec<[Limit<'c>; 4]>, RequestError> {
         let mut limits: SmallVec<[Limit<'_>; 4]> = SmallVec::new();
-        for index in 0..request.descriptors.len() {
+        for (index, read) in read.iter().enumerate() {
             limits.push(request::limit(
                 config,
                 request,
                 index,
+                &read.entries,
                 &self.settings.compile,
             )?);
         }
@@ -192,8 +219,12 @@ impl Limiter {
 }
 
 /// A counted descriptor's status from its claim's outcome.
-fn status(limit: &Limit<'_>, claim: &Claim, outcome: &Outcome) -> DescriptorStatus {
-    let Outcome { verdict, refunded } = outcome;
+fn status(limit: &Limit<'_>, claim: &Claim, outcome: &Outcome, denied: bool) -> DescriptorStatus {
+    let Outcome {
+        verdict,
+        refunded,
+        released,
+    } = outcome;
     let hit = &claim.hit;
     let denies = !verdict.allowed && claim.role.denies;
     let code = if denies { Code::OverLimit } else { Code::Ok };
@@ -209,6 +240,14 @@ fn status(limit: &Limit<'_>, claim: &Claim, outcome: &Outcome) -> DescriptorStat
         used_after,
         over_limit: !verdict.allowed,
         shadowed: !verdict.allowed && !denies,
+        reservation: claim.ticket.map(|ticket| match ticket {
+            Ticket::Reserve { .. } if verdict.allowed && !denied => ReservationUse::Reserved,
+            Ticket::Reserve { .. } => ReservationUse::Refused,
+            Ticket::Settle { .. } if *released > 0 => ReservationUse::Settled {
+                released: *released,
+            },
+            Ticket::Settle { .. } => ReservationUse::Unmatched,
+        }),
     };
     DescriptorStatus::limited(code, limit.name(), &hit.quota, verdict, usage)
 }

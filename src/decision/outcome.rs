@@ -44,6 +44,25 @@ pub struct Usage {
     pub over_limit: bool,
     /// Over the limit, but let through by shadow mode.
     pub shadowed: bool,
+    /// What the descriptor did with a reservation, if it asked for one.
+    pub reservation: Option<ReservationUse>,
+}
+
+/// What a descriptor did with a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationUse {
+    /// Its estimate was taken and is held.
+    Reserved,
+    /// Its estimate did not fit (or another limit denied the request): nothing is held.
+    Refused,
+    /// It settled a reservation that was held, giving back `released` units first.
+    Settled {
+        /// Units given back.
+        released: u64,
+    },
+    /// It settled a reservation that was not held (expired, never made, or settled already):
+    /// its cost was charged in full.
+    Unmatched,
 }
 
 /// One descriptor's outcome, in request order.

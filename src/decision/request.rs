@@ -39,6 +39,14 @@ pub enum RequestError {
         /// Why.
         reason: QuotaError,
     },
+    /// A descriptor's reservation entries (`tollgate.reserve`, `tollgate.request`) are wrong.
+    #[error("descriptors[{index}]: {reason}")]
+    BadReservation {
+        /// The descriptor's position.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// A `descriptor.limit` override names no known unit.
     #[error("descriptors[{index}].limit: unknown unit {unit} (expected SECOND 1 … WEEK 7)")]
     UnknownOverrideUnit {
@@ -94,12 +102,13 @@ pub enum Limit<'a> {
     Override(Quota),
 }
 
-/// Finds descriptor `index`'s limit. As in the reference service, an override applies in any
-/// known domain, matched or not.
+/// Finds descriptor `index`'s limit, matching its `entries` (those of tollgate's own taken
+/// out). As in the reference service, an override applies in any known domain, matched or not.
 pub fn limit<'a>(
     config: &'a RateLimitConfig,
     request: &RateLimitRequest,
     index: usize,
+    entries: &[Entry],
     options: &Options,
 ) -> Result<Limit<'a>, RequestError> {
     let descriptor = &request.descriptors[index];
@@ -124,10 +133,7 @@ pub fn limit<'a>(
         .map_err(|reason| RequestError::UnenforceableOverride { index, reason })?;
         return Ok(Limit::Override(quota));
     }
-    Ok(domain
-        .root
-        .find(&descriptor.entries)
-        .map_or(Limit::None, Limit::Rule))
+    Ok(domain.root.find(entries).map_or(Limit::None, Limit::Rule))
 }
 
 impl Limit<'_> {

@@ -24,6 +24,7 @@ fn limiter() -> Limiter {
     let settings = Settings {
         shadow_mode: false,
         compile: Options::default(),
+        reservation_ttl: std::time::Duration::from_secs(600),
     };
     let clock = Arc::new(ManualClock::at(1_800_000_000 * NANOS_PER_SEC));
     Limiter::new(

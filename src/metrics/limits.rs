@@ -18,7 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use super::MetricsOptions;
-use crate::decision::Usage;
+use crate::decision::reservation;
+use crate::decision::{ReservationUse, Usage};
 use crate::rule::{KeyPart, Rule};
 
 /// The label value of series folded at the cap.
@@ -38,6 +39,22 @@ pub struct LimitLabels {
     pub domain: String,
     /// The limit's composite key within the domain, e.g. `user_id` or `tenant.path_/upload*`.
     pub descriptor: String,
+}
+
+/// Labels of the reservation counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReservationLabels {
+    /// The domain.
+    pub domain: String,
+    /// `reserved`, `refused`, `settled` or `unmatched` (settled, but none was held).
+    pub result: &'static str,
+}
+
+/// A domain, alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DomainLabels {
+    /// The domain.
+    pub domain: String,
 }
 
 /// One series' counters.
@@ -61,6 +78,8 @@ pub struct LimitMetrics {
     within_limit: Family<LimitLabels, Counter>,
     shadow_mode: Family<LimitLabels, Counter>,
     overflow_hits: Counter,
+    reservations: Family<ReservationLabels, Counter>,
+    released: Family<DomainLabels, Counter>,
     /// Series of configured limits, by rule id: looked up without allocating.
     by_rule: DashMap<Arc<str>, Series>,
     /// Series named from request values, by (domain, descriptor).
@@ -79,6 +98,8 @@ impl LimitMetrics {
             within_limit: Family::default(),
             shadow_mode: Family::default(),
             overflow_hits: Counter::default(),
+            reservations: Family::default(),
+            released: Family::default(),
             by_rule: DashMap::new(),
             by_value: DashMap::new(),
             series: AtomicUsize::new(0),
@@ -119,11 +140,24 @@ impl LimitMetrics {
             "Hits counted in an __overflow__ series because the per-limit series cap was reached",
             metrics.overflow_hits.clone(),
         );
+        registry.register(
+            "reservations",
+            "Reservations (tollgate.reserve) by what became of them",
+            metrics.reservations.clone(),
+        );
+        registry.register(
+            "reservation_released_units",
+            "Reserved units given back when their reservation was settled",
+            metrics.released.clone(),
+        );
         metrics
     }
 
     /// Counts one descriptor's hits on its limit.
     pub fn record(&self, domain: &str, entries: &[Entry], usage: &Usage) {
+        if let Some(reservation) = usage.reservation {
+            self.record_reservation(domain, reservation);
+        }
         let series = self.series(domain, entries, usage.rule.as_deref());
         let hits = usage.hits.min(MAX_COUNTED_HITS);
         series.hits.inc_by(hits);
@@ -142,6 +176,26 @@ impl LimitMetrics {
         series
             .near_limit
             .inc_by(hits.min(usage.used_after.saturating_sub(threshold)));
+    }
+
+    fn record_reservation(&self, domain: &str, reservation: ReservationUse) {
+        let result = match reservation {
+            ReservationUse::Reserved => "reserved",
+            ReservationUse::Refused => "refused",
+            ReservationUse::Settled { released } => {
+                let labels = DomainLabels {
+                    domain: domain.to_owned(),
+                };
+                self.released.get_or_create(&labels).inc_by(released);
+                "settled"
+            }
+            ReservationUse::Unmatched => "unmatched",
+        };
+        let labels = ReservationLabels {
+            domain: domain.to_owned(),
+            result,
+        };
+        self.reservations.get_or_create(&labels).inc();
     }
 
     fn series(&self, domain: &str, entries: &[Entry], rule: Option<&Rule>) -> Series {
@@ -233,7 +287,11 @@ fn bounded(label: String) -> String {
 /// `key_value` per level from the request's values; `share_threshold` levels keep their pattern.
 fn descriptor_from_values(entries: &[Entry], rule: Option<&Rule>) -> String {
     let mut out = String::new();
-    for (i, entry) in entries.iter().enumerate() {
+    // tollgate's own entries (a request's id) are not part of the limit.
+    let entries = entries
+        .iter()
+        .filter(|entry| !reservation::is_own(&entry.key));
+    for (i, entry) in entries.enumerate() {
         if i > 0 {
             out.push('.');
         }

@@ -13,7 +13,11 @@
 //!   mode, quota mode) take nothing;
 //! - whatever the answer, a claim whose quota runs debt ([`keeps`]) keeps what it took: its
 //!   whole cost if it conformed, else its cost down to the debt's ceiling. Its usage happened
-//!   (a cost learned after the response), so it is counted even when the request is denied.
+//!   (a cost learned after the response), so it is counted even when the request is denied;
+//! - a claim may hold a [`Ticket`]: `Reserve` keeps what the claim took, if the request is
+//!   admitted, under the ticket's id until it is settled or expires (its units then stay
+//!   spent); `Settle` first gives back what that id holds, if anything, then the claim is
+//!   decided as any other. A settlement stands whatever the answer.
 //!
 //! A store may fail ([`Unavailable`]) only as a whole: then nothing of the request was taken
 //! anywhere, and a wrapper ([`Failover`](super::Failover)) or the caller decides what to answer.
@@ -96,6 +100,27 @@ pub struct Claim {
     pub role: Role,
     /// The limit's own `consistency:`, if it sets one (Redis stores only).
     pub consistency: Option<Consistency>,
+    /// Its part in a reservation, if it has one.
+    pub ticket: Option<Ticket>,
+}
+
+/// A claim's part in a reservation: a cost estimated when a request is admitted, settled
+/// with the real cost once it is known (after the response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ticket {
+    /// Holds what the claim takes under `id` (if the request is admitted) until a `Settle`
+    /// of the same id, or `ttl` (after which its units stay spent).
+    Reserve {
+        /// The reservation: the bucket and the request it is for.
+        id: u128,
+        /// How long it is held unsettled.
+        ttl: Duration,
+    },
+    /// Gives back what reservation `id` holds before the claim is decided.
+    Settle {
+        /// The reservation.
+        id: u128,
+    },
 }
 
 /// What a store answers for one claim.
@@ -107,6 +132,8 @@ pub struct Outcome {
     /// It conformed but the request was denied, so nothing was taken; `verdict` then shows the
     /// bucket as it stands without the request.
     pub refunded: bool,
+    /// Units a `Settle` ticket found reserved and gave back (0: none was held).
+    pub released: u64,
 }
 
 /// A settled request: whether it was denied, and one outcome per claim, in claim order.

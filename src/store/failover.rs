@@ -126,6 +126,7 @@ impl Failover {
             .map(|claim| Outcome {
                 verdict: blindly(&claim.hit.quota),
                 refunded: false,
+                released: 0,
             })
             .collect();
         Settlement {

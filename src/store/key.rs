@@ -29,6 +29,7 @@ enum Kind {
     Rule = 1,
     Override = 2,
     Overflow = 3,
+    Reservation = 4,
 }
 
 impl KeyBuilder {
@@ -122,6 +123,16 @@ impl KeyBuilder {
             write_str(&mut h, entry.value());
         }
         BucketKey(h.finish128().as_u128())
+    }
+
+    /// The id of `request`'s reservation on `bucket` (`request` is a request's identity, such
+    /// as Envoy's `x-request-id`).
+    pub fn reservation(&self, bucket: BucketKey, request: &str) -> u128 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write_u8(Kind::Reservation as u8);
+        h.write_u128(bucket.0);
+        write_str(&mut h, request);
+        h.finish128().as_u128()
     }
 
     /// The shared bucket that new values of one limit fall into while the store is full:

@@ -98,11 +98,13 @@ impl Leasing {
 
     /// Whether `claim` is served from a lease: a cached limit whose slice is more than one
     /// unit (smaller limits would fetch a unit per request: they are decided strictly), that
-    /// runs no debt (a charge past what is left must land where every replica sees it).
+    /// runs no debt and holds no reservation ticket (a charge past what is left, and a
+    /// reservation, must land where every replica sees them).
     fn leasable(&self, claim: &Claim) -> bool {
         claim.consistency.unwrap_or(self.shared.consistency) == Consistency::Cached
             && lease::slice(&claim.hit.quota) > 1
             && !contract::keeps(claim)
+            && claim.ticket.is_none()
     }
 
     /// Serves what leases can: each claim's verdict from its lease, or the fetch to make.
@@ -151,6 +153,7 @@ impl Leasing {
                 .map(|verdict| Outcome {
                     verdict: *verdict,
                     refunded: false,
+                    released: 0,
                 })
                 .collect(),
         };
@@ -183,6 +186,7 @@ impl Leasing {
                 .map(|(figures, served)| Outcome {
                     verdict: served.unwrap_or(figures.verdict),
                     refunded: served.is_none() && figures.refunded,
+                    released: figures.released,
                 })
                 .collect(),
         };

@@ -20,10 +20,11 @@ use dashmap::mapref::entry::Entry;
 use smallvec::SmallVec;
 
 use super::contract::{
-    self, Claim, Hit, Outcome, Parts, Recording, Settlement, Settling, Store, When,
+    self, Claim, Hit, Outcome, Parts, Recording, Settlement, Settling, Store, Ticket, When,
 };
 use super::key::{BucketKey, FoldHasher};
-use crate::algorithm::{self, FRESH, Verdict, sliding_log};
+use super::reservation::{Book, Reservation};
+use crate::algorithm::{self, FRESH, NANOS_PER_MS, Verdict, sliding_log};
 use crate::clock::{NANOS_PER_SEC, Nanos};
 use crate::quota::Algorithm;
 
@@ -92,6 +93,8 @@ pub struct MemoryStore {
     live: AtomicUsize,
     evicted: AtomicU64,
     max_buckets: usize,
+    /// What `Reserve` tickets hold.
+    reservations: Book,
 }
 
 /// A verdict and the bucket it was decided on (the hit's own, or its overflow bucket).
@@ -121,6 +124,7 @@ impl MemoryStore {
             live: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
             max_buckets,
+            reservations: Book::new(max_buckets),
         }
     }
 
@@ -138,6 +142,13 @@ impl MemoryStore {
     /// request is denied, gives back what it took (but debt claims' charges) and reports each
     /// bucket as it stands.
     pub fn settle_now(&self, claims: &[Claim], now: Nanos) -> Settlement {
+        let released: SmallVec<[u64; 4]> = claims
+            .iter()
+            .map(|claim| match claim.ticket {
+                Some(Ticket::Settle { id }) => self.settle_reservation(&claim.hit, id, now),
+                _ => 0,
+            })
+            .collect();
         let taken: SmallVec<[Acquired; 4]> =
             claims.iter().map(|c| self.acquire(&c.hit, now)).collect();
         let denied = contract::denied(
@@ -153,11 +164,16 @@ impl MemoryStore {
         };
         let mut outcomes: SmallVec<[Outcome; 4]> = taken
             .iter()
-            .map(|acquired| Outcome {
+            .zip(released)
+            .map(|(acquired, released)| Outcome {
                 verdict: stateless(acquired.verdict),
                 refunded: false,
+                released,
             })
             .collect();
+        if !denied {
+            self.hold_reservations(claims, &taken, now);
+        }
         if denied {
             for ((claim, acquired), outcome) in claims.iter().zip(&taken).zip(&mut outcomes) {
                 if acquired.verdict.allowed && claim.hit.cost > 0 && !contract::keeps(claim) {
@@ -178,6 +194,56 @@ impl MemoryStore {
             }
         }
         Settlement { denied, outcomes }
+    }
+
+    /// Gives back what reservation `id` holds on `hit`'s bucket at `now`; returns its units (0
+    /// if none is held).
+    fn settle_reservation(&self, hit: &Hit, id: u128, now: Nanos) -> u64 {
+        let Some(held) = self.reservations.take(id, now) else {
+            return 0;
+        };
+        if hit.quota.algorithm() == Algorithm::SlidingLog {
+            if let Some(mut bucket) = self.logs.get_mut(&held.key) {
+                sliding_log::release(&mut bucket.log, held.taken_ms, held.units);
+            }
+        } else if let Some(bucket) = self.buckets.get(&held.key) {
+            let release = |state| {
+                Some(algorithm::release(
+                    &hit.quota,
+                    state,
+                    held.taken_ms,
+                    now,
+                    held.units,
+                ))
+            };
+            // Never `None`: the update always succeeds.
+            let _ = bucket
+                .state
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, release);
+        }
+        held.units
+    }
+
+    /// Holds what the `Reserve` claims of an admitted request took.
+    fn hold_reservations(&self, claims: &[Claim], taken: &[Acquired], now: Nanos) {
+        for (claim, acquired) in claims.iter().zip(taken) {
+            if let Some(Ticket::Reserve { id, ttl }) = claim.ticket {
+                if acquired.verdict.allowed && claim.hit.cost > 0 {
+                    let reservation = Reservation {
+                        key: acquired.key,
+                        units: claim.hit.cost,
+                        taken_ms: now / NANOS_PER_MS,
+                        expires: now.saturating_add(ttl.as_nanos() as u64),
+                    };
+                    self.reservations.hold(id, reservation);
+                }
+            }
+        }
+    }
+
+    /// The reservations held.
+    pub fn reservations(&self) -> &Book {
+        &self.reservations
     }
 
     /// Takes `hit.cost` from the hit's bucket if it conforms. At the cap, a value without a
@@ -384,6 +450,7 @@ impl MemoryStore {
 
     /// Drops every bucket that has been idle since before `now` (less a grace period).
     pub fn sweep(&self, now: Nanos) -> SweepReport {
+        self.reservations.expire(now);
         self.drop_where(
             |bucket| {
                 let state = bucket.state.load(Ordering::Acquire);

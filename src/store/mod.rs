@@ -9,9 +9,12 @@ pub mod lease;
 pub mod leasing;
 pub mod memory;
 pub mod redis;
+pub mod reservation;
 pub mod share;
 
-pub use contract::{Claim, Hit, Late, Outcome, Parts, Role, Settlement, Store, Unavailable, When};
+pub use contract::{
+    Claim, Hit, Late, Outcome, Parts, Role, Settlement, Store, Ticket, Unavailable, When,
+};
 pub use failover::{Failover, FailurePolicy};
 pub use key::{BucketKey, KeyBuilder};
 pub use lease::Leases;

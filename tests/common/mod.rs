@@ -88,6 +88,8 @@ pub struct Setup {
     pub shadow_mode: bool,
     /// `--count-denied`: every limit runs debt.
     pub count_denied: bool,
+    /// `--reservation-ttl`.
+    pub reservation_ttl: Duration,
     pub max_buckets: usize,
     /// Watch the config directory for changes.
     pub watch: bool,
@@ -169,6 +171,7 @@ pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
                 count_denied: setup.count_denied,
                 ..Options::default()
             },
+            reservation_ttl: setup.reservation_ttl,
         },
         max_buckets: setup.max_buckets,
         store: match &setup.redis {
@@ -233,6 +236,7 @@ impl Default for Setup {
         Self {
             shadow_mode: false,
             count_denied: false,
+            reservation_ttl: Duration::from_secs(600),
             max_buckets: 100_000,
             watch: false,
             max_metric_series: 10_000,

@@ -112,3 +112,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_release_gives_back_only_in_the_window_it_was_taken_in() {
+    let q = quota(10, Unit::Minute);
+    let taken_ms = (T0 + SEC) / 1_000_000;
+    let state = decide(&q, FRESH, T0 + SEC, 6).state;
+    assert_eq!(count(release(&q, state, taken_ms, 4)), 2);
+    assert_eq!(count(release(&q, state, taken_ms, 40)), 0);
+    let next = decide(&q, state, T0 + 61 * SEC, 3).state;
+    assert_eq!(release(&q, next, taken_ms, 4), next, "its window ended");
+}

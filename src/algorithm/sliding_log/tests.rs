@@ -104,3 +104,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_release_removes_the_hits_recorded_then() {
+    let q = quota(10, Unit::Minute);
+    let mut log = VecDeque::new();
+    decide(&q, &mut log, T0, 2);
+    decide(&q, &mut log, T0 + SEC, 3);
+    decide(&q, &mut log, T0 + 2 * SEC, 1);
+    release(&mut log, (T0 + SEC) / 1_000_000, 2);
+    assert_eq!(log.len(), 4);
+    release(&mut log, (T0 + SEC) / 1_000_000, 5);
+    assert_eq!(log.len(), 3, "only what was recorded then");
+}

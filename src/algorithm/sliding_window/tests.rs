@@ -177,3 +177,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_release_gives_back_from_the_window_it_was_counted_in() {
+    let q = quota(10, Unit::Minute);
+    let taken_ms = (T0 + SEC) / 1_000_000;
+    let state = decide(&q, FRESH, T0 + SEC, 6).state;
+    assert_eq!(release(&q, state, taken_ms, 4) & COUNT_MASK, 2);
+    // A window on, the reservation's hits are the previous window's.
+    let next = decide(&q, state, T0 + 61 * SEC, 1).state;
+    let released = release(&q, next, taken_ms, 4);
+    assert_eq!(
+        ((released >> COUNT_BITS) & COUNT_MASK, released & COUNT_MASK),
+        (2, 1)
+    );
+    let gone = decide(&q, next, T0 + 121 * SEC, 1).state;
+    assert_eq!(release(&q, gone, taken_ms, 4), gone, "slid out");
+}

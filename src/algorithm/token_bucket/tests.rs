@@ -345,3 +345,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_release_refills_at_most_to_full() {
+    let q = Quota::new(10, Unit::Second, Algorithm::TokenBucket);
+    let taken = decide(&q, 0, T0, 6).state;
+    let later = T0 + NANOS_PER_SEC / 10; // one token refilled
+    let released = release(&q, taken, later, 4);
+    assert_eq!(decide(&q, released, later, 0).remaining, 9);
+    assert_eq!(release(&q, taken, later, 100), later, "full, no more");
+    assert_eq!(
+        release(&q, taken, T0 + 10 * NANOS_PER_SEC, 4),
+        taken,
+        "already full"
+    );
+}

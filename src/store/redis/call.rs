@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use super::link::Conn;
 use super::wire;
 use crate::clock::{NANOS_PER_SEC, Nanos};
-use crate::store::contract::Hit;
+use crate::store::contract::{Hit, Ticket};
 use crate::store::key::BucketKey;
 
 /// One entry of a script call.
@@ -25,6 +25,9 @@ pub(super) struct Entry {
     pub(super) p2: u64,
     /// Units of debt the limit runs (decide entries only).
     pub(super) debt: u64,
+    /// The reservation ticket: its kind, its time to live in ms and its id (decide entries
+    /// only).
+    pub(super) ticket: (u64, u64, u128),
     /// Decide entries only: the role bits and the units to lease.
     pub(super) role: Option<(u64, u64)>,
 }
@@ -40,8 +43,23 @@ impl Entry {
             p1,
             p2,
             debt: u64::from(hit.quota.debt()),
+            ticket: (wire::TICKET_NONE, 0, 0),
             role,
         }
+    }
+
+    /// The same entry with `ticket`, if any.
+    pub(super) fn with_ticket(self, ticket: Option<Ticket>) -> Self {
+        let ticket = match ticket {
+            None => (wire::TICKET_NONE, 0, 0),
+            Some(Ticket::Reserve { id, ttl }) => (
+                wire::TICKET_RESERVE,
+                u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+                id,
+            ),
+            Some(Ticket::Settle { id }) => (wire::TICKET_SETTLE, 0, id),
+        };
+        Self { ticket, ..self }
     }
 }
 
@@ -59,15 +77,19 @@ pub(super) fn call(
     now: Nanos,
 ) -> InFlight {
     let mut keys: SmallVec<[String; 4]> = SmallVec::new();
-    let mut args: SmallVec<[u64; 31]> = SmallVec::new();
+    let mut args: SmallVec<[u64; 39]> = SmallVec::new();
     args.extend([now / NANOS_PER_SEC, now % NANOS_PER_SEC, wire::GRACE_MS]);
     for entry in entries {
         if let Some(key) = entry.key {
             keys.push(key_name(prefix, hash_tag, &format_args!("{:032x}", key.0)));
         }
+        let (ticket, ttl_ms, id) = entry.ticket;
+        if ticket != wire::TICKET_NONE {
+            keys.push(key_name(prefix, hash_tag, &format_args!("r:{id:032x}")));
+        }
         args.extend([entry.kind, entry.cost, entry.p1, entry.p2]);
         if let Some((role, lease)) = entry.role {
-            args.extend([role, lease, entry.debt]);
+            args.extend([role, lease, entry.debt, ticket, ttl_ms]);
         }
     }
     Box::pin(async move {

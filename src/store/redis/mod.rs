@@ -180,7 +180,7 @@ impl RedisStore {
             .map(|((claim, known), lease)| {
                 let role = Some((wire::role(claim.role.denies, claim.role.quota_mode), *lease));
                 match known {
-                    None => Entry::of(&claim.hit, claim.hit.cost, role),
+                    None => Entry::of(&claim.hit, claim.hit.cost, role).with_ticket(claim.ticket),
                     Some(allowed) => Entry {
                         key: None,
                         kind: wire::KIND_DECIDED,
@@ -188,6 +188,7 @@ impl RedisStore {
                         p1: u64::from(*allowed),
                         p2: 0,
                         debt: 0,
+                        ticket: (wire::TICKET_NONE, 0, 0),
                         role,
                     },
                 }
@@ -394,6 +395,7 @@ impl RedisStore {
                 .map(|f| Outcome {
                     verdict: f.verdict,
                     refunded: f.refunded,
+                    released: f.released,
                 })
                 .collect(),
         })

@@ -25,16 +25,23 @@ pub const KIND_SLIDING_LOG: u64 = 4;
 pub const ROLE_DENIES: u64 = 1;
 /// Role bit: the entry is a quota-mode limit.
 pub const ROLE_QUOTA: u64 = 2;
-/// Fields per entry of `decide.lua`: kind, cost, p1, p2, role, lease, debt.
-pub const DECIDE_FIELDS: usize = 7;
+/// Ticket: none.
+pub const TICKET_NONE: u64 = 0;
+/// Ticket: hold what the entry takes under its reservation key (the next key).
+pub const TICKET_RESERVE: u64 = 1;
+/// Ticket: give back what the reservation key holds before deciding.
+pub const TICKET_SETTLE: u64 = 2;
+/// Fields per entry of `decide.lua`: kind, cost, p1, p2, role, lease, debt, ticket, the
+/// reservation's time to live in ms.
+pub const DECIDE_FIELDS: usize = 9;
 /// Fields per entry of `lease.lua` and `give_back.lua`: kind, cost, p1, p2.
 pub const LEASE_FIELDS: usize = 4;
 /// Numbers per entry in a reply: allowed, remaining, reset_after, retry_after (-1: never),
-/// refunded, units taken.
-pub const REPLY_FIELDS: usize = 6;
+/// refunded, units taken, units a settled reservation gave back.
+pub const REPLY_FIELDS: usize = 7;
 
 /// Every constant the scripts use, by name.
-pub const CONSTANTS: [(&str, u64); 11] = [
+pub const CONSTANTS: [(&str, u64); 14] = [
     ("HEADER_ARGS", HEADER_ARGS as u64),
     ("KIND_DECIDED", KIND_DECIDED),
     ("KIND_TOKEN_BUCKET", KIND_TOKEN_BUCKET),
@@ -43,6 +50,9 @@ pub const CONSTANTS: [(&str, u64); 11] = [
     ("KIND_SLIDING_LOG", KIND_SLIDING_LOG),
     ("ROLE_DENIES", ROLE_DENIES),
     ("ROLE_QUOTA", ROLE_QUOTA),
+    ("TICKET_NONE", TICKET_NONE),
+    ("TICKET_RESERVE", TICKET_RESERVE),
+    ("TICKET_SETTLE", TICKET_SETTLE),
     ("DECIDE_FIELDS", DECIDE_FIELDS as u64),
     ("LEASE_FIELDS", LEASE_FIELDS as u64),
     ("REPLY_FIELDS", REPLY_FIELDS as u64),
@@ -131,6 +141,8 @@ pub struct Figures {
     pub refunded: bool,
     /// Units taken from the bucket (for a lease: the units granted).
     pub taken: u64,
+    /// Units a settled reservation gave back before the entry was decided.
+    pub released: u64,
 }
 
 /// Reads one entry's [`REPLY_FIELDS`] numbers.
@@ -146,6 +158,7 @@ pub fn figures(values: &[i64]) -> Figures {
         },
         refunded: values[4] == 1,
         taken: unsigned(values[5]),
+        released: unsigned(values[6]),
     }
 }
 

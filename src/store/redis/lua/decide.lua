@@ -4,9 +4,12 @@
 -- ARGV: the header, then DECIDE_FIELDS per entry: kind, cost (units to take; 0 checks only),
 -- p1, p2 (see the prelude), role (ROLE_DENIES + ROLE_QUOTA bits), lease (cached mode: once the
 -- request is admitted, also take up to this many more units, as many as remain, for the
--- caller's lease), debt (units of debt the limit runs; 0: none). A KIND_DECIDED entry was
--- decided by the caller (from a lease): its p1 is 1 if it conformed, and it only takes part in
--- settling.
+-- caller's lease), debt (units of debt the limit runs; 0: none), ticket (TICKET_*) and the
+-- reservation's time to live in ms. A KIND_DECIDED entry was decided by the caller (from a
+-- lease): its p1 is 1 if it conformed, and it only takes part in settling. An entry with a
+-- ticket has its reservation key after its bucket key: TICKET_SETTLE gives back what it holds
+-- before the entry is decided; TICKET_RESERVE holds what the entry took once the request is
+-- admitted.
 -- Returns 1 if the request was denied, then REPLY_FIELDS per entry: the entry's figures after
 -- its own cost, and the units taken (its cost plus what was leased). A denied request takes
 -- nothing, but what entries running debt took (their usage happened): its other entries that
@@ -27,9 +30,25 @@ for i = HEADER_ARGS + 1, #ARGV, DECIDE_FIELDS do
   else
     k = k + 1
     local key = KEYS[k]
-    local debt = tonumber(ARGV[i + 6])
+    local debt, ticket = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
+    local reservation, released = nil, 0
+    if ticket ~= TICKET_NONE then
+      k = k + 1
+      reservation = KEYS[k]
+    end
+    if ticket == TICKET_SETTLE then
+      local held = redis.call('GET', reservation)
+      if held then
+        redis.call('DEL', reservation)
+        local units, taken_ms = string.match(held, '^(%d+):(%d+)$')
+        released = tonumber(units)
+        release(kind, key, released, p1, p2, debt, tonumber(taken_ms))
+      end
+    end
     v = algorithms[kind](key, cost, p1, p2, debt)
     v.key, v.kind, v.p1, v.p2, v.debt = key, kind, p1, p2, debt
+    v.released, v.ticket, v.reservation = released, ticket, reservation
+    v.ttl = tonumber(ARGV[i + 8])
     v.took = v.allowed and cost > 0
     v.keeps = debt > 0
     v.cost = cost
@@ -67,7 +86,9 @@ local out = {denied and 1 or 0}
 for _, v in ipairs(decided) do
   if denied and v.took and not v.keeps then
     -- Report the bucket as it stands, untouched by this request.
-    reply(out, algorithms[v.kind](v.key, 0, v.p1, v.p2, v.debt), true, 0)
+    local check = algorithms[v.kind](v.key, 0, v.p1, v.p2, v.debt)
+    check.released = v.released
+    reply(out, check, true, 0)
   elseif v.took and not denied then
     local leased = 0
     if v.lease > 0 and v.remaining > 0 then
@@ -76,6 +97,9 @@ for _, v in ipairs(decided) do
       -- taken some: then the take below fails and nothing is leased).
       local wanted = math.min(v.lease, v.remaining)
       if algorithms[v.kind](v.key, wanted, v.p1, v.p2).allowed then leased = wanted end
+    end
+    if v.ticket == TICKET_RESERVE then
+      redis.call('SET', v.reservation, string.format('%d:%d', v.cost, now_ms), 'PX', v.ttl)
     end
     reply(out, v, false, v.cost + leased)
   else

@@ -16,10 +16,15 @@
 --   KIND_SLIDING_LOG = 4     p1: window milliseconds, p2: the limit
 --   ROLE_DENIES = 1          role bit: the entry's denial denies the request
 --   ROLE_QUOTA = 2           role bit: the entry is a quota-mode limit
---   DECIDE_FIELDS = 7        decide.lua: kind, cost, p1, p2, role, lease, debt per entry
+--   TICKET_NONE = 0          an entry without a reservation ticket
+--   TICKET_RESERVE = 1       hold what the entry takes under its reservation key (the next key)
+--   TICKET_SETTLE = 2        give back what the reservation key holds, then decide
+--   DECIDE_FIELDS = 9        decide.lua: kind, cost, p1, p2, role, lease, debt, ticket, ttl (ms)
+--                            per entry
 --   LEASE_FIELDS = 4         lease.lua and give_back.lua: kind, cost, p1, p2 per entry
---   REPLY_FIELDS = 6         per entry: allowed, remaining, reset_after (ns), retry_after (ns, -1
---                            for never), refunded, units taken
+--   REPLY_FIELDS = 7         per entry: allowed, remaining, reset_after (ns), retry_after (ns, -1
+--                            for never), refunded, units taken, units a settled reservation gave
+--                            back
 --
 -- Each algorithm is called as `(key, cost, p1, p2, debt)` and returns {allowed, remaining,
 -- reset, retry, taken}: a hit conforms when what is used plus its cost stays within the limit
@@ -27,7 +32,8 @@
 -- unless `debt` (units, nil for none) lets it run the bucket into debt.
 --
 -- KEYS hold one bucket key per entry that has a bucket (every kind but KIND_DECIDED), in entry
--- order. Stored values: a token bucket's is `<theoretical arrival time, ns>:<ns per token>`, a
+-- order, each followed by its reservation key if the entry has a ticket (a reservation holds
+-- `<units>:<ms taken>`). Stored values: a token bucket's is `<theoretical arrival time, ns>:<ns per token>`, a
 -- fixed window's `<window end, s>:<count>`, a sliding window's
 -- `<window index>:<previous count>:<current count>:<window ms>`; a sliding log is a sorted set of
 -- hits scored in ms, with a `:seq` counter beside it. Carrying the token length and the window
@@ -280,6 +286,42 @@ local algorithms = {
   [KIND_SLIDING_LOG] = sliding_log,
 }
 
+-- Gives back `n` units a reservation took at `taken_ms` from an entry's bucket, as far as they
+-- still count (algorithm::release): a token bucket refills at most to full, a window gives back
+-- only from the window they were counted in, a log drops hits recorded then. Written at once,
+-- never undone: a settlement stands whatever the answer.
+local function release(kind, key, n, p1, p2, debt, taken_ms)
+  if kind == KIND_TOKEN_BUCKET then
+    if p2 == 0 then return end
+    local d = tb_debt(key, p1, p2 + debt)
+    if d == 0 then return end
+    local after = math.max(d - n * p1, 0)
+    if after == 0 then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, tb_value(after, p1), 'PX', tb_ttl(after))
+    end
+  elseif kind == KIND_FIXED_WINDOW then
+    local raw = redis.call('GET', key)
+    if not raw then return end
+    local e, c = string.match(raw, '^(%d+):(%d+)$')
+    if tonumber(e) == (math.floor(taken_ms / 1000 / p1) + 1) * p1 then
+      redis.call('SET', key, string.format('%d:%d', e, math.max(tonumber(c) - n, 0)), 'KEEPTTL')
+    end
+  elseif kind == KIND_SLIDING_WINDOW then
+    local i, p, c = sw_counts(key, p1)
+    local taken = math.floor(taken_ms / p1)
+    if i == taken then
+      redis.call('SET', key, sw_value(i, p, math.max(c - n, 0), p1), 'KEEPTTL')
+    elseif i == taken + 1 then
+      redis.call('SET', key, sw_value(i, math.max(p - n, 0), c, p1), 'KEEPTTL')
+    end
+  else
+    local hits = redis.call('ZRANGEBYSCORE', key, taken_ms, taken_ms, 'LIMIT', 0, n)
+    if #hits > 0 then redis.call('ZREM', key, unpack(hits)) end
+  end
+end
+
 -- Calls `each(kind, key, cost, p1, p2)` for every entry of LEASE_FIELDS numbers after the
 -- header (lease.lua, give_back.lua; decide.lua reads its wider entries inline, on the hot path),
 -- each entry with its key, KEYS[n] for the n-th entry.
@@ -300,4 +342,5 @@ local function reply(out, v, refunded, taken)
   out[#out + 1] = v.retry
   out[#out + 1] = refunded and 1 or 0
   out[#out + 1] = taken
+  out[#out + 1] = v.released or 0
 end
