@@ -104,7 +104,6 @@ fn same_answers(
             hit: Hit {
                 key,
                 overflow: BucketKey(0),
-                hash_tag: 7,
                 quota,
                 cost,
                 rule_tag: 1,

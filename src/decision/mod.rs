@@ -120,16 +120,13 @@ impl Limiter {
             .map(|(index, descriptor)| reservation::read(index, descriptor))
             .collect::<Result<SmallVec<[Read<'_>; 4]>, _>>()?;
         let limits = self.limits(&config, request, &read)?;
-        let hash_tag = self.keys.domain_tag(&request.domain);
         let mut claims: SmallVec<[Claim; 4]> = SmallVec::new();
         for ((limit, descriptor), read) in limits.iter().zip(&request.descriptors).zip(&read) {
             let cost = match read.wanted {
                 Some(Wanted::Reserve { estimate, .. }) => estimate,
                 _ => request::cost(request, descriptor),
             };
-            if let Some(mut hit) =
-                limit.hit(&self.keys, &request.domain, hash_tag, &read.entries, cost)
-            {
+            if let Some(mut hit) = limit.hit(&self.keys, &request.domain, &read.entries, cost) {
                 let ticket = read.wanted.map(|wanted| match wanted {
                     Wanted::Reserve { request, .. } => {
                         // A reservation is taken only where it fits: never into debt.

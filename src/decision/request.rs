@@ -167,13 +167,11 @@ impl Limit<'_> {
         self.rule().and_then(|r| r.name.as_ref())
     }
 
-    /// The bucket claim of a descriptor with `entries` taking `cost`, if this limit counts;
-    /// its Redis key carries `hash_tag`.
+    /// The bucket claim of a descriptor with `entries` taking `cost`, if this limit counts.
     pub fn hit(
         &self,
         keys: &KeyBuilder,
         domain: &str,
-        hash_tag: u64,
         entries: &[Entry],
         cost: u64,
     ) -> Option<Hit> {
@@ -193,7 +191,6 @@ impl Limit<'_> {
         Some(Hit {
             key,
             overflow,
-            hash_tag,
             quota,
             cost,
             rule_tag: tag,

@@ -72,8 +72,6 @@ pub struct Hit {
     pub key: BucketKey,
     /// The bucket to use instead while a memory store is at its cap and `key` is new.
     pub overflow: BucketKey,
-    /// The Redis hash tag the bucket's key carries (today the domain's digest).
-    pub hash_tag: u64,
     /// The limit the bucket enforces.
     pub quota: Quota,
     /// Units to take; 0 checks without taking.

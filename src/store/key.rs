@@ -71,13 +71,6 @@ impl KeyBuilder {
         Self { k0, k1 }
     }
 
-    /// A 64-bit digest of `domain`, the Redis hash tag that keeps a request's keys together.
-    pub fn domain_tag(&self, domain: &str) -> u64 {
-        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
-        write_str(&mut h, domain);
-        h.finish()
-    }
-
     fn hasher(&self, kind: Kind, domain: &str, algorithm: Algorithm) -> SipHasher13 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         h.write_u8(kind as u8);

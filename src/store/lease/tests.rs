@@ -8,7 +8,6 @@ fn hit(algorithm: Algorithm, rpu: u32, cost: u64) -> Hit {
     Hit {
         key: BucketKey(7),
         overflow: BucketKey(u128::MAX),
-        hash_tag: 1,
         quota: Quota::new(rpu, Unit::Hour, algorithm),
         cost,
         rule_tag: 0,
@@ -122,7 +121,6 @@ fn unused_leases_expire_and_return_their_units_while_they_still_count() {
     let tb = hit(Algorithm::TokenBucket, 1000, 1);
     let fw = Hit {
         key: BucketKey(8),
-        hash_tag: 2,
         ..hit(Algorithm::FixedWindow, 1000, 1)
     };
     leases.fill(&tb, &global(true, 10, 36 * SEC), 9, T0);

@@ -12,7 +12,6 @@ fn hit(key: u128, rpu: u32, cost: u64) -> Hit {
     Hit {
         key: BucketKey(key),
         overflow: BucketKey(u128::MAX),
-        hash_tag: 0,
         quota: Quota::new(rpu, Unit::Minute, Algorithm::TokenBucket),
         cost,
         rule_tag: (key % 2) as u32,
@@ -214,7 +213,6 @@ fn log_hit(key: u128, rpu: u32, cost: u64) -> Hit {
     Hit {
         key: BucketKey(key),
         overflow: BucketKey(u128::MAX - 1),
-        hash_tag: 0,
         quota: Quota::new(rpu, Unit::Second, Algorithm::SlidingLog),
         cost,
         rule_tag: 7,

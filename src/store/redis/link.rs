@@ -72,6 +72,11 @@ impl Link {
         })
     }
 
+    /// Whether this is a Redis Cluster (keys of one call must then share a slot).
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.client, Client::Cluster(_))
+    }
+
     /// The connection in use, if one was made.
     pub(super) fn conn(&self) -> Option<Conn> {
         self.connection.load().as_deref().cloned()

@@ -17,11 +17,14 @@
 //! policy; [`health`] says when failures mean an outage, and [`reconcile`] makes a call that
 //! answered too late agree with the answer given instead.
 
+mod batch;
 mod call;
 pub mod health;
+pub mod lanes;
 mod link;
 pub mod reconcile;
 pub mod replicas;
+mod settle;
 mod tls;
 pub mod wire;
 
@@ -38,10 +41,11 @@ use super::contract::{
     Claim, Hit, Outcome, Parts, Recording, Settled, Settlement, Settling, Store, Unavailable, When,
 };
 use super::lease::Unspent;
-use call::{Entry, InFlight};
+use batch::{Batches, Route};
+use call::{CallFailure, Entry, InFlight};
 use health::{Failure, Health};
 use link::Link;
-use reconcile::{Asked, LateCounts};
+use reconcile::LateCounts;
 use replicas::Replicas;
 pub use tls::{RedisTls, TlsError, is_tls_url};
 use wire::{Figures, Purpose};
@@ -75,6 +79,8 @@ pub struct RedisStore {
     late: LateCounts,
     /// How long answered calls took (timed-out calls are counted in `timeouts` instead).
     call_seconds: Histogram,
+    /// Decisions waiting to go to Redis, per slot.
+    batches: Batches,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -85,6 +91,10 @@ impl std::fmt::Debug for RedisStore {
             .finish_non_exhaustive()
     }
 }
+
+/// The entries of one call's slot: a lane of it (its keys' slot, and the probe's), and their
+/// positions in what was asked.
+type Group = (u64, SmallVec<[usize; 4]>);
 
 /// A failed call, and the call itself when it may still answer (it timed out).
 struct Failed {
@@ -110,6 +120,7 @@ impl RedisStore {
             late: LateCounts::default(),
             // 50 µs … ~100 ms, doubling.
             call_seconds: Histogram::new(exponential_buckets(5e-5, 2.0, 12)),
+            batches: Batches::default(),
         });
         tokio::spawn(health::probe(Arc::downgrade(&store), store.health.waker()));
         tokio::spawn(replicas::heartbeat(Arc::downgrade(&store)));
@@ -161,114 +172,79 @@ impl RedisStore {
         tokio::time::timeout(deadline, ready).await.is_ok()
     }
 
-    /// Decides and settles `claims` of one request in one call. Claims with a `known` verdict
-    /// (cached-mode leases) only take part in settling; once the request is admitted, up to
-    /// `lease[i]` more units of claim `i`'s bucket are taken for a lease. Returns whether the
-    /// request was denied and each claim's figures (`taken`: its cost plus what was leased).
-    /// A call that times out comes back with [`Unavailable::late`] set (see [`reconcile`]).
-    pub async fn decide(
-        &self,
-        claims: &[Claim],
-        known: &[Option<bool>],
-        lease: &[u64],
-        when: When,
-    ) -> Result<(bool, SmallVec<[Figures; 4]>), Unavailable> {
-        let entries: SmallVec<[Entry; 4]> = claims
-            .iter()
-            .zip(known)
-            .zip(lease)
-            .map(|((claim, known), lease)| {
-                let role = Some((wire::role(claim.role.denies, claim.role.quota_mode), *lease));
-                match known {
-                    None => Entry::of(&claim.hit, claim.hit.cost, role).with_ticket(claim.ticket),
-                    Some(allowed) => Entry {
-                        key: None,
-                        kind: wire::KIND_DECIDED,
-                        cost: 0,
-                        p1: u64::from(*allowed),
-                        p2: 0,
-                        debt: 0,
-                        ticket: (wire::TICKET_NONE, 0, 0),
-                        role,
-                    },
-                }
-            })
-            .collect();
-        let hash_tag = claims.first().map_or(0, |c| c.hit.hash_tag);
-        let reply = match self
-            .run(&self.decide, hash_tag, &entries, when.now, when.budget)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(Failed {
-                mut error,
-                in_flight,
-            }) => {
-                error.late = in_flight.map(|in_flight| {
-                    let asked = Asked {
-                        claims: claims.into(),
-                        known: known.into(),
-                        now: when.now,
-                    };
-                    reconcile::late(self.me.clone(), in_flight, asked)
-                });
-                return Err(error);
-            }
-        };
-        call::decided(&reply, entries.len())
-            .ok_or_else(|| self.malformed(hash_tag, reply.len(), entries.len()))
-    }
-
-    /// Leases up to `units` of each hit's bucket (all in one hash tag), as many as remain.
-    /// Returns each lease's figures: the bucket before it, and the units granted. A lease that
-    /// answers too late is given back.
+    /// Leases up to `units` of each hit's bucket, as many as remain (one call per slot on a
+    /// Cluster). Returns each lease's figures, in order: the bucket before it, and the units
+    /// granted. A lease that answers too late is given back.
     pub async fn lease(
         &self,
         leases: &[(Hit, u64)],
         now: crate::clock::Nanos,
     ) -> Result<SmallVec<[Figures; 4]>, Unavailable> {
-        let entries: SmallVec<[Entry; 4]> = leases
-            .iter()
-            .map(|(hit, units)| Entry::of(hit, *units, None))
-            .collect();
-        let hash_tag = leases.first().map_or(0, |(hit, _)| hit.hash_tag);
-        let reply = match self.run(&self.lease, hash_tag, &entries, now, None).await {
-            Ok(reply) => reply,
-            Err(Failed { error, in_flight }) => {
-                if let Some(in_flight) = in_flight {
-                    self.give_back_when_answered(in_flight, leases.into(), now);
+        let mut figures: SmallVec<[Option<Figures>; 4]> = leases.iter().map(|_| None).collect();
+        for (lane, indices) in self.by_route(leases.iter().map(|(hit, _)| Some(lanes::of(hit.key))))
+        {
+            let group: SmallVec<[(Hit, u64); 4]> = indices.iter().map(|&i| leases[i]).collect();
+            let entries: SmallVec<[Entry; 4]> = group
+                .iter()
+                .map(|(hit, units)| Entry::of(hit, *units, None))
+                .collect();
+            let reply = match self.run(&self.lease, lane, &entries, now, None).await {
+                Ok(reply) => reply,
+                Err(Failed { error, in_flight }) => {
+                    if let Some(in_flight) = in_flight {
+                        self.give_back_when_answered(in_flight, group, now);
+                    }
+                    return Err(error);
                 }
-                return Err(error);
+            };
+            if reply.len() != entries.len() * wire::REPLY_FIELDS {
+                return Err(self.malformed(lane, reply.len(), entries.len()));
             }
-        };
-        if reply.len() != entries.len() * wire::REPLY_FIELDS {
-            return Err(self.malformed(hash_tag, reply.len(), entries.len()));
+            for (&i, part) in indices.iter().zip(reply.chunks_exact(wire::REPLY_FIELDS)) {
+                figures[i] = Some(wire::figures(part));
+            }
         }
-        Ok(reply
-            .chunks_exact(wire::REPLY_FIELDS)
-            .map(wire::figures)
-            .collect())
+        Ok(figures.into_iter().flatten().collect())
     }
 
-    /// Gives back the unspent units of leases, one call per hash tag.
+    /// Gives back the unspent units of leases, one call per slot on a Cluster.
     pub async fn give_back(
         &self,
         unspent: &[Unspent],
         now: crate::clock::Nanos,
     ) -> Result<(), Unavailable> {
-        let mut by_tag: std::collections::HashMap<u64, Vec<Entry>> = Default::default();
-        for lease in unspent {
-            by_tag
-                .entry(lease.hit.hash_tag)
-                .or_default()
-                .push(Entry::of(&lease.hit, lease.tokens, None));
-        }
-        for (hash_tag, entries) in by_tag {
-            self.run(&self.give_back, hash_tag, &entries, now, None)
+        for (lane, indices) in
+            self.by_route(unspent.iter().map(|lease| Some(lanes::of(lease.hit.key))))
+        {
+            let entries: SmallVec<[Entry; 4]> = indices
+                .iter()
+                .map(|&i| Entry::of(&unspent[i].hit, unspent[i].tokens, None))
+                .collect();
+            self.run(&self.give_back, lane, &entries, now, None)
                 .await
                 .map_err(|failed| failed.error)?;
         }
         Ok(())
+    }
+
+    /// The positions of `lanes` grouped by where a call on them goes: one group on a single
+    /// node, one per slot on a Cluster (positions without a lane belong to none).
+    fn by_route(&self, lanes: impl Iterator<Item = Option<u64>>) -> SmallVec<[Group; 2]> {
+        let mut groups: SmallVec<[(Route, Group); 2]> = SmallVec::new();
+        for (index, lane) in lanes.enumerate() {
+            let Some(lane) = lane else { continue };
+            let route = self.route(lane);
+            match groups.iter_mut().find(|(r, _)| *r == route) {
+                Some((_, (_, indices))) => indices.push(index),
+                None => groups.push((route, (lane, smallvec::smallvec![index]))),
+            }
+        }
+        groups.into_iter().map(|(_, group)| group).collect()
+    }
+
+    /// Where calls on `lane` go.
+    fn route(&self, lane: u64) -> Route {
+        self.link.is_cluster().then(|| lanes::slot(lane))
     }
 
     /// A lease answered after it was given up on: its units go back once it answers.
@@ -299,12 +275,13 @@ impl RedisStore {
         });
     }
 
-    /// Runs `script` on `entries` (all in `hash_tag`'s slot) at `now`, waiting at most
-    /// `--redis-timeout`, or three quarters of the caller's `budget` when that is less.
+    /// Runs `script` on `entries` (a lease or a give-back, all in `lane`'s slot on a Cluster)
+    /// at `now`, waiting at most `--redis-timeout`, or three quarters of the caller's `budget`
+    /// when that is less. Decisions go through [`RedisStore::ask`] instead (batched).
     async fn run(
         &self,
         script: &Arc<Script>,
-        hash_tag: u64,
+        lane: u64,
         entries: &[Entry],
         now: crate::clock::Nanos,
         budget: Option<Duration>,
@@ -320,43 +297,21 @@ impl RedisStore {
         }
         let Some(conn) = self.link.conn() else {
             return Err(failed(self.health.failed(
-                hash_tag,
+                lane,
                 Failure::Connection,
                 "not connected".to_owned(),
             )));
         };
-        let wait = budget.map_or(self.timeout, |budget| self.timeout.min(budget * 3 / 4));
-        let mut in_flight = call::call(conn, script.clone(), &self.prefix, hash_tag, entries, now);
+        let wait = self.wait(budget);
+        let mut in_flight = call::call(conn, script.clone(), &self.prefix, entries, now);
         let started = Instant::now();
-        let answer = tokio::time::timeout(wait, &mut in_flight).await;
-        match answer {
-            Ok(Ok(reply)) => {
-                self.call_seconds.observe(started.elapsed().as_secs_f64());
-                self.health.succeeded();
-                Ok(reply)
-            }
-            Ok(Err(error)) => {
-                // Only what Redis itself answered is timed: a refused or dropped connection
-                // fails at once and would make an outage look fast.
-                let lost =
-                    !error.is_timeout() && (error.is_io_error() || error.is_connection_dropped());
-                let failure = if error.is_timeout() {
-                    Failure::Timeout
-                } else if lost {
-                    Failure::Connection
-                } else {
-                    self.call_seconds.observe(started.elapsed().as_secs_f64());
-                    Failure::Server
-                };
-                Err(failed(self.health.failed(
-                    hash_tag,
-                    failure,
-                    error.to_string(),
-                )))
-            }
+        match tokio::time::timeout(wait, &mut in_flight).await {
+            Ok(answered) => self
+                .answered(lane, answered, started)
+                .map_err(|failure| failed(Unavailable::new(failure.message))),
             Err(_) => Err(Failed {
                 error: self.health.failed(
-                    hash_tag,
+                    lane,
                     Failure::Timeout,
                     format!("no answer within {wait:?}"),
                 ),
@@ -365,17 +320,49 @@ impl RedisStore {
         }
     }
 
-    fn malformed(&self, hash_tag: u64, values: usize, entries: usize) -> Unavailable {
+    /// How long a call waits: `--redis-timeout`, or three quarters of what is left of the
+    /// caller's `budget` when that is less.
+    fn wait(&self, budget: Option<Duration>) -> Duration {
+        budget.map_or(self.timeout, |budget| self.timeout.min(budget * 3 / 4))
+    }
+
+    /// Accounts for a call on `lane` that answered (with a reply or an error) since `started`.
+    fn answered(
+        &self,
+        lane: u64,
+        answered: Result<Vec<i64>, CallFailure>,
+        started: Instant,
+    ) -> Result<Vec<i64>, CallFailure> {
+        match answered {
+            Ok(reply) => {
+                self.call_seconds.observe(started.elapsed().as_secs_f64());
+                self.health.succeeded();
+                Ok(reply)
+            }
+            Err(failure) => {
+                // Only what Redis itself answered is timed: a refused or dropped connection
+                // fails at once and would make an outage look fast.
+                if failure.failure == Failure::Server {
+                    self.call_seconds.observe(started.elapsed().as_secs_f64());
+                }
+                self.health
+                    .failed(lane, failure.failure, failure.message.clone());
+                Err(failure)
+            }
+        }
+    }
+
+    fn malformed(&self, lane: u64, values: usize, entries: usize) -> Unavailable {
         self.health.failed(
-            hash_tag,
+            lane,
             Failure::Server,
             format!("script answered {values} values for {entries} entries"),
         )
     }
 
-    /// A key of this store in `hash_tag`'s slot.
-    fn key_name(&self, hash_tag: u64, name: &str) -> String {
-        call::key_name(&self.prefix, hash_tag, &name)
+    /// A key of this store in `lane`'s slot.
+    fn key_name(&self, lane: u64, name: &str) -> String {
+        call::key_name(&self.prefix, lane, &name)
     }
 
     /// The sorted set of live replicas.
@@ -419,15 +406,8 @@ impl Store for RedisStore {
 
     fn record<'a>(&'a self, usage: &'a [(Hit, u64)], when: When) -> Recording<'a> {
         Box::pin(async move {
-            // One call per hash tag: a lease takes as many units as remain.
-            let mut by_tag: std::collections::HashMap<u64, Vec<(Hit, u64)>> = Default::default();
-            for (hit, units) in usage {
-                by_tag.entry(hit.hash_tag).or_default().push((*hit, *units));
-            }
-            for usage in by_tag.values() {
-                self.lease(usage, when.now).await?;
-            }
-            Ok(())
+            // A lease takes as many units as remain.
+            self.lease(usage, when.now).await.map(drop)
         })
     }
 

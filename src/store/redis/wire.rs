@@ -11,6 +11,15 @@ use crate::quota::{Algorithm, Quota};
 /// Arguments before the entries: now (whole seconds), now (nanoseconds within the second), the
 /// idle grace in milliseconds.
 pub const HEADER_ARGS: usize = 3;
+/// Arguments before each request's entries in `decide.lua`: now (whole seconds), now
+/// (nanoseconds within the second), the mode, the number of entries.
+pub const REQUEST_FIELDS: usize = 4;
+/// Mode: settle the request in this call, all or nothing.
+pub const MODE_SETTLE: u64 = 0;
+/// Mode: part of a request whose buckets span Cluster slots: take what conforms, as if admitted.
+pub const MODE_PROVISIONAL: u64 = 1;
+/// Mode: give back what a provisional call took (each entry's cost) and report checks.
+pub const MODE_UNDO: u64 = 2;
 /// An entry decided by the caller (a cached-mode lease); it only takes part in settling.
 pub const KIND_DECIDED: u64 = 0;
 /// Token bucket: p1 nanoseconds per token, p2 capacity.
@@ -41,8 +50,12 @@ pub const LEASE_FIELDS: usize = 4;
 pub const REPLY_FIELDS: usize = 7;
 
 /// Every constant the scripts use, by name.
-pub const CONSTANTS: [(&str, u64); 14] = [
+pub const CONSTANTS: [(&str, u64); 18] = [
     ("HEADER_ARGS", HEADER_ARGS as u64),
+    ("REQUEST_FIELDS", REQUEST_FIELDS as u64),
+    ("MODE_SETTLE", MODE_SETTLE),
+    ("MODE_PROVISIONAL", MODE_PROVISIONAL),
+    ("MODE_UNDO", MODE_UNDO),
     ("KIND_DECIDED", KIND_DECIDED),
     ("KIND_TOKEN_BUCKET", KIND_TOKEN_BUCKET),
     ("KIND_FIXED_WINDOW", KIND_FIXED_WINDOW),

@@ -9,6 +9,10 @@
 -- Wire constants (a test checks this list against wire.rs):
 --   HEADER_ARGS = 3          ARGV[1] now, whole seconds; ARGV[2] nanoseconds within the second;
 --                            ARGV[3] idle grace in ms, added to every key's TTL
+--   REQUEST_FIELDS = 4       decide.lua, per request: now (s), now (ns within the s), mode, entries
+--   MODE_SETTLE = 0          decide.lua: settle the request here, all or nothing
+--   MODE_PROVISIONAL = 1     decide.lua: take what conforms; the caller settles across slots
+--   MODE_UNDO = 2            decide.lua: give back what a provisional call took
 --   KIND_DECIDED = 0         an entry its caller already decided (decide.lua only)
 --   KIND_TOKEN_BUCKET = 1    p1: nanoseconds per token, p2: capacity in tokens (0: never admits)
 --   KIND_FIXED_WINDOW = 2    p1: window seconds, p2: the limit
@@ -39,13 +43,18 @@
 -- hits scored in ms, with a `:seq` counter beside it. Carrying the token length and the window
 -- lets a reload that changes them keep what was consumed, as the memory store does.
 
-local now_s = tonumber(ARGV[1])
-local now_ns = tonumber(ARGV[2])
-local grace_ms = tonumber(ARGV[3])
 local NS = 1000000000
--- The window algorithms count in whole milliseconds (as sliding_window.rs and sliding_log.rs).
-local now_ms = now_s * 1000 + math.floor(now_ns / 1000000)
-local past_ms = now_ns % 1000000
+local grace_ms = tonumber(ARGV[3])
+local now_s, now_ns, now_ms, past_ms
+
+-- Sets the time the algorithms read: `s` whole seconds and `ns` nanoseconds. The window
+-- algorithms count in whole milliseconds (as sliding_window.rs and sliding_log.rs).
+local function at(s, ns)
+  now_s, now_ns = s, ns
+  now_ms = now_s * 1000 + math.floor(now_ns / 1000000)
+  past_ms = now_ns % 1000000
+end
+at(tonumber(ARGV[1]), tonumber(ARGV[2]))
 
 -- Milliseconds from the last whole millisecond, as nanoseconds from now.
 local function after_ms(ms) return math.max(ms * 1000000 - past_ms, 0) end
@@ -319,6 +328,38 @@ local function release(kind, key, n, p1, p2, debt, taken_ms)
   else
     local hits = redis.call('ZRANGEBYSCORE', key, taken_ms, taken_ms, 'LIMIT', 0, n)
     if #hits > 0 then redis.call('ZREM', key, unpack(hits)) end
+  end
+end
+
+-- Gives back `n` units taken now (a lease's unspent units, a request undone): the algorithms'
+-- refund, bounded below by an untouched bucket, and nothing where the window has moved on (a
+-- sliding log drops its newest hits).
+local function give_back(kind, key, n, p1, p2)
+  if kind == KIND_SLIDING_LOG then
+    redis.call('ZPOPMAX', key, n)
+    return
+  end
+  if kind == KIND_TOKEN_BUCKET then
+    local after = math.max(tb_debt(key, p1, p2) - n * p1, 0)
+    if after == 0 then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, tb_value(after, p1), 'PX', tb_ttl(after))
+    end
+    return
+  end
+  local raw = redis.call('GET', key)
+  if not raw then return end
+  if kind == KIND_FIXED_WINDOW then
+    local e, c = string.match(raw, '^(%d+):(%d+)$')
+    if tonumber(e) == (math.floor(now_s / p1) + 1) * p1 then
+      redis.call('SET', key, string.format('%d:%d', e, math.max(tonumber(c) - n, 0)), 'KEEPTTL')
+    end
+    return
+  end
+  local i, p, c = sw_counts(key, p1)
+  if i == math.floor(now_ms / p1) then
+    redis.call('SET', key, sw_value(i, p, math.max(c - n, 0), p1), 'KEEPTTL')
   end
 end
 
