@@ -423,14 +423,15 @@ fn compiled(yaml: &str) -> RateLimitConfig {
 }
 
 /// A limiter per store on `yaml`, sharing `clock`: memory, then strict and cached, each on its
-/// own key prefix in `redis` (failure policy `allow`: the test checks nothing fell back).
+/// own key prefix in the Redis `base` reaches (failure policy `allow`: the test checks nothing
+/// fell back).
 async fn every_store(
-    redis: &RedisServer,
+    base: &RedisSetup,
     yaml: &str,
     prefix: &str,
     clock: &Arc<ManualClock>,
 ) -> Vec<(&'static str, Arc<Limiter>)> {
-    let mut strict = with_prefix(RedisSetup::strict(&redis.url()), &format!("{prefix}s:"));
+    let mut strict = with_prefix(base.clone(), &format!("{prefix}s:"));
     strict.failure = FailurePolicy::Allow;
     let cached = RedisSetup {
         consistency: Consistency::Cached,
@@ -454,6 +455,20 @@ async fn every_store(
 #[tokio::test]
 async fn random_sequences_with_reloads_decide_alike_on_every_store() {
     let redis = RedisServer::start();
+    decide_alike(&RedisSetup::strict(&redis.url()), 4).await;
+}
+
+/// The same on a 3-master Redis Cluster, where a request's buckets often span slots (settled
+/// in two phases).
+#[tokio::test]
+async fn random_sequences_decide_alike_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    decide_alike(&cluster_setup(&cluster), 2).await;
+}
+
+/// Random request sequences with reloads, `rounds` of them: memory, strict and cached (on the
+/// Redis `base` reaches) must answer every request alike.
+async fn decide_alike(base: &RedisSetup, rounds: u64) {
     let seed = std::env::var("TOLLGATE_EQ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -469,11 +484,11 @@ async fn random_sequences_with_reloads_decide_alike_on_every_store() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     // Several short sequences, each on fresh buckets (its own key prefix) from T0.
-    for round in 0..4u64 {
+    for round in 0..rounds {
         let seed = seed.wrapping_add(round.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
         let mut rng = Rng(seed);
         let clock = Arc::new(ManualClock::at(T0));
-        let limiters = every_store(&redis, EQUIVALENCE, &format!("eq{round}"), &clock).await;
+        let limiters = every_store(base, EQUIVALENCE, &format!("eq{round}"), &clock).await;
         let mut variant = 0;
         for step in 0..steps {
             // Reloads: now and then one of the changed variants (or back to the original);
@@ -528,7 +543,9 @@ async fn a_denied_request_naming_one_bucket_twice_reports_it_untouched() {
             descriptor(&[("blocked", "x")]),
         ],
     );
-    for (name, limiter) in every_store(&redis, yaml, "twice", &clock).await {
+    for (name, limiter) in
+        every_store(&RedisSetup::strict(&redis.url()), yaml, "twice", &clock).await
+    {
         let decision = limiter.decide(&req).await.unwrap();
         assert_eq!(
             remaining(&decision),
@@ -554,7 +571,7 @@ async fn long_token_buckets_count_exactly_in_redis() {
     let redis = RedisServer::start();
     let yaml = "domain: eq\ndescriptors:\n  - key: k\n    rate_limit: {unit: year, requests_per_unit: 11}\n";
     let clock = Arc::new(ManualClock::at(T0));
-    let limiters = every_store(&redis, yaml, "long", &clock).await;
+    let limiters = every_store(&RedisSetup::strict(&redis.url()), yaml, "long", &clock).await;
     let req = request("eq", one("k", "v"));
     let brief = |d: &tollgate::decision::Decision| (d.overall, d.statuses[0].remaining);
     let reset = |d: &tollgate::decision::Decision| d.statuses[0].reset_after.unwrap();
