@@ -35,6 +35,7 @@ impl Lua {
             let store = RedisStore::start(&RedisOptions {
                 urls: vec![server.url()],
                 cluster: false,
+                sentinel: None,
                 prefix: "lua:".into(),
                 timeout: std::time::Duration::from_secs(5),
                 tls: RedisTls::default(),

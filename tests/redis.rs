@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::{Certificates, RedisCluster, RedisServer};
+use common::redis::{Certificates, RedisCluster, RedisSentinel, RedisServer};
 use common::{
     RedisHandle, RedisSetup, Setup, T0, TestServer, codes, descriptor, one, request, reset_secs,
     start_in, start_with,
@@ -1268,6 +1268,7 @@ async fn rediss_with_a_private_ca_and_a_client_certificate_counts_in_redis() {
         let store = RedisStore::start(&RedisOptions {
             urls: vec![url.clone()],
             cluster: false,
+            sentinel: None,
             prefix: "tls:".to_owned(),
             timeout: SEC,
             tls,
@@ -1287,4 +1288,66 @@ async fn overall_codes(s: &mut TestServer, n: usize) -> Vec<i32> {
         decided.push(s.call(request("c", one("k", "same"))).await.overall_code);
     }
     decided
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Redis Sentinel.
+
+/// Counting in the master a Sentinel names; the master killed, the Sentinel promotes its
+/// replica, and counting continues there, from where it was, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_followed_and_counting_continues() {
+    let mut master = RedisServer::start();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    let sentinel = RedisSentinel::start("tollgate-master", master.port);
+    // The Sentinel learns of the replica from the master (it must know it to promote it).
+    let end = Instant::now() + Duration::from_secs(30);
+    while !sentinel
+        .cli(&["SENTINEL", "REPLICAS", "tollgate-master"])
+        .contains(&replica.port.to_string())
+    {
+        assert!(Instant::now() < end, "the sentinel never saw the replica");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let setup = RedisSetup {
+        urls: vec![sentinel.url()],
+        sentinel: Some("tollgate-master".to_owned()),
+        failure: FailurePolicy::Deny,
+        timeout: Duration::from_millis(500),
+        ..RedisSetup::strict("unused")
+    };
+    let mut s = start_redis(&hourly(100), setup).await;
+    for remaining in (90..100).rev() {
+        let r = s.call(request("c", one("k", "v"))).await;
+        assert_eq!(
+            (r.overall_code, r.statuses[0].limit_remaining),
+            (OK, remaining)
+        );
+    }
+    // Everything written has reached the replica before the master dies.
+    assert_eq!(master.cli(&["WAIT", "1", "5000"]), "1");
+    master.kill();
+    let end = Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        // While no master answers, the failure policy (deny) answers: nothing is counted.
+        let r = s.call(request("c", one("k", "v"))).await;
+        if r.overall_code == OK {
+            break r;
+        }
+        assert!(
+            Instant::now() < end,
+            "no failover followed within 30 s; sentinel log:\n{}",
+            sentinel.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        r.statuses[0].limit_remaining, 89,
+        "counting continues where it was"
+    );
+    assert!(
+        replica.cli(&["ROLE"]).starts_with("master"),
+        "the replica was promoted"
+    );
+    s.stop().await;
 }

@@ -30,8 +30,17 @@ pub(super) struct StoreArgs {
     )]
     pub(super) redis_url: Vec<String>,
     /// The --redis-url addresses are Redis Cluster nodes.
-    #[arg(long, env = "TOLLGATE_REDIS_CLUSTER")]
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_CLUSTER",
+        conflicts_with = "redis_sentinel"
+    )]
     redis_cluster: bool,
+    /// The --redis-url addresses are Redis Sentinels (`redis://host:26379`, one per
+    /// Sentinel): count in the master of this master set, and follow its failovers.
+    /// Credentials in the URL are used for the Sentinels and the master.
+    #[arg(long, env = "TOLLGATE_REDIS_SENTINEL", value_name = "MASTER_NAME")]
+    redis_sentinel: Option<String>,
     /// How replicas agree on a limit: `strict` decides every request atomically in Redis;
     /// `cached` spends tokens leased from Redis in slices, off the request path. A limit's
     /// `consistency:` overrides it.
@@ -88,9 +97,14 @@ pub(super) enum StoreArg {
 }
 
 /// The flags that only mean something with the Redis store: (argument id, flag, variable).
-const REDIS_ONLY: [(&str, &str, &str); 9] = [
+const REDIS_ONLY: [(&str, &str, &str); 10] = [
     ("redis_url", "--redis-url", "TOLLGATE_REDIS_URL"),
     ("redis_cluster", "--redis-cluster", "TOLLGATE_REDIS_CLUSTER"),
+    (
+        "redis_sentinel",
+        "--redis-sentinel",
+        "TOLLGATE_REDIS_SENTINEL",
+    ),
     ("consistency", "--consistency", "TOLLGATE_CONSISTENCY"),
     ("redis_failure", "--redis-failure", "TOLLGATE_REDIS_FAILURE"),
     ("redis_timeout", "--redis-timeout", "TOLLGATE_REDIS_TIMEOUT"),
@@ -143,6 +157,7 @@ impl StoreArgs {
             options: RedisOptions {
                 urls: self.redis_url.clone(),
                 cluster: self.redis_cluster,
+                sentinel: self.redis_sentinel.clone(),
                 prefix: self.redis_prefix.clone(),
                 timeout: self.redis_timeout,
                 tls: self.tls()?,
@@ -159,6 +174,11 @@ impl StoreArgs {
             (None, Some(_)) => "--redis-client-cert",
             (None, None) => return Ok(RedisTls::default()),
         };
+        if self.redis_sentinel.is_some() {
+            return Err(format!(
+                "{flag} is not supported with --redis-sentinel (rediss:// Sentinels trust the bundled webpki roots)"
+            ));
+        }
         if let Some(url) = self.redis_url.iter().find(|u| !is_tls_url(u)) {
             return Err(format!(
                 "{flag} needs rediss:// URLs, not {}",

@@ -107,6 +107,8 @@ pub struct Setup {
 pub struct RedisSetup {
     pub urls: Vec<String>,
     pub cluster: bool,
+    /// `--redis-sentinel`: the URLs are Sentinels of this master set.
+    pub sentinel: Option<String>,
     pub consistency: Consistency,
     pub failure: FailurePolicy,
     pub timeout: Duration,
@@ -121,6 +123,7 @@ impl RedisSetup {
         Self {
             urls: vec![url.to_owned()],
             cluster: false,
+            sentinel: None,
             consistency: Consistency::Strict,
             failure: FailurePolicy::Local,
             timeout: Duration::from_secs(2),
@@ -151,6 +154,7 @@ impl RedisSetup {
             options: RedisOptions {
                 urls: self.urls.clone(),
                 cluster: self.cluster,
+                sentinel: self.sentinel.clone(),
                 prefix: self.prefix.clone(),
                 timeout: self.timeout,
                 tls: self.tls.clone(),

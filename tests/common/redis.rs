@@ -428,3 +428,78 @@ fn cluster_args(dir: &Path, n: usize, bus: u16) -> Vec<String> {
         "5000".into(),
     ]
 }
+
+/// A Redis Sentinel (`redis-server --sentinel`) on a free port, watching one master.
+pub struct RedisSentinel {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    /// Starts a Sentinel that watches the master on `master_port` as `name` (quorum 1, the
+    /// master down after 500 ms without answers) and waits until it answers.
+    pub fn start(name: &str, master_port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+                 sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {name} 500\n\
+                 sentinel failover-timeout {name} 2000\n",
+                dir = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&config)
+            .arg("--sentinel")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sentinel = Self { port, child, dir };
+        let end = Instant::now() + READY_DEADLINE;
+        while !ping(port) {
+            assert!(
+                Instant::now() < end,
+                "redis sentinel did not start:\n{}",
+                sentinel.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sentinel
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli -p PORT args...` against the Sentinel; returns its stdout, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The Sentinel's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sentinel.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

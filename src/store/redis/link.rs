@@ -1,5 +1,6 @@
-//! The connection to Redis: one multiplexed, self-reconnecting connection to a single node,
-//! or a Redis Cluster connection (one per shard, following slot moves). Calls take a cheap
+//! The connection to Redis: one multiplexed, self-reconnecting connection to a single node (or
+//! to the master that Redis Sentinels name), or a Redis Cluster connection (one per shard,
+//! following slot moves). Calls take a cheap
 //! clone of it ([`Conn`]), so a call can outlive the request that made it; the health probe
 //! replaces it with a freshly made one once Redis answers again.
 
@@ -10,7 +11,12 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{ClientTlsConfig, RedisFuture, RedisResult, TlsCertificates, Value};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{
+    ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisFuture, RedisResult, TlsCertificates,
+    TlsMode, Value,
+};
+use tokio::sync::Mutex;
 
 use super::{RedisOptions, RedisTls, tls};
 
@@ -26,6 +32,9 @@ pub(super) struct Link {
 enum Client {
     Single(Box<(redis::Client, ConnectionManagerConfig)>),
     Cluster(Box<ClusterClient>),
+    /// Sentinels, asked for the master at each reconnection (so a failover is followed once
+    /// calls to the old master fail).
+    Sentinel(Box<(Mutex<SentinelClient>, ConnectionManagerConfig)>),
 }
 
 /// A connection in use: cheap to clone, shared by concurrent calls (pipelined).
@@ -43,7 +52,18 @@ impl Link {
         let response_timeout = super::reconcile::LATE_WAIT;
         tls::install_crypto_provider();
         let certificates = certificates(&options.tls);
-        let client = if options.cluster || options.urls.len() > 1 {
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(response_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2));
+        let client = if let Some(master) = &options.sentinel {
+            Client::Sentinel(Box::new((
+                Mutex::new(sentinel_client(&options.urls, master)?),
+                manager,
+            )))
+        } else if options.cluster || options.urls.len() > 1 {
             let mut builder = ClusterClient::builder(options.urls.clone())
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(response_timeout)
@@ -58,13 +78,7 @@ impl Link {
                 Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
                 None => redis::Client::open(url)?,
             };
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(response_timeout))
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(50))
-                .set_max_delay(Duration::from_secs(2));
-            Client::Single(Box::new((client, config)))
+            Client::Single(Box::new((client, manager)))
         };
         Ok(Self {
             client,
@@ -93,6 +107,14 @@ impl Link {
                 let (client, config) = &**single;
                 let mut manager =
                     ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+                redis::cmd("PING").query_async::<()>(&mut manager).await?;
+                Conn::Single(manager)
+            }
+            Client::Sentinel(sentinel) => {
+                let (sentinels, config) = &**sentinel;
+                let master = sentinels.lock().await.async_get_client().await?;
+                let mut manager =
+                    ConnectionManager::new_with_config(master, config.clone()).await?;
                 redis::cmd("PING").query_async::<()>(&mut manager).await?;
                 Conn::Single(manager)
             }
@@ -136,6 +158,30 @@ impl ConnectionLike for Conn {
             Self::Cluster(connection) => connection.get_db(),
         }
     }
+}
+
+/// A client of the Sentinels at `urls` for the master set `master`. Credentials and database
+/// in the first URL are used for the master too; a `rediss://` Sentinel means a TLS master.
+fn sentinel_client(urls: &[String], master: &str) -> RedisResult<SentinelClient> {
+    let first = urls
+        .first()
+        .map_or("redis://127.0.0.1:26379", String::as_str)
+        .into_connection_info()?;
+    let mut node = SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(first.redis_settings().clone());
+    if let ConnectionAddr::TcpTls { insecure, .. } = first.addr() {
+        node = node.set_tls_mode(if *insecure {
+            TlsMode::Insecure
+        } else {
+            TlsMode::Secure
+        });
+    }
+    SentinelClient::build(
+        urls.to_vec(),
+        master,
+        Some(node),
+        SentinelServerType::Master,
+    )
 }
 
 /// The TLS material to use instead of the defaults, if any was given.

@@ -57,6 +57,9 @@ pub struct RedisOptions {
     pub urls: Vec<String>,
     /// Treat the URLs as Redis Cluster seeds.
     pub cluster: bool,
+    /// Treat the URLs as Redis Sentinels, and count in the master they name this (the master
+    /// set's name), following failovers.
+    pub sentinel: Option<String>,
     /// Prepended to every key.
     pub prefix: String,
     /// Longest wait for one decision before the failure policy answers instead.
