@@ -1,11 +1,12 @@
 //! Batching: concurrent decisions bound for one slot go to Redis as one script call.
 //!
 //! Each route (a Cluster slot; the whole server on a single node) has a queue. A request joins
-//! its route's queue; when no call is in flight on that route, the queue is sent at once (a lone
-//! request waits for nothing), else it goes with the next call, sent as soon as the one in
-//! flight answers. Under load a call carries what arrived during one round trip, so round trips
-//! and script overhead per decision fall well below one. `decide.lua` decides a call's requests
-//! in order, each at its own time and each settled on its own.
+//! its route's queue; while fewer than [`IN_FLIGHT`] calls are in flight on that route, the
+//! queue is sent at once (a lone request waits for nothing), else it goes with the next call,
+//! sent as soon as one in flight answers. Under load a call carries what arrived during a round
+//! trip, so round trips and script overhead per decision fall well below one, and with two
+//! calls in flight Redis works on one while tollgate reads the other's answer. `decide.lua`
+//! decides a call's requests in order, each at its own time and each settled on its own.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
@@ -22,6 +23,9 @@ pub(super) type Route = Option<Slot>;
 
 /// The most entries one call carries; more wait for the next call.
 const MAX_ENTRIES: usize = 512;
+
+/// The most calls in flight on one route.
+const IN_FLIGHT: usize = 2;
 
 /// What a request gets back: its part of the call's reply (its own `decide.lua` reply).
 pub(super) type Answer = Result<Vec<i64>, CallFailure>;
@@ -40,13 +44,13 @@ struct Queue {
 #[derive(Default)]
 struct State {
     waiting: Vec<(Request, oneshot::Sender<Answer>)>,
-    /// A call is in flight (its driver sends what waits when it answers).
-    sending: bool,
+    /// Drivers running (each with a call in flight, sending what waits when it answers).
+    drivers: usize,
 }
 
 impl Batches {
-    /// Queues `request` for `route`; the receiver gets its answer. Starts a driver when no
-    /// call is in flight on the route.
+    /// Queues `request` for `route`; the receiver gets its answer. Starts a driver when fewer
+    /// than [`IN_FLIGHT`] run on the route.
     pub(super) fn submit(
         &self,
         store: &Weak<RedisStore>,
@@ -58,7 +62,9 @@ impl Batches {
         let start = {
             let mut state = queue.state.lock().unwrap_or_else(PoisonError::into_inner);
             state.waiting.push((request, tx));
-            !std::mem::replace(&mut state.sending, true)
+            let start = state.drivers < IN_FLIGHT;
+            state.drivers += usize::from(start);
+            start
         };
         if start {
             tokio::spawn(drive(queue, store.clone()));
@@ -83,7 +89,7 @@ async fn drive(queue: Arc<Queue>, store: Weak<RedisStore>) {
                 .count()
                 .max(1);
             if state.waiting.is_empty() {
-                state.sending = false;
+                state.drivers -= 1;
                 return;
             }
             let take = take.min(state.waiting.len());
