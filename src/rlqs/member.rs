@@ -28,9 +28,9 @@ pub struct Member {
     pub allowed: u64,
     /// Requests Envoy reported denied, in total.
     pub denied: u64,
-    /// Requests counted since the last measurement, over whole seconds.
+    /// Requests counted since the last measurement, and the time they span.
     window: Window,
-    /// The last measured rate: `None` until a report covers at least a second.
+    /// The last measured rate: `None` until reports span at least a second.
     rate: Option<Window>,
     /// What it was last told, and until when that holds.
     pub held: Option<Held>,
@@ -40,11 +40,11 @@ pub struct Member {
     pub last_active: Nanos,
 }
 
-/// Requests over a span of whole seconds.
+/// Requests over a span of time.
 #[derive(Debug, Clone, Copy, Default)]
 struct Window {
     requests: u64,
-    secs: u64,
+    nanos: Nanos,
 }
 
 /// An assignment sent, and when it expires at the Envoy.
@@ -82,15 +82,16 @@ impl Member {
         }
     }
 
-    /// Records a report of `allowed` and `denied` requests over `elapsed_secs` (Envoy counts
-    /// whole seconds, so a short span reads 0: it is added to the next).
+    /// Records a report, received at `now`, of `allowed` and `denied` requests over
+    /// `elapsed_secs` (see [`span`]; a span under a second is added to the next one).
     pub fn record(&mut self, allowed: u64, denied: u64, elapsed_secs: u64, now: Nanos) {
         let requests = allowed.saturating_add(denied);
         self.allowed = self.allowed.saturating_add(allowed);
         self.denied = self.denied.saturating_add(denied);
         self.window.requests = self.window.requests.saturating_add(requests);
-        self.window.secs = self.window.secs.saturating_add(elapsed_secs);
-        if self.window.secs > 0 {
+        let since = now.saturating_sub(self.last_report);
+        self.window.nanos = self.window.nanos.saturating_add(span(elapsed_secs, since));
+        if self.window.nanos >= NANOS_PER_SEC {
             self.rate = Some(std::mem::take(&mut self.window));
         }
         self.last_report = now;
@@ -104,12 +105,12 @@ impl Member {
     /// rounded up to a whole token and at least one, so a steady Envoy is not denied by the
     /// jitter of its own traffic and an idle one keeps a token for its next request.
     pub fn demand(&self, quota: &Quota) -> Demand {
-        let Some(Window { requests, secs }) = self.rate else {
+        let Some(Window { requests, nanos }) = self.rate else {
             return Demand::Unknown;
         };
-        let per_period = u128::from(requests) * u128::from(quota.unit().seconds());
+        let per_period = u128::from(requests) * u128::from(quota.unit().nanos());
         let wanted = (per_period * 11)
-            .div_ceil(u128::from(secs.max(1)) * 10)
+            .div_ceil(u128::from(nanos.max(1)) * 10)
             .max(1);
         Demand::Known(u64::try_from(wanted).unwrap_or(u64::MAX))
     }
@@ -130,6 +131,16 @@ impl Member {
             expires: now.saturating_add(ttl_secs.saturating_mul(NANOS_PER_SEC)),
         });
     }
+}
+
+/// The time a report covers. Envoy 1.40 truncates `time_elapsed` to whole seconds, and its
+/// 5 s report periods often read 4 (seen through real Envoys: a rate 25 % too high, and
+/// shares that flap). The time since the bucket's last report on tollgate's clock is exact
+/// but for the network's jitter: it is used within the second Envoy truncated away, and
+/// Envoy's figure bounds it when the two disagree (a report tollgate never got).
+fn span(elapsed_secs: u64, since_last_report: Nanos) -> Nanos {
+    let floor = elapsed_secs.saturating_mul(NANOS_PER_SEC);
+    since_last_report.clamp(floor, floor.saturating_add(NANOS_PER_SEC - 1))
 }
 
 #[cfg(test)]
@@ -153,6 +164,34 @@ mod tests {
         member.record(0, 0, 5, 3);
         assert_eq!(member.demand(&quota), Demand::Known(1));
         assert_eq!(member.last_active, 2);
+    }
+
+    #[test]
+    fn a_truncated_time_elapsed_is_made_exact_by_the_time_between_reports() {
+        let quota = Quota::new(100, Unit::Second, Algorithm::TokenBucket);
+        let mut member = Member::new(Limit::None, 0);
+        member.record(1, 0, 0, 0);
+        // 20 requests in 5 s that Envoy reports as 4: 4 a second, and 10 % of headroom.
+        member.record(19, 0, 4, 5 * NANOS_PER_SEC);
+        assert_eq!(member.demand(&quota), Demand::Known(5));
+        // A period a hair over 5 s reads 5: tollgate's clock agrees.
+        member.record(20, 0, 5, 10 * NANOS_PER_SEC + 3_000_000);
+        assert_eq!(member.demand(&quota), Demand::Known(5));
+    }
+
+    #[test]
+    fn envoys_whole_seconds_bound_the_span_measured_by_tollgate() {
+        assert_eq!(span(4, 4_900_000_000), 4_900_000_000);
+        assert_eq!(span(5, 5 * NANOS_PER_SEC + 7), 5 * NANOS_PER_SEC + 7);
+        // Received a little later than Envoy sent it: under the next whole second.
+        assert_eq!(span(4, 5 * NANOS_PER_SEC + 7), 5 * NANOS_PER_SEC - 1);
+        // A report tollgate did not see (Envoy reported while its stream was down): the
+        // span is at most Envoy's figure and the second it may have truncated.
+        assert_eq!(span(5, 30 * NANOS_PER_SEC), 6 * NANOS_PER_SEC - 1);
+        // A clock that did not move (or reports received together): Envoy's figure.
+        assert_eq!(span(5, 0), 5 * NANOS_PER_SEC);
+        assert_eq!(span(0, 0), 0);
+        assert_eq!(span(u64::MAX, 0), u64::MAX);
     }
 
     #[test]
