@@ -1,16 +1,17 @@
 //! Buckets in Redis, shared by every replica.
 //!
 //! Three server-side scripts share one prelude of algorithms (see [`wire`]): `decide.lua`
-//! settles a request's claims atomically, all or nothing, with the same algorithms as the memory
-//! store (this is the [`Store`] implementation: strict mode); `lease.lua` and `give_back.lua`
-//! hand out and take back cached mode's slices ([`Leasing`](super::Leasing)). Calls from
-//! concurrent requests are pipelined over one multiplexed connection (single node) or one per
-//! shard (Redis Cluster).
+//! settles requests' claims atomically, all or nothing, with the same algorithms as the memory
+//! store (this is the [`Store`] implementation: strict mode, see [`settle`]); `lease.lua` and
+//! `give_back.lua` hand out and take back cached mode's slices ([`Leasing`](super::Leasing)).
+//! Decisions bound for one Redis (one Cluster slot) are batched into shared script calls
+//! ([`batch`]), over one multiplexed connection (single node, or the master Sentinels name) or
+//! one per shard (Redis Cluster).
 //!
-//! Keys are `{prefix}{<domain tag>}:<bucket>`: the hash tag is a digest of the request's
-//! domain, so all of a request's keys live in one Cluster slot and one script can use them
-//! together. Every key carries a TTL that ends when its bucket is whole again (plus a second),
-//! so Redis memory never outgrows the buckets in use.
+//! Keys are `{prefix}{<lane>}:<bucket>`: the hash tag is the bucket's lane ([`lanes`]), so one
+//! domain's buckets spread over every master of a Cluster. Every key carries a TTL that ends
+//! when its bucket is whole again (plus a second), so Redis memory never outgrows the buckets
+//! in use.
 //!
 //! A call waits at most `--redis-timeout`, and less when the caller's own deadline is nearer
 //! (three quarters of what is left of it). A call that fails is answered by the failure
