@@ -83,7 +83,7 @@ impl Member {
     }
 
     /// Records a report, received at `now`, of `allowed` and `denied` requests over
-    /// `elapsed_secs` (see [`span`]; a span under a second is added to the next one).
+    /// `elapsed_secs` (see `span`; a span under a second is added to the next one).
     pub fn record(&mut self, allowed: u64, denied: u64, elapsed_secs: u64, now: Nanos) {
         let requests = allowed.saturating_add(denied);
         self.allowed = self.allowed.saturating_add(allowed);

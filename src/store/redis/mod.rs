@@ -2,10 +2,10 @@
 //!
 //! Three server-side scripts share one prelude of algorithms (see [`wire`]): `decide.lua`
 //! settles requests' claims atomically, all or nothing, with the same algorithms as the memory
-//! store (this is the [`Store`] implementation: strict mode, see [`settle`]); `lease.lua` and
+//! store (this is the [`Store`] implementation: strict mode, see `settle.rs`); `lease.lua` and
 //! `give_back.lua` hand out and take back cached mode's slices ([`Leasing`](super::Leasing)).
 //! Decisions bound for one Redis (one Cluster slot) are batched into shared script calls
-//! ([`batch`]), over one multiplexed connection (single node, or the master Sentinels name) or
+//! (`batch.rs`), over one multiplexed connection (single node, or the master Sentinels name) or
 //! one per shard (Redis Cluster).
 //!
 //! Keys are `{prefix}{<lane>}:<bucket>`: the hash tag is the bucket's lane ([`lanes`]), so one
