@@ -20,11 +20,11 @@
 //!   decided as any other. A settlement stands whatever the answer.
 //!
 //! A store may fail ([`Unavailable`]) only as a whole: then nothing of the request was taken
-//! anywhere, and a wrapper ([`Failover`](super::Failover)) or the caller decides what to answer.
+//! anywhere, and a wrapper ([`Failover`]) or the caller decides what to answer.
 //!
-//! Implementations: [`MemoryStore`](super::MemoryStore) (this process),
-//! [`RedisStore`](super::RedisStore) (one script call per request), [`Leasing`](super::Leasing)
-//! (cached mode: slices leased from Redis, spent here) and [`Failover`](super::Failover) (the
+//! Implementations: [`MemoryStore`] (this process),
+//! [`RedisStore`] (script calls in Redis, batched), [`Leasing`](super::Leasing)
+//! (cached mode: slices leased from Redis, spent here) and [`Failover`] (the
 //! failure policy in front of another store). They give the same answers for the same claims and
 //! times: one behaviour suite and a random differential test run against each.
 

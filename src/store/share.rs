@@ -2,7 +2,7 @@
 //!
 //! While Redis cannot answer, each replica decides from its own memory. Left alone, N replicas
 //! would then admit N × a limit. Instead, during an outage each key is enforced here as one
-//! of N equal shares of its limit ([`Quota::share`]: rate and capacity divided by N, rounded
+//! of N equal shares of its limit ([`Quota::share`](crate::quota::Quota::share): rate and capacity divided by N, rounded
 //! down), N being the live replicas Redis counted before the outage
 //! ([`RedisStore::replicas`](super::RedisStore::replicas)); and each key starts from its share
 //! of what Redis last reported left for it (a key Redis never reported, or that has refilled
