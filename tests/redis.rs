@@ -668,7 +668,18 @@ async fn load(replicas: &[TestServer], tasks: usize, calls: usize) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_replicas_admit_exactly_the_limit_together() {
     let redis = RedisServer::start();
-    let mut setup = RedisSetup::strict(&redis.url());
+    replicas_admit_exactly_the_limit(RedisSetup::strict(&redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_replicas_admit_exactly_the_limit_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    replicas_admit_exactly_the_limit(cluster_setup(&cluster)).await;
+}
+
+/// Three replicas counting in the Redis `setup` reaches, loaded together on one key, admit
+/// exactly its limit.
+async fn replicas_admit_exactly_the_limit(mut setup: RedisSetup) {
     // Deny on failure, and check below that nothing failed: the count is Redis's alone.
     setup.failure = FailurePolicy::Deny;
     let mut replicas = Vec::new();
