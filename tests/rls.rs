@@ -62,7 +62,50 @@ on_every_store!(
     count_denied_counts_every_hit_on_limits_without_debt,
     reservations_hold_estimates_so_concurrent_requests_cannot_overspend,
     a_settlement_gives_back_the_estimate_then_charges_the_usage,
+    several_limits_on_one_descriptor_all_apply,
 );
+
+/// Burst and sustained limits on one key (`rate_limits`).
+const LAYERED: &str = r#"
+domain: layered
+descriptors:
+  - key: user
+    rate_limits:
+      - {name: per_second, unit: second, requests_per_unit: 5}
+      - {name: per_minute, unit: minute, requests_per_unit: 8}
+"#;
+
+async fn several_limits_on_one_descriptor_all_apply(store: Backend) {
+    let mut s = store.start(LAYERED).await;
+    let hit = || request("layered", one("user", "u"));
+    let name = |r: &envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse| {
+        r.statuses[0].current_limit.as_ref().unwrap().name.clone()
+    };
+    for remaining in (0..5).rev() {
+        let r = s.call(hit()).await;
+        // The tighter of the two is reported: per second until the minute has less left.
+        assert_eq!(
+            (r.overall_code, r.statuses[0].limit_remaining),
+            (OK, remaining)
+        );
+        assert_eq!(name(&r), "per_second");
+    }
+    let r = s.call(hit()).await;
+    assert_eq!((r.overall_code, name(&r)), (OVER, "per_second".to_owned()));
+    // A second later the per-second limit is whole again; the minute has 3 left.
+    s.advance(SEC);
+    for remaining in (0..3).rev() {
+        let r = s.call(hit()).await;
+        assert_eq!(
+            (r.overall_code, r.statuses[0].limit_remaining),
+            (OK, remaining)
+        );
+        assert_eq!(name(&r), "per_minute");
+    }
+    let r = s.call(hit()).await;
+    assert_eq!((r.overall_code, name(&r)), (OVER, "per_minute".to_owned()));
+    s.stop().await;
+}
 
 /// LLM token budgets: the same limit with and without debt.
 const TOKENS: &str = r#"

@@ -252,42 +252,98 @@ impl TreeBuilder<'_> {
         parts.push(part);
         // An invalid limit is reported and its node kept without it, so checks of the
         // siblings and children still run.
-        let rule = spec.rate_limit.as_ref().and_then(|limit| {
-            path.push(Step::Key("rate_limit"));
-            let settings = self.limit(limit, path, &id);
-            path.pop();
-            settings.map(|settings| (limit, settings))
-        });
-        let rule = match rule {
-            Some((limit, settings)) => Some(Arc::new(Rule {
-                id: id.as_str().into(),
-                name: limit
-                    .name
-                    .as_deref()
-                    .filter(|n| !n.is_empty())
-                    .map(Into::into),
-                policy: settings.policy,
-                shadow_mode: spec.shadow_mode,
-                quota_mode: spec.quota_mode,
-                replaces: limit
-                    .replaces
-                    .iter()
-                    .map(|r| r.name.as_str().into())
-                    .collect(),
-                detailed_metric: spec.detailed_metric,
-                value_to_metric: spec.value_to_metric,
-                key_parts: parts.clone(),
-                metadata: spec.metadata.clone(),
-                consistency: settings.consistency,
-                max_delay: settings.max_delay,
-                tag: Rule::tag_of(self.domain, &id),
-            })),
-            None => None,
-        };
+        let rules = self.rules(spec, path, &id, &parts);
         path.push(Step::Key("descriptors"));
         let children = self.level(&spec.descriptors, &id, path, &parts);
         path.pop();
-        Some((value, Node { rule, children }))
+        Some((value, Node { rules, children }))
+    }
+
+    /// The node's rules: its `rate_limit`, or each of its `rate_limits` (ids `<node>#<name>`,
+    /// or `<node>#<position>` for an unnamed one, so a reload keeps each one's buckets).
+    fn rules(
+        &mut self,
+        spec: &DescriptorSpec,
+        path: &mut Vec<Step>,
+        id: &str,
+        parts: &[KeyPart],
+    ) -> Vec<Arc<Rule>> {
+        let limits: Vec<(&RateLimitSpec, String, Vec<Step>)> =
+            match (&spec.rate_limit, &spec.rate_limits) {
+                (Some(_), Some(_)) => {
+                    self.error(
+                        path,
+                        id,
+                        "should not specify both rate_limit and rate_limits".to_owned(),
+                    );
+                    return Vec::new();
+                }
+                (Some(limit), None) => vec![(limit, id.to_owned(), vec![Step::Key("rate_limit")])],
+                (None, Some(list)) if list.is_empty() => {
+                    path.push(Step::Key("rate_limits"));
+                    self.error(
+                        path,
+                        id,
+                        "rate_limits must not be empty (give at least one limit, or none)"
+                            .to_owned(),
+                    );
+                    path.pop();
+                    return Vec::new();
+                }
+                (None, Some(list)) => list
+                    .iter()
+                    .enumerate()
+                    .map(|(index, limit)| {
+                        let suffix = limit
+                            .name
+                            .clone()
+                            .filter(|name| !name.is_empty())
+                            .unwrap_or_else(|| index.to_string());
+                        let at = vec![Step::Key("rate_limits"), Step::Index(index)];
+                        (limit, format!("{id}#{suffix}"), at)
+                    })
+                    .collect(),
+                (None, None) => return Vec::new(),
+            };
+        let mut rules = Vec::with_capacity(limits.len());
+        let mut seen = HashSet::new();
+        for (limit, rule_id, at) in limits {
+            let depth = path.len();
+            path.extend(at);
+            if !seen.insert(rule_id.clone()) {
+                self.error(
+                    path,
+                    id,
+                    format!("duplicate limit '{rule_id}' in rate_limits (names must differ)"),
+                );
+            } else if let Some(settings) = self.limit(limit, path, id) {
+                rules.push(Arc::new(Rule {
+                    id: rule_id.as_str().into(),
+                    name: limit
+                        .name
+                        .as_deref()
+                        .filter(|n| !n.is_empty())
+                        .map(Into::into),
+                    policy: settings.policy,
+                    shadow_mode: spec.shadow_mode || limit.shadow_mode.unwrap_or(false),
+                    quota_mode: spec.quota_mode,
+                    replaces: limit
+                        .replaces
+                        .iter()
+                        .map(|r| r.name.as_str().into())
+                        .collect(),
+                    detailed_metric: spec.detailed_metric,
+                    value_to_metric: spec.value_to_metric,
+                    key_parts: parts.to_vec(),
+                    metadata: spec.metadata.clone(),
+                    consistency: settings.consistency,
+                    max_delay: settings.max_delay,
+                    tag: Rule::tag_of(self.domain, &rule_id),
+                }));
+            }
+            path.truncate(depth);
+        }
+        rules
     }
 
     /// A `rate_limit`'s settings, each parsed once; `None` (with every problem reported) if

@@ -94,8 +94,14 @@ impl RateLimitConfig {
         domains
     }
 
-    /// The rule a request descriptor matches in `domain`, if any.
+    /// The rule a request descriptor matches in `domain`, if any (the first, for a node with
+    /// `rate_limits`).
     pub fn find<E: EntryView>(&self, domain: &str, entries: &[E]) -> Option<&Arc<Rule>> {
+        self.find_all(domain, entries)?.first()
+    }
+
+    /// Every rule a request descriptor matches in `domain`, if any.
+    pub fn find_all<E: EntryView>(&self, domain: &str, entries: &[E]) -> Option<&[Arc<Rule>]> {
         self.domains.get(domain)?.root.find(entries)
     }
 }

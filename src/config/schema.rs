@@ -103,6 +103,9 @@ pub struct DescriptorSpec {
     pub value: String,
     /// The limit applied when a request ends at this node.
     pub rate_limit: Option<RateLimitSpec>,
+    /// tollgate: several limits applied together when a request ends at this node (instead of
+    /// `rate_limit`): a request passes only if every one does.
+    pub rate_limits: Option<Vec<RateLimitSpec>>,
     /// Child nodes, matched against the request's next entry.
     #[serde(default)]
     pub descriptors: Vec<DescriptorSpec>,
@@ -150,6 +153,8 @@ pub struct RateLimitSpec {
     pub burst: Option<u32>,
     /// tollgate: `strict` or `cached`, overriding `--consistency` for this limit.
     pub consistency: Option<String>,
+    /// tollgate: count and report this limit, never deny on it (as the node's `shadow_mode`).
+    pub shadow_mode: Option<bool>,
     /// tollgate: a hit larger than what is left is still counted, putting the limit in debt
     /// (as the reference service counts every hit); `false` opts out of `--count-denied`.
     pub debt: Option<bool>,

@@ -338,6 +338,47 @@ fn rate_limit_errors() {
 }
 
 #[test]
+fn several_limits_on_one_node_compile_with_ids_by_name_or_position() {
+    let config = compile_one(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limits:\n      - {name: burst, unit: second, requests_per_unit: 5}\n      - {unit: day, requests_per_unit: 1000, algorithm: fixed_window, shadow_mode: true}\n",
+    )
+    .unwrap();
+    let rules = config.find_all("d", &[("k", "v")]).unwrap();
+    let ids: Vec<&str> = rules.iter().map(|r| &*r.id).collect();
+    assert_eq!(ids, ["d.k#burst", "d.k#1"]);
+    assert_eq!((rules[0].shadow_mode, rules[1].shadow_mode), (false, true));
+    assert_ne!(rules[0].tag, rules[1].tag);
+}
+
+#[test]
+fn rate_limits_errors_name_the_list() {
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n    rate_limits:\n      - {unit: second, requests_per_unit: 1}\n",
+        Some(3),
+        Some("d.k"),
+        "should not specify both rate_limit and rate_limits",
+    );
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limits: []\n",
+        Some(4),
+        Some("d.k"),
+        "rate_limits must not be empty",
+    );
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limits:\n      - {name: a, unit: second, requests_per_unit: 1}\n      - {name: a, unit: minute, requests_per_unit: 9}\n",
+        Some(6),
+        Some("d.k"),
+        "duplicate limit 'd.k#a' in rate_limits",
+    );
+    assert_error(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limits:\n      - {unit: second, requests_per_unit: 1}\n      - {unit: fortnight, requests_per_unit: 9}\n",
+        Some(6),
+        Some("d.k"),
+        "invalid rate limit unit 'fortnight'",
+    );
+}
+
+#[test]
 fn type_and_syntax_errors_keep_the_parser_line() {
     assert_error(
         "domain: d\ndescriptors:\n  - just-a-string\n",

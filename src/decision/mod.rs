@@ -121,7 +121,8 @@ impl Limiter {
             .collect::<Result<SmallVec<[Read<'_>; 4]>, _>>()?;
         let limits = self.limits(&config, request, &read)?;
         let mut claims: SmallVec<[Claim; 4]> = SmallVec::new();
-        for ((limit, descriptor), read) in limits.iter().zip(&request.descriptors).zip(&read) {
+        for (index, limit) in &limits {
+            let (descriptor, read) = (&request.descriptors[*index], &read[*index]);
             let cost = match read.wanted {
                 Some(Wanted::Reserve { estimate, .. }) => estimate,
                 _ => request::cost(request, descriptor),
@@ -157,22 +158,25 @@ impl Limiter {
                 .map_err(RequestError::Unavailable)?
         };
         let mut outcomes = claims.iter().zip(&settlement.outcomes);
-        let statuses = limits
-            .iter()
-            .map(|limit| {
-                if limit.is_unlimited() {
-                    return DescriptorStatus::unlimited();
-                }
-                match limit.quota() {
-                    Some(_) => outcomes
+        let mut statuses: SmallVec<[DescriptorStatus; 4]> = SmallVec::new();
+        let mut limits = limits.iter().peekable();
+        for index in 0..request.descriptors.len() {
+            let mut own: SmallVec<[DescriptorStatus; 1]> = SmallVec::new();
+            while let Some((_, limit)) = limits.next_if(|(of, _)| *of == index) {
+                own.push(if limit.is_unlimited() {
+                    DescriptorStatus::unlimited()
+                } else if limit.quota().is_some() {
+                    outcomes
                         .next()
                         .map_or_else(DescriptorStatus::no_limit, |(claim, outcome)| {
                             status(limit, claim, outcome, settlement.denied)
-                        }),
-                    None => DescriptorStatus::no_limit(),
-                }
-            })
-            .collect();
+                        })
+                } else {
+                    DescriptorStatus::no_limit()
+                });
+            }
+            statuses.push(DescriptorStatus::of_all(own));
+        }
         Ok(Decision {
             overall: if settlement.denied {
                 Code::OverLimit
@@ -184,22 +188,24 @@ impl Limiter {
         })
     }
 
-    /// Each descriptor's limit, after `replaces`.
+    /// Each descriptor's limits (one, or a node's `rate_limits`), with the descriptor's
+    /// position, in descriptor order, after `replaces`.
     fn limits<'c>(
         &self,
         config: &'c RateLimitConfig,
         request: &RateLimitRequest,
         read: &[Read<'_>],
-    ) -> Result<SmallVec<[Limit<'c>; 4]>, RequestError> {
-        let mut limits: SmallVec<[Limit<'_>; 4]> = SmallVec::new();
+    ) -> Result<SmallVec<[(usize, Limit<'c>); 4]>, RequestError> {
+        let mut limits: SmallVec<[(usize, Limit<'_>); 4]> = SmallVec::new();
         for (index, read) in read.iter().enumerate() {
-            limits.push(request::limit(
+            let found = request::limits(
                 config,
                 request,
                 index,
                 &read.entries,
                 &self.settings.compile,
-            )?);
+            )?;
+            limits.extend(found.into_iter().map(|limit| (index, limit)));
         }
         drop_replaced(&mut limits);
         Ok(limits)
@@ -250,16 +256,16 @@ fn status(limit: &Limit<'_>, claim: &Claim, outcome: &Outcome, denied: bool) -> 
 }
 
 /// Drops limits whose `name` another matched limit `replaces`.
-fn drop_replaced(limits: &mut [Limit<'_>]) {
+fn drop_replaced(limits: &mut [(usize, Limit<'_>)]) {
     let replaced: SmallVec<[Arc<str>; 4]> = limits
         .iter()
-        .filter_map(|l| l.rule())
+        .filter_map(|(_, l)| l.rule())
         .flat_map(|rule| rule.replaces.iter().cloned())
         .collect();
     if replaced.is_empty() {
         return;
     }
-    for limit in limits {
+    for (_, limit) in limits {
         let name = limit.rule().and_then(|rule| rule.name.as_ref());
         if name.is_some_and(|n| replaced.contains(n)) {
             *limit = Limit::None;

@@ -80,6 +80,8 @@ pub struct DescriptorStatus {
     pub retry_after: Option<Nanos>,
     /// What was counted, when a limit counted this descriptor.
     pub usage: Option<Usage>,
+    /// What the descriptor's other limits counted (a node's `rate_limits`; else empty).
+    pub more_usage: Vec<Usage>,
 }
 
 /// The decision for a whole request.
@@ -103,6 +105,7 @@ impl DescriptorStatus {
             reset_after: None,
             retry_after: None,
             usage: None,
+            more_usage: Vec::new(),
         }
     }
 
@@ -142,6 +145,36 @@ impl DescriptorStatus {
                 verdict.retry_after
             },
             usage: Some(usage),
+            more_usage: Vec::new(),
         }
+    }
+
+    /// One descriptor's status from those of its limits (several for a node's `rate_limits`):
+    /// the first that says OVER_LIMIT, else the counted limit with the least remaining (so
+    /// Envoy's `X-RateLimit-*` headers read the tightest), else the first. The usage of every
+    /// limit is kept, for the metrics.
+    pub fn of_all(statuses: SmallVec<[Self; 1]>) -> Self {
+        let mut statuses = statuses.into_iter();
+        let Some(first) = statuses.next() else {
+            return Self::no_limit();
+        };
+        let mut rest: Vec<Self> = statuses.collect();
+        if rest.is_empty() {
+            return first;
+        }
+        rest.insert(0, first);
+        let rank = |status: &Self| {
+            (
+                status.code != Code::OverLimit,
+                status.limit.is_none(),
+                status.remaining,
+            )
+        };
+        let chosen = (0..rest.len())
+            .min_by_key(|&i| rank(&rest[i]))
+            .unwrap_or_default();
+        let mut status = rest.swap_remove(chosen);
+        status.more_usage = rest.into_iter().flat_map(|s| s.usage).collect();
+        status
     }
 }

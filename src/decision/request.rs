@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
@@ -102,18 +104,19 @@ pub enum Limit<'a> {
     Override(Quota),
 }
 
-/// Finds descriptor `index`'s limit, matching its `entries` (those of tollgate's own taken
-/// out). As in the reference service, an override applies in any known domain, matched or not.
-pub fn limit<'a>(
+/// Finds descriptor `index`'s limits (one, or a node's `rate_limits`; `Limit::None` when none
+/// applies), matching its `entries` (those of tollgate's own taken out). As in the reference
+/// service, an override applies in any known domain, matched or not.
+pub fn limits<'a>(
     config: &'a RateLimitConfig,
     request: &RateLimitRequest,
     index: usize,
     entries: &[Entry],
     options: &Options,
-) -> Result<Limit<'a>, RequestError> {
+) -> Result<SmallVec<[Limit<'a>; 1]>, RequestError> {
     let descriptor = &request.descriptors[index];
     let Some(domain) = config.domain(&request.domain) else {
-        return Ok(Limit::None);
+        return Ok(smallvec::smallvec![Limit::None]);
     };
     if let Some(limit) = &descriptor.limit {
         let unit = Unit::from_envoy(limit.unit).ok_or(RequestError::UnknownOverrideUnit {
@@ -131,9 +134,12 @@ pub fn limit<'a>(
             false => Ok(quota),
         })
         .map_err(|reason| RequestError::UnenforceableOverride { index, reason })?;
-        return Ok(Limit::Override(quota));
+        return Ok(smallvec::smallvec![Limit::Override(quota)]);
     }
-    Ok(domain.root.find(entries).map_or(Limit::None, Limit::Rule))
+    Ok(match domain.root.find(entries) {
+        Some(rules) => rules.iter().map(Limit::Rule).collect(),
+        None => smallvec::smallvec![Limit::None],
+    })
 }
 
 impl Limit<'_> {

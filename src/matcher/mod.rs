@@ -44,11 +44,12 @@ struct Branch {
     default: Option<Node>,
 }
 
-/// A tree node: an optional rule and the next level.
+/// A tree node: its rules and the next level.
 #[derive(Debug, Default)]
 pub struct Node {
-    /// The limit for requests that end here.
-    pub rule: Option<Arc<Rule>>,
+    /// The limits for requests that end here (`rate_limit`: one; `rate_limits`: several, all
+    /// applied; none: no limit).
+    pub rules: Vec<Arc<Rule>>,
     /// Nodes for the request's next entry.
     pub children: Level,
 }
@@ -107,14 +108,14 @@ impl Level {
         }
     }
 
-    /// The rule for a request descriptor's entries, if its path ends on one.
-    pub fn find<E: EntryView>(&self, entries: &[E]) -> Option<&Arc<Rule>> {
+    /// The rules for a request descriptor's entries, if its path ends on a node that has some.
+    pub fn find<E: EntryView>(&self, entries: &[E]) -> Option<&[Arc<Rule>]> {
         let mut level = self;
         let last = entries.len().checked_sub(1)?;
         for (depth, entry) in entries.iter().enumerate() {
             let node = level.child(entry.key(), entry.value())?;
             if depth == last {
-                return node.rule.as_ref();
+                return (!node.rules.is_empty()).then_some(node.rules.as_slice());
             }
             if node.children.is_empty() {
                 return None;
@@ -160,7 +161,7 @@ impl Level {
                 .chain(branch.wildcards.iter().map(|(_, n)| n))
                 .chain(branch.default.as_ref());
             for node in nodes {
-                out.extend(node.rule.as_ref());
+                out.extend(&node.rules);
                 node.children.collect_rules(out);
             }
         }

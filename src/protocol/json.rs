@@ -262,6 +262,7 @@ mod tests {
                     reset_after: Some(1_500_000_000),
                     retry_after: Some(1),
                     usage: None,
+                    more_usage: Vec::new(),
                 },
                 DescriptorStatus::no_limit(),
             ],

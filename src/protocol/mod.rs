@@ -64,7 +64,7 @@ impl Shared {
                 log_decision(request, decision);
             }
             for (descriptor, status) in request.descriptors.iter().zip(&decision.statuses) {
-                if let Some(usage) = &status.usage {
+                for usage in status.usage.iter().chain(&status.more_usage) {
                     self.metrics
                         .limits
                         .record(&request.domain, &descriptor.entries, usage);

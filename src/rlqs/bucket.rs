@@ -172,7 +172,9 @@ impl Walk<'_> {
             self.used[i] = true;
             self.path.push(i);
             let found = if self.path.len() == self.entries.len() {
-                node.rule.as_ref()
+                // RLQS assigns one token bucket per bucket: a node with several limits is
+                // enforced by its first.
+                node.rules.first()
             } else if node.children.is_empty() {
                 None
             } else {
