@@ -242,6 +242,17 @@ pub enum QuotaError {
         /// The most the algorithm counts, capacity and debt together.
         max: u64,
     },
+    /// `unit_multiplier: 0`.
+    #[error("unit_multiplier must be at least 1")]
+    ZeroMultiplier,
+    /// A window or refill period too long to count.
+    #[error("unit_multiplier {multiplier} {unit}s is longer than 100 years")]
+    PeriodTooLong {
+        /// The multiplier.
+        multiplier: u32,
+        /// Its unit.
+        unit: Unit,
+    },
     /// `burst` on a window algorithm.
     #[error("burst applies only to algorithm token_bucket")]
     BurstWithoutTokenBucket,
@@ -259,6 +270,8 @@ pub struct Quota {
     burst: u32,
     /// Units a hit may take past what is left (`debt:`), repaid as the bucket refills.
     debt: u32,
+    /// Units per window or refill period (`unit_multiplier:`): 30 seconds, 15 minutes.
+    multiplier: u32,
 }
 
 impl Quota {
@@ -319,7 +332,40 @@ impl Quota {
             algorithm,
             burst: requests_per_unit,
             debt: 0,
+            multiplier: 1,
         }
+    }
+
+    /// The same quota counted over windows (or refilled over periods) of `multiplier` units,
+    /// if its algorithm can (a period of at most 100 years).
+    pub fn try_with_multiplier(mut self, multiplier: u32) -> Result<Self, QuotaError> {
+        if multiplier == 0 {
+            return Err(QuotaError::ZeroMultiplier);
+        }
+        self.multiplier = multiplier;
+        if self.period_nanos() > crate::algorithm::token_bucket::MAX_REFILL {
+            return Err(QuotaError::PeriodTooLong {
+                multiplier,
+                unit: self.unit,
+            });
+        }
+        crate::algorithm::check(&self)?;
+        Ok(self)
+    }
+
+    /// Units per window or refill period (1 unless `unit_multiplier:` says).
+    pub const fn multiplier(&self) -> u32 {
+        self.multiplier
+    }
+
+    /// The window (or refill period) in whole seconds: the unit times its multiplier.
+    pub const fn period_secs(&self) -> u64 {
+        self.unit.seconds() * self.multiplier as u64
+    }
+
+    /// The window (or refill period) in nanoseconds.
+    pub const fn period_nanos(&self) -> Nanos {
+        self.period_secs() * NANOS_PER_SEC
     }
 
     /// The same quota letting a hit that does not fit take up to `debt` units past what is

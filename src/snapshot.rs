@@ -30,7 +30,7 @@ use crate::store::{MemoryStore, Parts};
 const MAGIC: &[u8] = b"tollgate memory snapshot\n";
 
 /// The format this build writes and reads.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// The most a snapshot may hold: past it, sliding logs are left out (they cost a timestamp
 /// per hit) and a warning says so.

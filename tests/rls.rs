@@ -63,7 +63,56 @@ on_every_store!(
     reservations_hold_estimates_so_concurrent_requests_cannot_overspend,
     a_settlement_gives_back_the_estimate_then_charges_the_usage,
     several_limits_on_one_descriptor_all_apply,
+    a_unit_multiplier_makes_custom_windows,
 );
+
+/// 30-second windows and refill periods (`unit_multiplier`).
+const CUSTOM: &str = r#"
+domain: custom
+descriptors:
+  - key: window
+    rate_limit: {unit: second, unit_multiplier: 30, requests_per_unit: 3, algorithm: fixed_window}
+  - key: bucket
+    rate_limit: {unit: second, unit_multiplier: 30, requests_per_unit: 3}
+"#;
+
+async fn a_unit_multiplier_makes_custom_windows(store: Backend) {
+    let mut s = store.start(CUSTOM).await;
+    s.advance(10 * SEC);
+    for remaining in (0..3).rev() {
+        let r = s.call(request("custom", one("window", "w"))).await;
+        assert_eq!(
+            (r.overall_code, r.statuses[0].limit_remaining),
+            (OK, remaining)
+        );
+    }
+    let r = s.call(request("custom", one("window", "w"))).await;
+    assert_eq!(r.overall_code, OVER);
+    // The window is [30 s, 60 s) of the minute: it ends 20 s on.
+    assert_eq!(reset_secs(&r.statuses[0]), 20.0);
+    s.advance(20 * SEC);
+    let r = s.call(request("custom", one("window", "w"))).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 2));
+    // A token bucket of 3 per 30 s: a token back every 10 s.
+    for _ in 0..3 {
+        assert_eq!(
+            s.call(request("custom", one("bucket", "b")))
+                .await
+                .overall_code,
+            OK
+        );
+    }
+    let r = s.call(request("custom", one("bucket", "b"))).await;
+    assert_eq!((r.overall_code, reset_secs(&r.statuses[0])), (OVER, 30.0));
+    s.advance(10 * SEC);
+    assert_eq!(
+        s.call(request("custom", one("bucket", "b")))
+            .await
+            .overall_code,
+        OK
+    );
+    s.stop().await;
+}
 
 /// Burst and sustained limits on one key (`rate_limits`).
 const LAYERED: &str = r#"

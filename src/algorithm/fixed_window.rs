@@ -26,7 +26,7 @@ fn count(state: u64) -> u64 {
 /// conform counts nothing, unless the quota runs debt: then it counts what it asked, up to the
 /// limit plus the debt.
 pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
-    let unit_secs = quota.unit().seconds();
+    let unit_secs = quota.period_secs();
     let end_secs = (now / NANOS_PER_SEC / unit_secs + 1) * unit_secs;
     let used = if window_end_secs(state) == end_secs {
         count(state)
@@ -81,7 +81,7 @@ pub fn refund(current: u64, acquired: u64, cost: u64) -> u64 {
 
 /// Gives back `units` counted at `taken_ms`, if `state` is still that window.
 pub fn release(quota: &Quota, state: u64, taken_ms: u64, units: u64) -> u64 {
-    let unit_secs = quota.unit().seconds();
+    let unit_secs = quota.period_secs();
     let end_secs = (taken_ms / 1000 / unit_secs + 1) * unit_secs;
     if window_end_secs(state) != end_secs {
         return state;
@@ -91,7 +91,7 @@ pub fn release(quota: &Quota, state: u64, taken_ms: u64, units: u64) -> u64 {
 
 /// The state of a window that has `remaining` hits left at `now`.
 pub fn with_remaining(quota: &Quota, remaining: u64, now: Nanos) -> u64 {
-    let unit_secs = quota.unit().seconds();
+    let unit_secs = quota.period_secs();
     let end_secs = (now / NANOS_PER_SEC / unit_secs + 1) * unit_secs;
     pack(
         end_secs,

@@ -47,7 +47,7 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
             allowed: false,
             state,
             remaining: 0,
-            reset_after: quota.unit().nanos(),
+            reset_after: quota.period_nanos(),
             retry_after: None,
         },
         Algorithm::TokenBucket => token_bucket::decide(quota, state, now, cost),
@@ -109,7 +109,7 @@ pub fn scale(quota: &Quota) -> u64 {
     match quota.algorithm() {
         Algorithm::TokenBucket => token_bucket::token_nanos(quota),
         Algorithm::FixedWindow => 0,
-        Algorithm::SlidingWindow | Algorithm::SlidingLog => quota.unit().nanos(),
+        Algorithm::SlidingWindow | Algorithm::SlidingLog => quota.period_nanos(),
     }
 }
 

@@ -31,7 +31,7 @@ pub fn check(quota: &Quota) -> Result<(), QuotaError> {
 
 /// The unit in milliseconds.
 pub fn unit_ms(quota: &Quota) -> u64 {
-    quota.unit().nanos() / NANOS_PER_MS
+    quota.period_nanos() / NANOS_PER_MS
 }
 
 /// Decides a request of `cost` hits at `now` on `log` (counted hits' times, in ms, oldest

@@ -52,7 +52,7 @@ pub fn check(quota: &Quota) -> Result<(), QuotaError> {
 
 /// The window length in milliseconds.
 pub fn unit_ms(quota: &Quota) -> u64 {
-    quota.unit().nanos() / NANOS_PER_MS
+    quota.period_nanos() / NANOS_PER_MS
 }
 
 fn pack(index: u64, previous: u64, current: u64) -> u64 {

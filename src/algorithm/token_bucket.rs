@@ -25,7 +25,7 @@ pub fn check(quota: &Quota) -> Result<(), QuotaError> {
     if rpu == 0 {
         return Ok(());
     }
-    if u64::from(rpu) > MAX_RATE_PER_SECOND * unit.seconds() {
+    if u64::from(rpu) > MAX_RATE_PER_SECOND * quota.period_secs() {
         return Err(QuotaError::TooFast {
             requests_per_unit: rpu,
             unit,
@@ -47,7 +47,7 @@ pub fn check(quota: &Quota) -> Result<(), QuotaError> {
 /// Nanoseconds one token is worth: `unit / requests_per_unit`, rounded up, at least 1.
 pub fn token_nanos(quota: &Quota) -> u64 {
     let rpu = u64::from(quota.requests_per_unit().max(1));
-    quota.unit().nanos().div_ceil(rpu).max(1)
+    quota.period_nanos().div_ceil(rpu).max(1)
 }
 
 /// Decides a request of `cost` tokens at `now`: it conforms when the bucket is not in debt and
@@ -64,7 +64,7 @@ pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
             allowed: cost == 0,
             state,
             remaining: 0,
-            reset_after: quota.unit().nanos(),
+            reset_after: quota.period_nanos(),
             retry_after: None,
         };
     }

@@ -386,6 +386,7 @@ impl TreeBuilder<'_> {
                 ("max_delay", spec.max_delay.is_some()),
                 ("debt", spec.debt.is_some()),
                 ("max_debt", spec.max_debt.is_some()),
+                ("unit_multiplier", spec.unit_multiplier.is_some()),
             ] {
                 if given {
                     problems.push(format!("should not specify {field} when unlimited"));
@@ -439,11 +440,17 @@ impl TreeBuilder<'_> {
         };
         let (unit, algorithm) = (unit?, algorithm?);
         let debt = self.debt(spec, problems);
-        match Quota::try_new(rpu, unit, algorithm, spec.burst).and_then(|quota| match debt {
-            // One full capacity, unless `max_debt` says otherwise.
-            Some(max) => quota.try_with_debt(max.unwrap_or(quota.burst())),
-            None => Ok(quota),
-        }) {
+        let quota = Quota::try_new(rpu, unit, algorithm, spec.burst)
+            .and_then(|quota| match spec.unit_multiplier {
+                Some(multiplier) => quota.try_with_multiplier(multiplier),
+                None => Ok(quota),
+            })
+            .and_then(|quota| match debt {
+                // One full capacity, unless `max_debt` says otherwise.
+                Some(max) => quota.try_with_debt(max.unwrap_or(quota.burst())),
+                None => Ok(quota),
+            });
+        match quota {
             Ok(quota) => problems.is_empty().then_some(quota),
             Err(problem) => {
                 problems.push(problem.to_string());

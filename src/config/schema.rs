@@ -155,6 +155,9 @@ pub struct RateLimitSpec {
     pub consistency: Option<String>,
     /// tollgate: count and report this limit, never deny on it (as the node's `shadow_mode`).
     pub shadow_mode: Option<bool>,
+    /// tollgate: the window (or refill period) is this many units: `unit: second` with
+    /// `unit_multiplier: 30` counts over 30 seconds.
+    pub unit_multiplier: Option<u32>,
     /// tollgate: a hit larger than what is left is still counted, putting the limit in debt
     /// (as the reference service counts every hit); `false` opts out of `--count-denied`.
     pub debt: Option<bool>,

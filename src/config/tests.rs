@@ -297,6 +297,18 @@ fn rate_limit_errors() {
             "max_debt applies only with debt: true",
         ),
         (
+            "      unit: second\n      requests_per_unit: 1\n      unit_multiplier: 0\n",
+            "unit_multiplier must be at least 1",
+        ),
+        (
+            "      unit: year\n      requests_per_unit: 1\n      unit_multiplier: 101\n",
+            "unit_multiplier 101 years is longer than 100 years",
+        ),
+        (
+            "      unlimited: true\n      unit_multiplier: 2\n",
+            "should not specify unit_multiplier when unlimited",
+        ),
+        (
             "      unit: second\n      requests_per_unit: 1\n      debt: true\n      max_debt: 0\n",
             "max_debt must be at least 1",
         ),

@@ -54,7 +54,7 @@ impl Assignment {
         Assignment::TokenBucket {
             max_tokens: u32::try_from(burst).unwrap_or(u32::MAX).max(1),
             tokens_per_fill,
-            fill_interval_secs: quota.unit().seconds(),
+            fill_interval_secs: quota.period_secs(),
         }
     }
 
@@ -69,7 +69,7 @@ impl Assignment {
                 fill_interval_secs,
                 ..
             } => {
-                let period = u128::from(quota.unit().seconds());
+                let period = u128::from(quota.period_secs());
                 let tokens = u128::from(tokens_per_fill) * period;
                 u64::try_from(tokens.div_ceil(u128::from(fill_interval_secs.max(1))))
                     .unwrap_or(u64::MAX)

@@ -108,7 +108,7 @@ impl Member {
         let Some(Window { requests, nanos }) = self.rate else {
             return Demand::Unknown;
         };
-        let per_period = u128::from(requests) * u128::from(quota.unit().nanos());
+        let per_period = u128::from(requests) * u128::from(quota.period_nanos());
         let wanted = (per_period * 11)
             .div_ceil(u128::from(nanos.max(1)) * 10)
             .max(1);

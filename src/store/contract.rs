@@ -319,7 +319,7 @@ pub fn denied_blindly(quota: &Quota) -> Verdict {
         allowed: false,
         state: 0,
         remaining: 0,
-        reset_after: quota.unit().nanos(),
+        reset_after: quota.period_nanos(),
         retry_after: None,
     }
 }

@@ -115,7 +115,7 @@ impl Purpose {
 pub fn shape(quota: &Quota) -> (u64, u64, u64) {
     match quota.algorithm() {
         Algorithm::TokenBucket if quota.requests_per_unit() == 0 || quota.burst() == 0 => {
-            (KIND_TOKEN_BUCKET, quota.unit().nanos(), 0)
+            (KIND_TOKEN_BUCKET, quota.period_nanos(), 0)
         }
         Algorithm::TokenBucket => (
             KIND_TOKEN_BUCKET,
@@ -124,7 +124,7 @@ pub fn shape(quota: &Quota) -> (u64, u64, u64) {
         ),
         Algorithm::FixedWindow => (
             KIND_FIXED_WINDOW,
-            quota.unit().seconds(),
+            quota.period_secs(),
             u64::from(quota.requests_per_unit()),
         ),
         Algorithm::SlidingWindow => (
