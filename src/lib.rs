@@ -17,6 +17,7 @@
 pub mod algorithm;
 pub mod app;
 pub mod authz;
+pub mod calendar;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+use crate::calendar::Zone;
 use crate::clock::{NANOS_PER_SEC, Nanos};
 
 /// The time unit of a limit, as in envoyproxy/ratelimit (month = 30 days, year = 365 days).
@@ -242,6 +243,18 @@ pub enum QuotaError {
         /// The most the algorithm counts, capacity and debt together.
         max: u64,
     },
+    /// `calendar: true` on an algorithm without windows to align.
+    #[error("calendar applies to algorithm fixed_window, not {algorithm}")]
+    CalendarNeedsFixedWindow {
+        /// The algorithm.
+        algorithm: Algorithm,
+    },
+    /// `calendar: true` on a unit shorter than a day.
+    #[error("calendar applies to units of a day or more (day, week, month, year), not {unit}")]
+    CalendarUnit {
+        /// The unit.
+        unit: Unit,
+    },
     /// `unit_multiplier: 0`.
     #[error("unit_multiplier must be at least 1")]
     ZeroMultiplier,
@@ -272,6 +285,9 @@ pub struct Quota {
     debt: u32,
     /// Units per window or refill period (`unit_multiplier:`): 30 seconds, 15 minutes.
     multiplier: u32,
+    /// Windows follow this time zone's calendar (`calendar: true`; fixed windows of a day or
+    /// more).
+    calendar: Option<Zone>,
 }
 
 impl Quota {
@@ -333,7 +349,28 @@ impl Quota {
             burst: requests_per_unit,
             debt: 0,
             multiplier: 1,
+            calendar: None,
         }
+    }
+
+    /// The same quota with windows that follow `zone`'s calendar (a month is the calendar
+    /// month, a week starts on Monday), if it is a fixed window of a day or more.
+    pub fn try_with_calendar(mut self, zone: Zone) -> Result<Self, QuotaError> {
+        if self.algorithm != Algorithm::FixedWindow {
+            return Err(QuotaError::CalendarNeedsFixedWindow {
+                algorithm: self.algorithm,
+            });
+        }
+        if !crate::calendar::applies_to(self.unit) {
+            return Err(QuotaError::CalendarUnit { unit: self.unit });
+        }
+        self.calendar = Some(zone);
+        Ok(self)
+    }
+
+    /// The time zone whose calendar the windows follow, if they do.
+    pub const fn calendar(&self) -> Option<Zone> {
+        self.calendar
     }
 
     /// The same quota counted over windows (or refilled over periods) of `multiplier` units,

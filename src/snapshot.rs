@@ -313,7 +313,7 @@ mod tests {
         fs::write(&path, b"something else").unwrap();
         assert!(matches!(read(&path), Err(SnapshotError::Foreign { .. })));
         let mut other_version = MAGIC.to_vec();
-        other_version.extend(2u32.to_le_bytes());
+        other_version.extend((VERSION + 1).to_le_bytes());
         fs::write(&path, other_version).unwrap();
         assert!(matches!(read(&path), Err(SnapshotError::Foreign { .. })));
     }

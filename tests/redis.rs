@@ -232,6 +232,10 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 5, algorithm: sliding_window, debt: true}
   - key: dsl
     rate_limit: {unit: minute, requests_per_unit: 5, algorithm: sliding_log, debt: true}
+  - key: cal
+    rate_limit: {unit: day, requests_per_unit: 9, calendar: true, timezone: Europe/Berlin}
+  - key: q30
+    rate_limit: {unit: second, unit_multiplier: 30, requests_per_unit: 4, algorithm: sliding_window}
 "#;
 
 /// xorshift64*: a small deterministic generator, so a failing seed can be replayed.
@@ -255,9 +259,9 @@ impl Rng {
 }
 
 fn random_request(rng: &mut Rng) -> RateLimitRequest {
-    const KEYS: [&str; 21] = [
+    const KEYS: [&str; 23] = [
         "tb", "burst", "hourly", "daily", "fw", "fwh", "sw", "swh", "sl", "slh", "zero", "zerofw",
-        "shadow", "qa", "qb", "free", "nothing", "dtb", "dfw", "dsw", "dsl",
+        "shadow", "qa", "qb", "free", "nothing", "dtb", "dfw", "dsw", "dsl", "cal", "q30",
     ];
     let count = 1 + rng.below(3) as usize;
     let mut descriptors: Vec<RateLimitDescriptor> = Vec::new();

@@ -64,7 +64,57 @@ on_every_store!(
     a_settlement_gives_back_the_estimate_then_charges_the_usage,
     several_limits_on_one_descriptor_all_apply,
     a_unit_multiplier_makes_custom_windows,
+    calendar_months_reset_at_the_first_of_the_month,
 );
+
+/// Budgets that follow the calendar.
+const MONTHLY: &str = r#"
+domain: monthly
+descriptors:
+  - key: utc
+    rate_limit: {unit: month, requests_per_unit: 2, calendar: true}
+  - key: berlin
+    rate_limit: {unit: month, requests_per_unit: 2, calendar: true, timezone: Europe/Berlin}
+"#;
+
+async fn calendar_months_reset_at_the_first_of_the_month(store: Backend) {
+    let mut s = store.start(MONTHLY).await;
+    // T0 is 2027-01-15 08:00 UTC: the month ends on 1 February, 16 days 16 hours on (in
+    // Berlin an hour earlier, at midnight CET).
+    for (key, reset) in [("utc", 1_440_000.0), ("berlin", 1_436_400.0)] {
+        for remaining in [1, 0] {
+            let r = s.call(request("monthly", one(key, "k"))).await;
+            assert_eq!(
+                (r.overall_code, r.statuses[0].limit_remaining),
+                (OK, remaining)
+            );
+            assert_eq!(reset_secs(&r.statuses[0]), reset, "{key}");
+        }
+        assert_eq!(
+            s.call(request("monthly", one(key, "k"))).await.overall_code,
+            OVER
+        );
+    }
+    s.advance(1_436_400 * SEC);
+    assert_eq!(
+        s.call(request("monthly", one("berlin", "k")))
+            .await
+            .overall_code,
+        OK
+    );
+    assert_eq!(
+        s.call(request("monthly", one("utc", "k")))
+            .await
+            .overall_code,
+        OVER
+    );
+    s.advance(3_600 * SEC);
+    let r = s.call(request("monthly", one("utc", "k"))).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 1));
+    // February 2027 has 28 days.
+    assert_eq!(reset_secs(&r.statuses[0]), 28.0 * 86_400.0);
+    s.stop().await;
+}
 
 /// 30-second windows and refill periods (`unit_multiplier`).
 const CUSTOM: &str = r#"

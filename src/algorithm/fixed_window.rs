@@ -5,7 +5,8 @@
 //! zero count in the current window. Unlike the reference service, denied requests are not
 //! counted, so the count never exceeds the limit, unless the limit runs debt.
 
-use super::Verdict;
+use super::{NANOS_PER_MS, Verdict};
+use crate::calendar;
 use crate::clock::{NANOS_PER_SEC, Nanos};
 use crate::quota::Quota;
 
@@ -21,13 +22,24 @@ fn count(state: u64) -> u64 {
     state & u64::from(u32::MAX)
 }
 
+/// The end, in whole seconds since the epoch, of the window that holds `now`: windows of the
+/// quota's period aligned to the epoch, or its calendar's (`calendar: true`).
+pub fn window_end(quota: &Quota, now: Nanos) -> u64 {
+    match quota.calendar() {
+        Some(zone) => calendar::window(zone, quota.unit(), quota.multiplier(), now).1,
+        None => {
+            let period = quota.period_secs();
+            (now / NANOS_PER_SEC / period + 1) * period
+        }
+    }
+}
+
 /// Decides a request of `cost` hits at `now`: it conforms when the window's count plus `cost`
 /// stays within the limit (a check conforms unless the count is past it). A hit that does not
 /// conform counts nothing, unless the quota runs debt: then it counts what it asked, up to the
 /// limit plus the debt.
 pub fn decide(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Verdict {
-    let unit_secs = quota.period_secs();
-    let end_secs = (now / NANOS_PER_SEC / unit_secs + 1) * unit_secs;
+    let end_secs = window_end(quota, now);
     let used = if window_end_secs(state) == end_secs {
         count(state)
     } else {
@@ -81,8 +93,7 @@ pub fn refund(current: u64, acquired: u64, cost: u64) -> u64 {
 
 /// Gives back `units` counted at `taken_ms`, if `state` is still that window.
 pub fn release(quota: &Quota, state: u64, taken_ms: u64, units: u64) -> u64 {
-    let unit_secs = quota.period_secs();
-    let end_secs = (taken_ms / 1000 / unit_secs + 1) * unit_secs;
+    let end_secs = window_end(quota, taken_ms * NANOS_PER_MS);
     if window_end_secs(state) != end_secs {
         return state;
     }
@@ -91,8 +102,7 @@ pub fn release(quota: &Quota, state: u64, taken_ms: u64, units: u64) -> u64 {
 
 /// The state of a window that has `remaining` hits left at `now`.
 pub fn with_remaining(quota: &Quota, remaining: u64, now: Nanos) -> u64 {
-    let unit_secs = quota.period_secs();
-    let end_secs = (now / NANOS_PER_SEC / unit_secs + 1) * unit_secs;
+    let end_secs = window_end(quota, now);
     pack(
         end_secs,
         u64::from(quota.requests_per_unit()).saturating_sub(remaining),

@@ -13,6 +13,7 @@ use super::locate::{LazyLocator, Step};
 use super::schema::{DescriptorSpec, FileSpec, RateLimitSpec};
 use super::source::SourceFile;
 use super::{Domain, Options, RateLimitConfig};
+use crate::calendar::Zone;
 use crate::matcher::{Level, Node, ValueMatch};
 use crate::quota::{Algorithm, Quota, Unit};
 use crate::rule::Consistency;
@@ -387,6 +388,8 @@ impl TreeBuilder<'_> {
                 ("debt", spec.debt.is_some()),
                 ("max_debt", spec.max_debt.is_some()),
                 ("unit_multiplier", spec.unit_multiplier.is_some()),
+                ("calendar", spec.calendar.is_some()),
+                ("timezone", spec.timezone.is_some()),
             ] {
                 if given {
                     problems.push(format!("should not specify {field} when unlimited"));
@@ -418,8 +421,10 @@ impl TreeBuilder<'_> {
             ));
         }
         let algorithm = match spec.algorithm.as_deref() {
-            // `burst` only means something to a token bucket: it picks one.
+            // `burst` only means something to a token bucket, `calendar` to a fixed window: each
+            // picks its algorithm.
             None if spec.burst.is_some() => Some(Algorithm::TokenBucket),
+            None if spec.calendar == Some(true) => Some(Algorithm::FixedWindow),
             None => Some(self.options.default_algorithm),
             Some(name) => {
                 let parsed = Algorithm::parse(name);
@@ -440,9 +445,14 @@ impl TreeBuilder<'_> {
         };
         let (unit, algorithm) = (unit?, algorithm?);
         let debt = self.debt(spec, problems);
+        let calendar = Self::calendar(spec, problems);
         let quota = Quota::try_new(rpu, unit, algorithm, spec.burst)
             .and_then(|quota| match spec.unit_multiplier {
                 Some(multiplier) => quota.try_with_multiplier(multiplier),
+                None => Ok(quota),
+            })
+            .and_then(|quota| match calendar {
+                Some(zone) => quota.try_with_calendar(zone),
                 None => Ok(quota),
             })
             .and_then(|quota| match debt {
@@ -456,6 +466,21 @@ impl TreeBuilder<'_> {
                 problems.push(problem.to_string());
                 None
             }
+        }
+    }
+
+    /// The time zone of a `calendar: true` limit (UTC unless `timezone:` names one).
+    fn calendar(spec: &RateLimitSpec, problems: &mut Vec<String>) -> Option<Zone> {
+        match (spec.calendar, spec.timezone.as_deref()) {
+            (Some(true), None) => Some(Zone::UTC),
+            (Some(true), Some(name)) => Zone::named(name)
+                .map_err(|problem| problems.push(problem))
+                .ok(),
+            (_, Some(_)) => {
+                problems.push("timezone applies only with calendar: true".to_owned());
+                None
+            }
+            (_, None) => None,
         }
     }
 

@@ -158,6 +158,11 @@ pub struct RateLimitSpec {
     /// tollgate: the window (or refill period) is this many units: `unit: second` with
     /// `unit_multiplier: 30` counts over 30 seconds.
     pub unit_multiplier: Option<u32>,
+    /// tollgate: day, week, month and year windows follow the calendar (a month is the
+    /// calendar month, a week starts on Monday) instead of fixed lengths from the epoch.
+    pub calendar: Option<bool>,
+    /// tollgate, with `calendar: true`: the IANA time zone of the calendar (default UTC).
+    pub timezone: Option<String>,
     /// tollgate: a hit larger than what is left is still counted, putting the limit in debt
     /// (as the reference service counts every hit); `false` opts out of `--count-denied`.
     pub debt: Option<bool>,

@@ -301,6 +301,22 @@ fn rate_limit_errors() {
             "unit_multiplier must be at least 1",
         ),
         (
+            "      unit: hour\n      requests_per_unit: 1\n      calendar: true\n",
+            "calendar applies to units of a day or more (day, week, month, year), not hour",
+        ),
+        (
+            "      unit: month\n      requests_per_unit: 1\n      calendar: true\n      algorithm: token_bucket\n",
+            "calendar applies to algorithm fixed_window, not token_bucket",
+        ),
+        (
+            "      unit: month\n      requests_per_unit: 1\n      calendar: true\n      timezone: Mars/Olympus\n",
+            "unknown timezone 'Mars/Olympus'",
+        ),
+        (
+            "      unit: month\n      requests_per_unit: 1\n      timezone: Europe/Berlin\n",
+            "timezone applies only with calendar: true",
+        ),
+        (
             "      unit: year\n      requests_per_unit: 1\n      unit_multiplier: 101\n",
             "unit_multiplier 101 years is longer than 100 years",
         ),

@@ -35,9 +35,10 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    /// An entry on `hit`'s bucket for `cost` units (decide entries also carry a role).
-    pub(super) fn of(hit: &Hit, cost: u64, role: Option<(u64, u64)>) -> Self {
-        let (kind, p1, p2) = wire::shape(&hit.quota);
+    /// An entry on `hit`'s bucket for `cost` units at `now` (decide entries also carry a
+    /// role).
+    pub(super) fn of(hit: &Hit, cost: u64, role: Option<(u64, u64)>, now: Nanos) -> Self {
+        let (kind, p1, p2) = wire::shape(&hit.quota, now);
         Self {
             key: Some(hit.key),
             kind,

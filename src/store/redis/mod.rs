@@ -190,7 +190,7 @@ impl RedisStore {
             let group: SmallVec<[(Hit, u64); 4]> = indices.iter().map(|&i| leases[i]).collect();
             let entries: SmallVec<[Entry; 4]> = group
                 .iter()
-                .map(|(hit, units)| Entry::of(hit, *units, None))
+                .map(|(hit, units)| Entry::of(hit, *units, None, now))
                 .collect();
             let reply = match self.run(&self.lease, lane, &entries, now, None).await {
                 Ok(reply) => reply,
@@ -222,7 +222,7 @@ impl RedisStore {
         {
             let entries: SmallVec<[Entry; 4]> = indices
                 .iter()
-                .map(|&i| Entry::of(&unspent[i].hit, unspent[i].tokens, None))
+                .map(|&i| Entry::of(&unspent[i].hit, unspent[i].tokens, None, now))
                 .collect();
             self.run(&self.give_back, lane, &entries, now, None)
                 .await

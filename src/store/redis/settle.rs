@@ -46,9 +46,8 @@ impl RedisStore {
             .map(|((claim, known), lease)| {
                 let role = (wire::role(claim.role.denies, claim.role.quota_mode), *lease);
                 match known {
-                    None => {
-                        Entry::of(&claim.hit, claim.hit.cost, Some(role)).with_ticket(claim.ticket)
-                    }
+                    None => Entry::of(&claim.hit, claim.hit.cost, Some(role), when.now)
+                        .with_ticket(claim.ticket),
                     Some(allowed) => Entry::decided(*allowed, role),
                 }
             })

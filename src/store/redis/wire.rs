@@ -5,7 +5,7 @@
 //! `lua/give_back.lua`), so the scripts use the names and never restate a number. The prelude's
 //! header documents the same list; a test reads it back and compares.
 
-use crate::algorithm::{Verdict, sliding_log, sliding_window, token_bucket};
+use crate::algorithm::{Verdict, fixed_window, sliding_log, sliding_window, token_bucket};
 use crate::quota::{Algorithm, Quota};
 
 /// Arguments before the entries: now (whole seconds), now (nanoseconds within the second), the
@@ -30,6 +30,9 @@ pub const KIND_FIXED_WINDOW: u64 = 2;
 pub const KIND_SLIDING_WINDOW: u64 = 3;
 /// Sliding log: p1 window milliseconds, p2 the limit.
 pub const KIND_SLIDING_LOG: u64 = 4;
+/// Calendar window (a fixed window of calendar days, weeks, months or years): p1 the end of
+/// the window that holds the request's time (whole seconds since the epoch), p2 the limit.
+pub const KIND_CALENDAR_WINDOW: u64 = 5;
 /// Role bit: the entry's denial denies the request.
 pub const ROLE_DENIES: u64 = 1;
 /// Role bit: the entry is a quota-mode limit.
@@ -50,7 +53,7 @@ pub const LEASE_FIELDS: usize = 4;
 pub const REPLY_FIELDS: usize = 7;
 
 /// Every constant the scripts use, by name.
-pub const CONSTANTS: [(&str, u64); 18] = [
+pub const CONSTANTS: [(&str, u64); 19] = [
     ("HEADER_ARGS", HEADER_ARGS as u64),
     ("REQUEST_FIELDS", REQUEST_FIELDS as u64),
     ("MODE_SETTLE", MODE_SETTLE),
@@ -61,6 +64,7 @@ pub const CONSTANTS: [(&str, u64); 18] = [
     ("KIND_FIXED_WINDOW", KIND_FIXED_WINDOW),
     ("KIND_SLIDING_WINDOW", KIND_SLIDING_WINDOW),
     ("KIND_SLIDING_LOG", KIND_SLIDING_LOG),
+    ("KIND_CALENDAR_WINDOW", KIND_CALENDAR_WINDOW),
     ("ROLE_DENIES", ROLE_DENIES),
     ("ROLE_QUOTA", ROLE_QUOTA),
     ("TICKET_NONE", TICKET_NONE),
@@ -111,9 +115,14 @@ impl Purpose {
     }
 }
 
-/// An algorithm's kind and parameters (p1, p2) for `quota`.
-pub fn shape(quota: &Quota) -> (u64, u64, u64) {
+/// An algorithm's kind and parameters (p1, p2) for `quota` at `now`.
+pub fn shape(quota: &Quota, now: crate::clock::Nanos) -> (u64, u64, u64) {
     match quota.algorithm() {
+        Algorithm::FixedWindow if quota.calendar().is_some() => (
+            KIND_CALENDAR_WINDOW,
+            fixed_window::window_end(quota, now),
+            u64::from(quota.requests_per_unit()),
+        ),
         Algorithm::TokenBucket if quota.requests_per_unit() == 0 || quota.burst() == 0 => {
             (KIND_TOKEN_BUCKET, quota.period_nanos(), 0)
         }

@@ -46,9 +46,9 @@ local function decide_entry(i)
       local held = redis.call('GET', reservation)
       if held then
         redis.call('DEL', reservation)
-        local units, taken_ms = string.match(held, '^(%d+):(%d+)$')
+        local units, taken_ms, reserved_end = string.match(held, '^(%d+):(%d+):(%d+)$')
         released = tonumber(units)
-        release(kind, key, released, p1, p2, debt, tonumber(taken_ms))
+        release(kind, key, released, p1, p2, debt, tonumber(taken_ms), tonumber(reserved_end))
       end
     end
     v = algorithms[kind](key, cost, p1, p2, debt)
@@ -92,7 +92,8 @@ local function admit(out, v)
     if algorithms[v.kind](v.key, wanted, v.p1, v.p2).allowed then leased = wanted end
   end
   if v.ticket == TICKET_RESERVE then
-    redis.call('SET', v.reservation, string.format('%d:%d', v.cost, now_ms), 'PX', v.ttl)
+    redis.call('SET', v.reservation, string.format('%d:%d:%d', v.cost, now_ms, v.window_end or 0),
+      'PX', v.ttl)
   end
   reply(out, v, false, v.cost + leased)
 end

@@ -18,6 +18,7 @@
 --   KIND_FIXED_WINDOW = 2    p1: window seconds, p2: the limit
 --   KIND_SLIDING_WINDOW = 3  p1: window milliseconds, p2: the limit
 --   KIND_SLIDING_LOG = 4     p1: window milliseconds, p2: the limit
+--   KIND_CALENDAR_WINDOW = 5 p1: the end of the window that holds now (s), p2: the limit
 --   ROLE_DENIES = 1          role bit: the entry's denial denies the request
 --   ROLE_QUOTA = 2           role bit: the entry is a quota-mode limit
 --   TICKET_NONE = 0          an entry without a reservation ticket
@@ -37,8 +38,9 @@
 --
 -- KEYS hold one bucket key per entry that has a bucket (every kind but KIND_DECIDED), in entry
 -- order, each followed by its reservation key if the entry has a ticket (a reservation holds
--- `<units>:<ms taken>`). Stored values: a token bucket's is `<theoretical arrival time, ns>:<ns per token>`, a
--- fixed window's `<window end, s>:<count>`, a sliding window's
+-- `<units>:<ms taken>:<window end in s, for fixed and calendar windows; else 0>`). Stored
+-- values: a token bucket's is `<theoretical arrival time, ns>:<ns per token>`, a fixed or
+-- calendar window's `<window end, s>:<count>`, a sliding window's
 -- `<window index>:<previous count>:<current count>:<window ms>`; a sliding log is a sorted set of
 -- hits scored in ms, with a `:seq` counter beside it. Carrying the token length and the window
 -- lets a reload that changes them keep what was consumed, as the memory store does.
@@ -170,8 +172,10 @@ local function token_bucket(key, cost, t, burst, debt)
     taken = taken}
 end
 
-local function fixed_window(key, cost, unit, limit, debt)
-  local window_end = (math.floor(now_s / unit) + 1) * unit
+-- A fixed window ending at `window_end` (whole seconds): epoch-aligned windows of `unit`
+-- seconds (KIND_FIXED_WINDOW), or calendar windows whose end Rust computed
+-- (KIND_CALENDAR_WINDOW). The verdict carries the window's end, for reservations.
+local function window(key, cost, window_end, limit, debt)
   local used = 0
   local raw = redis.call('GET', key)
   if raw then
@@ -190,7 +194,21 @@ local function fixed_window(key, cost, unit, limit, debt)
   local retry = -1
   if not allowed and cost <= limit then retry = reset end
   return {allowed = allowed, remaining = math.max(available - taken, 0), reset = reset,
-    retry = retry, taken = taken}
+    retry = retry, taken = taken, window_end = window_end}
+end
+
+-- The end of the current window of a fixed or calendar window entry (p1 as the kind says).
+local function window_end_of(kind, p1)
+  if kind == KIND_CALENDAR_WINDOW then return p1 end
+  return (math.floor(now_s / p1) + 1) * p1
+end
+
+local function fixed_window(key, cost, unit, limit, debt)
+  return window(key, cost, window_end_of(KIND_FIXED_WINDOW, unit), limit, debt)
+end
+
+local function calendar_window(key, cost, window_end, limit, debt)
+  return window(key, cost, window_end, limit, debt)
 end
 
 local function sw_value(index, previous, current, window)
@@ -293,13 +311,14 @@ local algorithms = {
   [KIND_FIXED_WINDOW] = fixed_window,
   [KIND_SLIDING_WINDOW] = sliding_window,
   [KIND_SLIDING_LOG] = sliding_log,
+  [KIND_CALENDAR_WINDOW] = calendar_window,
 }
 
 -- Gives back `n` units a reservation took at `taken_ms` from an entry's bucket, as far as they
 -- still count (algorithm::release): a token bucket refills at most to full, a window gives back
 -- only from the window they were counted in, a log drops hits recorded then. Written at once,
 -- never undone: a settlement stands whatever the answer.
-local function release(kind, key, n, p1, p2, debt, taken_ms)
+local function release(kind, key, n, p1, p2, debt, taken_ms, reserved_end)
   if kind == KIND_TOKEN_BUCKET then
     if p2 == 0 then return end
     local d = tb_debt(key, p1, p2 + debt)
@@ -310,11 +329,11 @@ local function release(kind, key, n, p1, p2, debt, taken_ms)
     else
       redis.call('SET', key, tb_value(after, p1), 'PX', tb_ttl(after))
     end
-  elseif kind == KIND_FIXED_WINDOW then
+  elseif kind == KIND_FIXED_WINDOW or kind == KIND_CALENDAR_WINDOW then
     local raw = redis.call('GET', key)
     if not raw then return end
     local e, c = string.match(raw, '^(%d+):(%d+)$')
-    if tonumber(e) == (math.floor(taken_ms / 1000 / p1) + 1) * p1 then
+    if tonumber(e) == reserved_end then
       redis.call('SET', key, string.format('%d:%d', e, math.max(tonumber(c) - n, 0)), 'KEEPTTL')
     end
   elseif kind == KIND_SLIDING_WINDOW then
@@ -350,9 +369,9 @@ local function give_back(kind, key, n, p1, p2)
   end
   local raw = redis.call('GET', key)
   if not raw then return end
-  if kind == KIND_FIXED_WINDOW then
+  if kind == KIND_FIXED_WINDOW or kind == KIND_CALENDAR_WINDOW then
     local e, c = string.match(raw, '^(%d+):(%d+)$')
-    if tonumber(e) == (math.floor(now_s / p1) + 1) * p1 then
+    if tonumber(e) == window_end_of(kind, p1) then
       redis.call('SET', key, string.format('%d:%d', e, math.max(tonumber(c) - n, 0)), 'KEEPTTL')
     end
     return
