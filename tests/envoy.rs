@@ -210,6 +210,35 @@ async fn http_limits_and_headers_through_envoy() {
     // Routes without their own limits use the virtual host's per-client-address limit.
     let statuses: Vec<u16> = futures_statuses(port, "/other", 6).await;
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+
+    // Two limits on one descriptor: the headers read the tighter one, then the one denying.
+    let per_second = Some("2, 2;w=1;name=\"per_second\"");
+    let per_minute = Some("3, 3;w=60;name=\"per_minute\"");
+    for remaining in ["1", "0"] {
+        let a = get(port, "/layered", None).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("x-ratelimit-limit"), per_second);
+        assert_eq!(a.header("x-ratelimit-remaining"), Some(remaining));
+    }
+    let denied = get(port, "/layered", None).await;
+    assert_eq!(
+        (denied.status, denied.header("x-ratelimit-limit")),
+        (429, per_second)
+    );
+    s.clock.advance(Duration::from_secs(1));
+    let a = get(port, "/layered", None).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.header("x-ratelimit-limit"),
+        per_minute,
+        "one left of the minute's three"
+    );
+    assert_eq!(a.header("x-ratelimit-remaining"), Some("0"));
+    let denied = get(port, "/layered", None).await;
+    assert_eq!(
+        (denied.status, denied.header("x-ratelimit-limit")),
+        (429, per_minute)
+    );
     drop(envoy);
     s.stop().await;
 }
