@@ -346,7 +346,10 @@ local function release(kind, key, n, p1, p2, debt, taken_ms, reserved_end)
     end
   else
     local hits = redis.call('ZRANGEBYSCORE', key, taken_ms, taken_ms, 'LIMIT', 0, n)
-    if #hits > 0 then redis.call('ZREM', key, unpack(hits)) end
+    -- In chunks: unpack has a stack limit, and a log holds up to 10 000 hits.
+    for first = 1, #hits, 1000 do
+      redis.call('ZREM', key, unpack(hits, first, math.min(first + 999, #hits)))
+    end
   end
 end
 
