@@ -62,6 +62,7 @@ on_every_store!(
     count_denied_counts_every_hit_on_limits_without_debt,
     reservations_hold_estimates_so_concurrent_requests_cannot_overspend,
     a_settlement_gives_back_the_estimate_then_charges_the_usage,
+    a_large_reservation_on_a_sliding_log_is_given_back_whole,
     several_limits_on_one_descriptor_all_apply,
     a_unit_multiplier_makes_custom_windows,
     calendar_months_reset_at_the_first_of_the_month,
@@ -220,6 +221,8 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 1000}
   - key: user
     rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: log
+    rate_limit: {unit: minute, requests_per_unit: 10000, algorithm: sliding_log}
 "#;
 
 /// A call on `descriptor` with its own `hits_addend` of `cost` (0: check only).
@@ -308,6 +311,20 @@ async fn a_settlement_gives_back_the_estimate_then_charges_the_usage(store: Back
     );
     assert_eq!(s.call(settling("s", "big", 10)).await.overall_code, OK);
     assert_eq!(spend(&mut s, "tenant", "s", 0).await, (OK, 990));
+    s.stop().await;
+}
+
+async fn a_large_reservation_on_a_sliding_log_is_given_back_whole(store: Backend) {
+    let mut s = store.start(TOKENS).await;
+    let reserve = [
+        ("log", "l"),
+        ("tollgate.request", "big"),
+        ("tollgate.reserve", "9000"),
+    ];
+    let r = s.call(costing("llm", &reserve, 0)).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 1000));
+    let r = s.call(costing("llm", &reserve[..2], 100)).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 9900));
     s.stop().await;
 }
 
