@@ -120,6 +120,7 @@ impl Config {
             limits: limits.into(),
             settings: Settings {
                 shadow_mode: false,
+                quota_mode: false,
                 compile: config::Options::default(),
                 reservation_ttl: Duration::from_secs(600),
             },
@@ -128,6 +129,7 @@ impl Config {
             server: ServerOptions {
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
                 http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                answers: Default::default(),
                 sweep_interval: Duration::from_secs(10),
                 watch: true,
                 metrics: MetricsOptions::default(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{ArgMatches, Args};
 
 use super::CompileArgs;
+use super::answers::AnswerArgs;
 use super::store::StoreArgs;
 use super::values::{parse_addr, parse_interval, parse_ratio, parse_seconds, redacted};
 use crate::app::{self, StoreConfig};
@@ -46,9 +47,14 @@ pub(super) struct ServeArgs {
     http_addr: SocketAddr,
     #[command(flatten)]
     compile: CompileArgs,
-    /// Count and report every limit but never deny (global shadow mode).
+    /// Count and report every limit but never deny (global shadow mode): an over-limit
+    /// descriptor still reports OVER_LIMIT, the request's overall code stays OK.
     #[arg(long, env = "TOLLGATE_SHADOW_MODE")]
     shadow_mode: bool,
+    /// Every limit is a quota-mode limit (global quota mode): a request is denied only when
+    /// all of its limits are over.
+    #[arg(long, env = "TOLLGATE_QUOTA_MODE")]
+    quota_mode: bool,
     /// How long a reservation (`tollgate.reserve`) is held waiting for its settlement; past it,
     /// its units stay spent (set it above your longest response).
     #[arg(long, env = "TOLLGATE_RESERVATION_TTL", value_name = "DURATION", default_value = "10m",
@@ -102,6 +108,10 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", value_name = "DURATION", default_value = "10s",
           value_parser = parse_interval)]
     sweep_interval: Duration,
+    // Groups with a help heading of their own come last: a heading applies to every argument
+    // after it.
+    #[command(flatten)]
+    answers: AnswerArgs,
 }
 
 /// What a client may hold of the ports (see the README's security section).
@@ -169,8 +179,12 @@ impl LimitArgs {
 pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
     let hangups = catch_hangups();
     let compile = args.compile.options();
-    let store = match args.store.config(given) {
-        Ok(store) => store,
+    let checked = args
+        .store
+        .config(given)
+        .and_then(|store| Ok((store, args.answers.answers()?)));
+    let (store, answers) = match checked {
+        Ok(checked) => checked,
         Err(error) => {
             tracing::error!("{error}");
             return ExitCode::FAILURE;
@@ -180,6 +194,7 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
         limits: args.config.clone(),
         settings: Settings {
             shadow_mode: args.shadow_mode,
+            quota_mode: args.quota_mode,
             compile,
             reservation_ttl: args.reservation_ttl,
         },
@@ -188,6 +203,7 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
         server: ServerOptions {
             grpc_addr: args.grpc_addr,
             http_addr: args.http_addr,
+            answers,
             sweep_interval: args.sweep_interval,
             watch: !args.no_watch,
             drain_timeout: args.drain_timeout,

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::decision::Limiter;
 use crate::metrics::{Metrics, MetricsOptions};
+use crate::protocol::answers::Answers;
 use crate::protocol::rlqs::{RateLimitQuotaGrpc, admin_router as rlqs_router};
 use crate::protocol::undecodable::UndecodableLayer;
 use crate::protocol::{Shared, admin, authz::AuthorizationGrpc, rls::RateLimitGrpc};
@@ -55,12 +56,14 @@ pub enum ServeError {
 }
 
 /// Where to listen and how often to sweep idle buckets.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// gRPC (Envoy) address.
     pub grpc_addr: SocketAddr,
     /// HTTP admin address.
     pub http_addr: SocketAddr,
+    /// What rate limit answers carry beyond their statuses.
+    pub answers: Answers,
     /// Time between sweeps of idle buckets.
     pub sweep_interval: Duration,
     /// Reload when the configuration files change.
@@ -162,11 +165,8 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let limiter = self.reloader.limiter().clone();
-        let shared = Shared {
-            metrics: Arc::new(Metrics::new(self.reloader.clone(), self.options.metrics)),
-            reloader: self.reloader.clone(),
-            unknown: Default::default(),
-        };
+        let metrics = Arc::new(Metrics::new(self.reloader.clone(), self.options.metrics));
+        let shared = Shared::new(self.reloader.clone(), metrics, self.options.answers.clone());
         let rlqs = Arc::new(Rlqs::new(
             self.reloader.clone(),
             shared.metrics.rlqs.clone(),
@@ -190,6 +190,10 @@ impl Server {
         let (health, health_service) = tonic_health::server::health_reporter();
         type Rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RateLimitGrpc>;
         health.set_serving::<Rls>().await;
+        // The reference service's name, which Envoy Gateway's health checks ask for.
+        health
+            .set_service_status(REFERENCE_HEALTH_NAME, tonic_health::ServingStatus::Serving)
+            .await;
 
         let expiring = rlqs.clone();
         tokio::spawn(async move {
@@ -198,13 +202,19 @@ impl Server {
             expiring.shutdown();
             tracing::info!("shutting down: draining in-flight calls");
             health.set_not_serving::<Rls>().await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+            for service in ["", REFERENCE_HEALTH_NAME] {
+                health
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             // Dropping the statuses ends open Health/Watch streams, which would otherwise keep
             // their connections, and the drain, open forever.
             let mut health = health;
-            for service in ["", <Rls as tonic::server::NamedService>::NAME] {
+            for service in [
+                "",
+                REFERENCE_HEALTH_NAME,
+                <Rls as tonic::server::NamedService>::NAME,
+            ] {
                 health.clear_service_status(service).await;
             }
             let _ = stop_tx.send(true);
@@ -300,6 +310,9 @@ impl Server {
         http
     }
 }
+
+/// The service name the reference service's gRPC health answers for, besides `""`.
+pub const REFERENCE_HEALTH_NAME: &str = "ratelimit";
 
 /// Resolves once a stop has been signalled.
 async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {

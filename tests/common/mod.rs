@@ -23,6 +23,7 @@ use tollgate::clock::{ManualClock, NANOS_PER_SEC};
 use tollgate::config::{Options, RateLimitConfig};
 use tollgate::decision::{Limiter, Settings};
 use tollgate::metrics::MetricsOptions;
+use tollgate::protocol::answers::Answers;
 use tollgate::reload::Reloader;
 use tollgate::rule::Consistency;
 use tollgate::server::{Limits, ServerOptions};
@@ -100,6 +101,10 @@ pub struct Setup {
     pub redis: Option<RedisSetup>,
     /// What clients may hold of the ports.
     pub limits: Limits,
+    /// `--quota-mode`: every limit in quota mode.
+    pub quota_mode: bool,
+    /// `--response-*`: what answers carry beyond their statuses.
+    pub answers: Answers,
 }
 
 /// The `--redis-*` flags of a server counting in Redis.
@@ -167,6 +172,7 @@ pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
         limits,
         settings: Settings {
             shadow_mode: setup.shadow_mode,
+            quota_mode: setup.quota_mode,
             compile: Options {
                 count_denied: setup.count_denied,
                 ..Options::default()
@@ -181,6 +187,7 @@ pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
         server: ServerOptions {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
+            answers: setup.answers.clone(),
             sweep_interval: Duration::from_secs(3600),
             watch: setup.watch,
             drain_timeout: Duration::from_secs(5),
@@ -243,6 +250,8 @@ impl Default for Setup {
             single_file: false,
             redis: None,
             limits: Limits::default(),
+            quota_mode: false,
+            answers: Answers::default(),
         }
     }
 }
