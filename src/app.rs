@@ -128,6 +128,7 @@ impl Config {
             store: StoreConfig::Memory,
             server: ServerOptions {
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+                grpc_tls: None,
                 http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 answers: Default::default(),
                 sweep_interval: Duration::from_secs(10),

@@ -11,7 +11,7 @@
 //!   `RateLimitQuotaService`, the HTTP admin endpoints and JSON; [`rlqs`]: quota assignments
 //!   shared fairly among the Envoys of the Rate Limit Quota Service.
 //! - [`server`]: listeners, health, shutdown and background upkeep; [`snapshot`]: the memory
-//!   store saved and restored across restarts.
+//!   store saved and restored across restarts; [`tls`]: the gRPC port's TLS.
 //! - [`app`]: the composition root: settings in, a service out.
 
 pub mod algorithm;
@@ -32,3 +32,4 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

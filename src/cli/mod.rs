@@ -3,6 +3,7 @@
 mod answers;
 mod serve;
 mod store;
+mod tls;
 mod values;
 
 use std::path::{Path, PathBuf};

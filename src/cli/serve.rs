@@ -11,6 +11,7 @@ use clap::{ArgMatches, Args};
 use super::CompileArgs;
 use super::answers::AnswerArgs;
 use super::store::StoreArgs;
+use super::tls::GrpcTlsArgs;
 use super::values::{parse_addr, parse_interval, parse_ratio, parse_seconds, redacted};
 use crate::app::{self, StoreConfig};
 use crate::clock::SystemClock;
@@ -111,6 +112,8 @@ pub(super) struct ServeArgs {
     // Groups with a help heading of their own come last: a heading applies to every argument
     // after it.
     #[command(flatten)]
+    grpc_tls: GrpcTlsArgs,
+    #[command(flatten)]
     answers: AnswerArgs,
 }
 
@@ -202,6 +205,7 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
         store: store.clone(),
         server: ServerOptions {
             grpc_addr: args.grpc_addr,
+            grpc_tls: args.grpc_tls.files(),
             http_addr: args.http_addr,
             answers,
             sweep_interval: args.sweep_interval,
@@ -258,6 +262,7 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         grpc = %args.grpc_addr,
+        grpc_tls = args.grpc_tls.files().map_or("off", |tls| if tls.client_ca.is_some() { "mutual" } else { "on" }),
         http = %args.http_addr,
         services = "envoy.service.ratelimit.v3.RateLimitService, envoy.service.auth.v3.Authorization, grpc.health.v1.Health",
         "tollgate serving"

@@ -7,6 +7,7 @@
 
 mod connections;
 mod http;
+mod incoming;
 
 use std::future::Future;
 use std::io;
@@ -25,6 +26,7 @@ use crate::protocol::{Shared, admin, authz::AuthorizationGrpc, rls::RateLimitGrp
 use crate::reload::{Reloader, watch};
 use crate::rlqs::{Rlqs, RlqsOptions};
 use crate::snapshot::Snapshots;
+use crate::tls::{ServerTls, ServerTlsFiles, TlsFileError};
 
 /// A failure to start or to keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,9 @@ pub enum ServeError {
         /// Why.
         source: notify::Error,
     },
+    /// A TLS file of the gRPC port cannot be used.
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] TlsFileError),
 }
 
 /// Where to listen and how often to sweep idle buckets.
@@ -60,6 +65,8 @@ pub enum ServeError {
 pub struct ServerOptions {
     /// gRPC (Envoy) address.
     pub grpc_addr: SocketAddr,
+    /// TLS on the gRPC port (mutual with a client CA); clear text without.
+    pub grpc_tls: Option<ServerTlsFiles>,
     /// HTTP admin address.
     pub http_addr: SocketAddr,
     /// What rate limit answers carry beyond their statuses.
@@ -119,6 +126,7 @@ impl Default for Limits {
 pub struct Server {
     reloader: Arc<Reloader>,
     grpc: TcpListener,
+    grpc_tls: Option<Arc<ServerTls>>,
     http: TcpListener,
     options: ServerOptions,
     snapshots: Option<Snapshots>,
@@ -131,10 +139,15 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 }
 
 impl Server {
-    /// Binds both ports.
+    /// Reads the gRPC port's TLS files and binds both ports.
     pub async fn bind(reloader: Arc<Reloader>, options: ServerOptions) -> Result<Self, ServeError> {
+        let grpc_tls = match &options.grpc_tls {
+            Some(files) => Some(Arc::new(ServerTls::load(files.clone())?)),
+            None => None,
+        };
         Ok(Self {
             grpc: bind("gRPC", options.grpc_addr).await?,
+            grpc_tls,
             http: bind("HTTP", options.http_addr).await?,
             reloader,
             options,
@@ -187,6 +200,9 @@ impl Server {
                 stopped(stop_rx.clone()),
             ));
         }
+        if let Some(tls) = &self.grpc_tls {
+            watch_tls(tls, &stop_rx)?;
+        }
         let (health, health_service) = tonic_health::server::health_reporter();
         type Rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RateLimitGrpc>;
         health.set_serving::<Rls>().await;
@@ -232,21 +248,13 @@ impl Server {
 
         let limits = self.options.limits;
         let gate = connections::Gate::new(limits.grpc_connections, limits.handshake_timeout);
-        // Accepted sockets get TCP_NODELAY here: the builder's setting only reaches listeners it
-        // binds itself, and Nagle + delayed ACKs stall answers ~40 ms. A connection past the cap
-        // is closed at once.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
-        let incoming = futures_util::StreamExt::filter_map(incoming, move |accepted| {
-            let admitted = match accepted {
-                Ok(stream) => gate.admit(stream).map(Ok).or_else(|| {
-                    tracing::debug!("gRPC port full: connection closed");
-                    None
-                }),
-                Err(error) => Some(Err(error)),
-            };
-            std::future::ready(admitted)
-        });
+        let incoming = incoming::accept(
+            self.grpc,
+            gate,
+            self.grpc_tls.clone(),
+            limits.handshake_timeout,
+            stopped(stop_rx.clone()),
+        );
         let bytes = limits.grpc_message_bytes;
         let grpc = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -313,6 +321,39 @@ impl Server {
 
 /// The service name the reference service's gRPC health answers for, besides `""`.
 pub const REFERENCE_HEALTH_NAME: &str = "ratelimit";
+
+/// Re-reads the gRPC port's TLS files whenever one changes (a renewal), until a stop: new
+/// connections get the new certificate; a file that cannot be used keeps the one in force.
+fn watch_tls(
+    tls: &Arc<ServerTls>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    for path in tls.files().paths() {
+        let (watch, events) = watch::watch(path).map_err(|source| ServeError::Watch {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let tls = tls.clone();
+        let changed = move || {
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %tls.files().cert.display(), "gRPC TLS files re-read: new connections use them")
+                }
+                Err(error) => tracing::error!(
+                    "gRPC TLS files changed but cannot be used, keeping the ones in force: {error}"
+                ),
+            }
+            std::future::ready(())
+        };
+        tokio::spawn(watch::on_changes(
+            watch,
+            events,
+            stopped(stop.clone()),
+            changed,
+        ));
+    }
+    Ok(())
+}
 
 /// Resolves once a stop has been signalled.
 async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this helper
 
+pub mod pki;
 pub mod process;
 pub mod redis;
 pub mod scrape;
@@ -28,6 +29,7 @@ use tollgate::reload::Reloader;
 use tollgate::rule::Consistency;
 use tollgate::server::{Limits, ServerOptions};
 use tollgate::store::{FailurePolicy, Parts, RedisOptions, RedisStore, RedisTls};
+use tollgate::tls::ServerTlsFiles;
 
 /// Limits exercising every request semantic (rls.rs; redis.rs replays it against Redis).
 pub const SEMANTICS: &str = r#"
@@ -103,6 +105,8 @@ pub struct Setup {
     pub limits: Limits,
     /// `--quota-mode`: every limit in quota mode.
     pub quota_mode: bool,
+    /// TLS on the gRPC port (the test's own client is then not connected).
+    pub grpc_tls: Option<ServerTlsFiles>,
     /// `--response-*`: what answers carry beyond their statuses.
     pub answers: Answers,
 }
@@ -186,6 +190,7 @@ pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
         },
         server: ServerOptions {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            grpc_tls: setup.grpc_tls.clone(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             answers: setup.answers.clone(),
             sweep_interval: Duration::from_secs(3600),
@@ -251,6 +256,7 @@ impl Default for Setup {
             redis: None,
             limits: Limits::default(),
             quota_mode: false,
+            grpc_tls: None,
             answers: Answers::default(),
         }
     }
@@ -335,9 +341,13 @@ pub async fn start_at(tempdir: tempfile::TempDir, inside: &str, setup: Setup) ->
     let task = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
-    let client = RateLimitServiceClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap();
+    // Over TLS the test brings its own client.
+    let client = if setup.grpc_tls.is_some() {
+        RateLimitServiceClient::new(endpoint.connect_lazy())
+    } else {
+        RateLimitServiceClient::new(endpoint.connect().await.unwrap())
+    };
     TestServer {
         grpc,
         http,
