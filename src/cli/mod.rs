@@ -5,6 +5,7 @@ mod serve;
 mod store;
 mod tls;
 mod values;
+mod xds;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -54,8 +55,9 @@ enum Command {
     /// Loads and checks every configuration file first and exits with status 1 if any is
     /// invalid or a port is taken. While serving, configuration changes are picked up from the
     /// files (unless --no-watch), on SIGHUP and on POST /reload; an invalid change keeps the
-    /// last good configuration. SIGTERM or SIGINT stops accepting calls, lets in-flight calls
-    /// finish and exits 0.
+    /// last good configuration. With --xds-server the limits are pushed by an xDS management
+    /// server instead. SIGTERM or SIGINT stops accepting calls, lets in-flight calls finish and
+    /// exits 0.
     Serve(Box<ServeArgs>),
     /// Check configuration files without serving.
     ///

@@ -13,19 +13,27 @@ use super::answers::AnswerArgs;
 use super::store::StoreArgs;
 use super::tls::GrpcTlsArgs;
 use super::values::{parse_addr, parse_interval, parse_ratio, parse_seconds, redacted};
+use super::xds::XdsArgs;
 use crate::app::{self, StoreConfig};
 use crate::clock::SystemClock;
 use crate::decision::Settings;
 use crate::metrics::MetricsOptions;
-use crate::reload::{Reloader, Trigger};
+use crate::reload::{Reloader, Source, Trigger};
 use crate::server::{Limits, ServerOptions};
 use crate::snapshot::SnapshotOptions;
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
-    /// A YAML file, or a directory of *.yaml / *.yml files (one domain per file).
-    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "PATH")]
-    config: PathBuf,
+    /// A YAML file, or a directory of *.yaml / *.yml files (one domain per file); or the
+    /// limits come over xDS (--xds-server).
+    #[arg(
+        long,
+        env = "TOLLGATE_CONFIG",
+        value_name = "PATH",
+        required_unless_present = "xds_server",
+        conflicts_with = "xds_server"
+    )]
+    config: Option<PathBuf>,
     /// Address of the gRPC port Envoy calls: RateLimitService, Authorization (ext_authz) and
     /// grpc.health.v1. A host name is resolved at startup.
     #[arg(
@@ -112,6 +120,8 @@ pub(super) struct ServeArgs {
     // Groups with a help heading of their own come last: a heading applies to every argument
     // after it.
     #[command(flatten)]
+    xds: XdsArgs,
+    #[command(flatten)]
     grpc_tls: GrpcTlsArgs,
     #[command(flatten)]
     answers: AnswerArgs,
@@ -182,19 +192,25 @@ impl LimitArgs {
 pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
     let hangups = catch_hangups();
     let compile = args.compile.options();
-    let checked = args
-        .store
-        .config(given)
-        .and_then(|store| Ok((store, args.answers.answers()?)));
-    let (store, answers) = match checked {
+    let checked = args.store.config(given).and_then(|store| {
+        let limits = match (args.xds.options()?, &args.config) {
+            (Some(xds), _) => Source::Xds(Box::new(xds)),
+            (None, Some(path)) => Source::Files(path.clone()),
+            // clap requires one of them.
+            (None, None) => return Err("--config or --xds-server is required".to_owned()),
+        };
+        Ok((store, limits, args.answers.answers()?))
+    });
+    let (store, limits, answers) = match checked {
         Ok(checked) => checked,
         Err(error) => {
             tracing::error!("{error}");
             return ExitCode::FAILURE;
         }
     };
+    let described = describe(&limits);
     let config = app::Config {
-        limits: args.config.clone(),
+        limits,
         settings: Settings {
             shadow_mode: args.shadow_mode,
             quota_mode: args.quota_mode,
@@ -229,7 +245,7 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
             for error in &errors.0 {
                 tracing::error!("{error}");
             }
-            tracing::error!(path = %args.config.display(), "invalid configuration: not serving");
+            tracing::error!(limits = %described, "invalid configuration: not serving");
             return ExitCode::FAILURE;
         }
         Err(error) => {
@@ -257,10 +273,13 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
             );
         }
     }
-    tracing::info!(version = %reloader.status().version, "configuration in force");
-    tokio::spawn(reload_on_sighup(reloader, hangups));
+    if let Source::Files(_) = reloader.source() {
+        tracing::info!(version = %reloader.status().version, "configuration in force");
+        tokio::spawn(reload_on_sighup(reloader, hangups));
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        limits = %described,
         grpc = %args.grpc_addr,
         grpc_tls = args.grpc_tls.files().map_or("off", |tls| if tls.client_ca.is_some() { "mutual" } else { "on" }),
         http = %args.http_addr,
@@ -276,6 +295,14 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
             tracing::error!("{error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where the limits come from, for the logs.
+fn describe(limits: &Source) -> String {
+    match limits {
+        Source::Files(path) => path.display().to_string(),
+        Source::Xds(xds) => format!("xDS {} as node {}", xds.server, xds.node_id),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::protocol::answers::Answers;
 use crate::protocol::rlqs::{RateLimitQuotaGrpc, admin_router as rlqs_router};
 use crate::protocol::undecodable::UndecodableLayer;
 use crate::protocol::{Shared, admin, authz::AuthorizationGrpc, rls::RateLimitGrpc};
-use crate::reload::{Reloader, watch};
+use crate::reload::{Reloader, Source, watch};
 use crate::rlqs::{Rlqs, RlqsOptions};
 use crate::snapshot::Snapshots;
 use crate::tls::{ServerTls, ServerTlsFiles, TlsFileError};
@@ -187,18 +187,27 @@ impl Server {
         ));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let deadline_rx = stop_rx.clone();
-        if self.options.watch {
-            let path = self.reloader.path();
-            let (watch, events) = watch::watch(path).map_err(|source| ServeError::Watch {
-                path: path.display().to_string(),
-                source,
-            })?;
-            tokio::spawn(watch::run(
-                self.reloader.clone(),
-                watch,
-                events,
-                stopped(stop_rx.clone()),
-            ));
+        match self.reloader.source() {
+            Source::Files(path) if self.options.watch => {
+                let (watch, events) = watch::watch(path).map_err(|source| ServeError::Watch {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                tokio::spawn(watch::run(
+                    self.reloader.clone(),
+                    watch,
+                    events,
+                    stopped(stop_rx.clone()),
+                ));
+            }
+            Source::Files(_) => {}
+            Source::Xds(xds) => {
+                tokio::spawn(crate::xds::run(
+                    self.reloader.clone(),
+                    (**xds).clone(),
+                    stopped(stop_rx.clone()),
+                ));
+            }
         }
         if let Some(tls) = &self.grpc_tls {
             watch_tls(tls, &stop_rx)?;
@@ -235,6 +244,15 @@ impl Server {
             }
             let _ = stop_tx.send(true);
         });
+        if let Source::Xds(xds) = self.reloader.source() {
+            if !xds.start_without_config {
+                tracing::info!(server = %xds.server, "waiting for the first valid configuration from the xDS server before serving");
+                tokio::select! {
+                    () = self.reloader.first_loaded() => {}
+                    () = stopped(stop_rx.clone()) => {}
+                }
+            }
+        }
 
         let snapshotter = self.snapshots.clone().map(|snapshots| {
             tokio::spawn(snapshots.run(limiter.clone(), stopped(stop_rx.clone())))

@@ -1,10 +1,13 @@
 //! TLS: the gRPC port as a server (optionally requiring client certificates, re-read when its
-//! files change). rustls with ring throughout, as for `rediss://`.
+//! files change) and the xDS subscription as a client. rustls with ring throughout, as for
+//! `rediss://`.
 
+mod client;
 mod files;
 mod san;
 mod server;
 
+pub use client::ClientTls;
 pub use files::TlsFileError;
 pub use server::{ServerTls, ServerTlsFiles};
 

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this helper
 
+pub mod ads;
 pub mod pki;
 pub mod process;
 pub mod redis;
@@ -25,11 +26,12 @@ use tollgate::config::{Options, RateLimitConfig};
 use tollgate::decision::{Limiter, Settings};
 use tollgate::metrics::MetricsOptions;
 use tollgate::protocol::answers::Answers;
-use tollgate::reload::Reloader;
+use tollgate::reload::{Reloader, Source};
 use tollgate::rule::Consistency;
 use tollgate::server::{Limits, ServerOptions};
 use tollgate::store::{FailurePolicy, Parts, RedisOptions, RedisStore, RedisTls};
 use tollgate::tls::ServerTlsFiles;
+use tollgate::xds::XdsOptions;
 
 /// Limits exercising every request semantic (rls.rs; redis.rs replays it against Redis).
 pub const SEMANTICS: &str = r#"
@@ -105,6 +107,8 @@ pub struct Setup {
     pub limits: Limits,
     /// `--quota-mode`: every limit in quota mode.
     pub quota_mode: bool,
+    /// The limits come over xDS instead of from the configuration directory.
+    pub xds: Option<XdsOptions>,
     /// TLS on the gRPC port (the test's own client is then not connected).
     pub grpc_tls: Option<ServerTlsFiles>,
     /// `--response-*`: what answers carry beyond their statuses.
@@ -173,7 +177,10 @@ impl RedisSetup {
 /// The composition root's settings for `setup`, serving the limits at `limits`.
 pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
     app::Config {
-        limits,
+        limits: match &setup.xds {
+            Some(xds) => Source::Xds(Box::new(xds.clone())),
+            None => limits.into(),
+        },
         settings: Settings {
             shadow_mode: setup.shadow_mode,
             quota_mode: setup.quota_mode,
@@ -256,6 +263,7 @@ impl Default for Setup {
             redis: None,
             limits: Limits::default(),
             quota_mode: false,
+            xds: None,
             grpc_tls: None,
             answers: Answers::default(),
         }
@@ -342,8 +350,9 @@ pub async fn start_at(tempdir: tempfile::TempDir, inside: &str, setup: Setup) ->
         let _ = stopped.await;
     }));
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap();
-    // Over TLS the test brings its own client.
-    let client = if setup.grpc_tls.is_some() {
+    // Over TLS the test brings its own client; over xDS the server may wait for its first
+    // version before it serves.
+    let client = if setup.grpc_tls.is_some() || setup.xds.is_some() {
         RateLimitServiceClient::new(endpoint.connect_lazy())
     } else {
         RateLimitServiceClient::new(endpoint.connect().await.unwrap())
