@@ -135,6 +135,7 @@ impl Config {
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
                 grpc_tls: None,
                 http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                metrics_port: None,
                 answers: Default::default(),
                 sweep_interval: Duration::from_secs(10),
                 watch: true,

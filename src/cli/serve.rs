@@ -19,7 +19,7 @@ use crate::clock::SystemClock;
 use crate::decision::Settings;
 use crate::metrics::MetricsOptions;
 use crate::reload::{Reloader, Source, Trigger};
-use crate::server::{Limits, ServerOptions};
+use crate::server::{Limits, MetricsPort, ServerOptions};
 use crate::snapshot::SnapshotOptions;
 
 #[derive(Debug, Args)]
@@ -54,6 +54,19 @@ pub(super) struct ServeArgs {
         value_parser = parse_addr
     )]
     http_addr: SocketAddr,
+    /// Also serve GET /metrics on a port of its own (as the reference's PROMETHEUS_ADDR), for
+    /// scrapers that must not reach the admin port.
+    #[arg(long, env = "TOLLGATE_METRICS_ADDR", value_name = "HOST:PORT", value_parser = parse_addr)]
+    metrics_addr: Option<SocketAddr>,
+    /// The path of --metrics-addr's metrics.
+    #[arg(
+        long,
+        env = "TOLLGATE_METRICS_PATH",
+        value_name = "PATH",
+        default_value = "/metrics",
+        requires = "metrics_addr"
+    )]
+    metrics_path: String,
     #[command(flatten)]
     compile: CompileArgs,
     /// Count and report every limit but never deny (global shadow mode): an over-limit
@@ -223,6 +236,10 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
             grpc_addr: args.grpc_addr,
             grpc_tls: args.grpc_tls.files(),
             http_addr: args.http_addr,
+            metrics_port: args.metrics_addr.map(|addr| MetricsPort {
+                addr,
+                path: args.metrics_path.clone(),
+            }),
             answers,
             sweep_interval: args.sweep_interval,
             watch: !args.no_watch,

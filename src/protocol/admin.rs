@@ -29,6 +29,11 @@ pub fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
+/// Only `GET {path}`: the metrics, for a port of their own.
+pub fn metrics_router(shared: Shared, path: &str) -> Router {
+    Router::new().route(path, get(metrics)).with_state(shared)
+}
+
 /// Every metric, as OpenMetrics text.
 async fn metrics(State(shared): State<Shared>) -> Response {
     match shared.metrics.encode() {

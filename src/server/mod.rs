@@ -69,6 +69,9 @@ pub struct ServerOptions {
     pub grpc_tls: Option<ServerTlsFiles>,
     /// HTTP admin address.
     pub http_addr: SocketAddr,
+    /// A port of its own for `GET /metrics` (as the reference's `PROMETHEUS_ADDR`), besides
+    /// the admin port's.
+    pub metrics_port: Option<MetricsPort>,
     /// What rate limit answers carry beyond their statuses.
     pub answers: Answers,
     /// Time between sweeps of idle buckets.
@@ -81,6 +84,15 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// What a client may hold of either port.
     pub limits: Limits,
+}
+
+/// A port that serves only the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsPort {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The path metrics are served at (`/metrics`).
+    pub path: String,
 }
 
 /// How often an HTTP/2 connection is pinged; a ping unanswered within the handshake timeout
@@ -128,6 +140,7 @@ pub struct Server {
     grpc: TcpListener,
     grpc_tls: Option<Arc<ServerTls>>,
     http: TcpListener,
+    metrics: Option<(TcpListener, String)>,
     options: ServerOptions,
     snapshots: Option<Snapshots>,
 }
@@ -139,16 +152,21 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 }
 
 impl Server {
-    /// Reads the gRPC port's TLS files and binds both ports.
+    /// Reads the gRPC port's TLS files and binds the ports.
     pub async fn bind(reloader: Arc<Reloader>, options: ServerOptions) -> Result<Self, ServeError> {
         let grpc_tls = match &options.grpc_tls {
             Some(files) => Some(Arc::new(ServerTls::load(files.clone())?)),
+            None => None,
+        };
+        let metrics = match &options.metrics_port {
+            Some(port) => Some((bind("metrics", port.addr).await?, port.path.clone())),
             None => None,
         };
         Ok(Self {
             grpc: bind("gRPC", options.grpc_addr).await?,
             grpc_tls,
             http: bind("HTTP", options.http_addr).await?,
+            metrics,
             reloader,
             options,
             snapshots: None,
@@ -169,6 +187,13 @@ impl Server {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> io::Result<SocketAddr> {
         self.http.local_addr()
+    }
+
+    /// The bound metrics address, with a metrics port.
+    pub fn metrics_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.metrics
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr())
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight calls finish
@@ -302,12 +327,26 @@ impl Server {
             max_connections: limits.admin_connections,
             request_timeout: limits.admin_request_timeout,
         };
+        let metrics_port = self.metrics.map(|(listener, path)| {
+            let router = admin::metrics_router(shared.clone(), &path);
+            http::serve(listener, router, http_limits, stopped(stop_rx.clone()))
+        });
+        let metrics_port = async move {
+            match metrics_port {
+                Some(serving) => serving.await,
+                None => Ok(()),
+            }
+        };
         let http = http::serve(
             self.http,
             admin::router(shared).merge(rlqs_router(rlqs)),
             http_limits,
             stopped(stop_rx),
         );
+        let http = async move {
+            let (admin, metrics) = tokio::join!(http, metrics_port);
+            admin.and(metrics)
+        };
         let drain = self.options.drain_timeout;
         let deadline = async move {
             stopped(deadline_rx).await;

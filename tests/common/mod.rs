@@ -199,6 +199,7 @@ pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             grpc_tls: setup.grpc_tls.clone(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_port: None,
             answers: setup.answers.clone(),
             sweep_interval: Duration::from_secs(3600),
             watch: setup.watch,
