@@ -491,6 +491,22 @@ pub async fn eventually<F: FnMut() -> bool>(deadline: Duration, mut condition: F
     condition()
 }
 
+/// Waits for the asynchronous `condition` to hold, polling, up to `deadline`.
+pub async fn eventually_async<F, C>(deadline: Duration, mut condition: C) -> bool
+where
+    C: FnMut() -> F,
+    F: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    while tokio::time::Instant::now() < end {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition().await
+}
+
 /// One descriptor with one entry.
 pub fn one(key: &str, value: &str) -> Vec<RateLimitDescriptor> {
     vec![descriptor(&[(key, value)])]
