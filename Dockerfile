@@ -13,6 +13,11 @@ RUN cargo build --release --locked --bin tollgate
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/tollgate /tollgate
+# Envoy Gateway (and AI Gateway) run the reference service's /bin/ratelimit with no arguments:
+# under that name, with none of tollgate's flags or TOLLGATE_* variables, tollgate reads the
+# reference's environment (README: "Drop-in for envoyproxy/ratelimit"). A copy, not a link:
+# the base image has no shell to make one.
+COPY --from=build /src/target/release/tollgate /bin/ratelimit
 # gRPC (Envoy) and HTTP admin (health, metrics). Inside a container the admin port listens on
 # all interfaces so probes and Prometheus can reach it: restrict it with a NetworkPolicy.
 EXPOSE 8081 8080

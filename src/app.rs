@@ -3,7 +3,6 @@
 //! code; all of them get the same wiring from [`Config::build`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use crate::clock::Clock;
 use crate::config::{self, ConfigErrors, RateLimitConfig};
 use crate::decision::{Limiter, Settings};
 use crate::metrics::MetricsOptions;
-use crate::reload::Reloader;
+use crate::reload::{Reloader, Source};
 use crate::rule::Consistency;
 use crate::server::{Limits, ServeError, Server, ServerOptions};
 use crate::snapshot::{SnapshotOptions, Snapshots};
@@ -23,8 +22,8 @@ use crate::store::{
 /// Everything a tollgate process is made from.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The limits: a YAML file or a directory of them.
-    pub limits: PathBuf,
+    /// The limits: a YAML file or a directory of them, or an xDS subscription.
+    pub limits: Source,
     /// Decision settings.
     pub settings: Settings,
     /// Most per-value buckets kept in memory (and most cached-mode leases).
@@ -72,6 +71,11 @@ pub enum BuildError {
     /// Snapshots asked of a store that keeps no buckets in memory.
     #[error("--snapshot-path saves the memory store's buckets: it needs --store memory")]
     SnapshotWithoutMemory,
+    /// Snapshots asked with limits that arrive after the start.
+    #[error(
+        "--snapshot-path restores buckets at start, before limits pushed over xDS exist: use limit files, or Redis to keep counts across restarts"
+    )]
+    SnapshotWithXds,
 }
 
 /// A service built and bound, ready to serve.
@@ -113,13 +117,15 @@ impl StoreConfig {
 }
 
 impl Config {
-    /// The command line's defaults, serving the limits at `limits`: memory store, a million
-    /// buckets, gRPC on 127.0.0.1:8081 and HTTP on 127.0.0.1:8080.
-    pub fn new(limits: impl Into<PathBuf>) -> Self {
+    /// The command line's defaults, serving the limits of `limits` (a path, or an xDS
+    /// subscription): memory store, a million buckets, gRPC on 127.0.0.1:8081 and HTTP on
+    /// 127.0.0.1:8080.
+    pub fn new(limits: impl Into<Source>) -> Self {
         Self {
             limits: limits.into(),
             settings: Settings {
                 shadow_mode: false,
+                quota_mode: false,
                 compile: config::Options::default(),
                 reservation_ttl: Duration::from_secs(600),
             },
@@ -127,7 +133,10 @@ impl Config {
             store: StoreConfig::Memory,
             server: ServerOptions {
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+                grpc_tls: None,
                 http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                metrics_port: None,
+                answers: Default::default(),
                 sweep_interval: Duration::from_secs(10),
                 watch: true,
                 metrics: MetricsOptions::default(),
@@ -151,10 +160,13 @@ impl Config {
     /// Loads the limits, builds the store and the limiter (restoring the last snapshot), and
     /// binds the ports.
     pub async fn build(self, clock: Arc<dyn Clock>) -> Result<App, BuildError> {
-        let snapshots = match (&self.snapshot, &self.store) {
-            (None, _) => None,
-            (Some(options), StoreConfig::Memory) => Some(Snapshots::new(options.clone())),
-            (Some(_), StoreConfig::Redis(_)) => return Err(BuildError::SnapshotWithoutMemory),
+        let snapshots = match (&self.snapshot, &self.store, &self.limits) {
+            (None, ..) => None,
+            (Some(_), StoreConfig::Redis(_), _) => return Err(BuildError::SnapshotWithoutMemory),
+            (Some(_), _, Source::Xds(_)) => return Err(BuildError::SnapshotWithXds),
+            (Some(options), StoreConfig::Memory, Source::Files(_)) => {
+                Some(Snapshots::new(options.clone()))
+            }
         };
         let saved = snapshots.as_ref().and_then(Snapshots::load);
         let (store, mut keys) = self.store.build(self.max_buckets, &clock)?;
@@ -163,7 +175,7 @@ impl Config {
             keys = KeyBuilder::from_secret(saved.secret);
         }
         let settings = self.settings;
-        let reloader = Reloader::start(&self.limits, self.settings.compile, |config| {
+        let reloader = Reloader::start(self.limits, self.settings.compile, |config| {
             Limiter::new(config, store, keys, clock, settings)
         })?;
         let reloader = Arc::new(reloader);

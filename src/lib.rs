@@ -11,7 +11,9 @@
 //!   `RateLimitQuotaService`, the HTTP admin endpoints and JSON; [`rlqs`]: quota assignments
 //!   shared fairly among the Envoys of the Rate Limit Quota Service.
 //! - [`server`]: listeners, health, shutdown and background upkeep; [`snapshot`]: the memory
-//!   store saved and restored across restarts.
+//!   store saved and restored across restarts; [`tls`]: the gRPC port's TLS.
+//! - [`xds`]: limits pushed over xDS (ADS), as Envoy Gateway pushes them to the reference
+//!   service.
 //! - [`app`]: the composition root: settings in, a service out.
 
 pub mod algorithm;
@@ -33,3 +35,5 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
+pub mod xds;

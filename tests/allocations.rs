@@ -30,15 +30,7 @@ fn shared() -> (Shared, tempfile::TempDir) {
     let build = |config| app.limiter(config, Arc::new(SystemClock::new())).unwrap();
     let reloader = Arc::new(Reloader::start(dir.path(), Options::default(), build).unwrap());
     let metrics = Arc::new(Metrics::new(reloader.clone(), MetricsOptions::default()));
-    let unknown = Default::default();
-    (
-        Shared {
-            reloader,
-            metrics,
-            unknown,
-        },
-        dir,
-    )
+    (Shared::new(reloader, metrics, Default::default()), dir)
 }
 
 fn request(descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {

@@ -1579,3 +1579,47 @@ async fn a_client_past_its_failed_key_limit_gets_429_without_its_key_being_read(
     );
     s.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dynamic metadata for Envoy: the tenant's limit as a rate limit rule can read it.
+
+#[tokio::test]
+async fn a_tenants_limit_is_returned_as_dynamic_metadata_for_a_rate_limit_override() {
+    use envoy_types::pb::google::protobuf::Value;
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let s = start(&saas(10, "")).await;
+    let mut authz = Authz::connect(&s).await;
+    let text = |t: &str| Value {
+        kind: Some(Kind::StringValue(t.to_owned())),
+    };
+    let checked = authz
+        .0
+        .check(get("/v1/items", Some(ACME_KEY)))
+        .await
+        .unwrap();
+    let metadata = checked.into_inner().dynamic_metadata.unwrap().fields;
+    assert_eq!(metadata["tenant"], text("acme"));
+    assert_eq!(metadata["tier"], text("free"));
+    let Some(Kind::StructValue(total)) = &metadata["total_limit"].kind else {
+        panic!("total_limit is a struct: {metadata:?}");
+    };
+    assert_eq!(
+        total.fields["requests_per_unit"].kind,
+        Some(Kind::NumberValue(10.0))
+    );
+    assert_eq!(
+        total.fields["unit"],
+        text("MINUTE"),
+        "an envoy.type.v3.RateLimitUnit name"
+    );
+    let unknown = authz
+        .0
+        .check(get("/v1/items", Some(UNKNOWN_KEY)))
+        .await
+        .unwrap();
+    assert!(
+        unknown.into_inner().dynamic_metadata.is_none(),
+        "no tenant, nothing to say"
+    );
+    s.stop().await;
+}

@@ -387,6 +387,10 @@ fn configs_embedded_in_configmaps_are_valid() {
             if map.kind != "ConfigMap" {
                 continue;
             }
+            if map.data.contains_key("envoy-gateway.yaml") {
+                // Envoy Gateway's own configuration: envoy_gateway_example_swaps_in_tollgate.
+                continue;
+            }
             let dir = tempfile::tempdir().unwrap();
             for (name, content) in &map.data {
                 std::fs::write(dir.path().join(name), content).unwrap();
@@ -418,6 +422,62 @@ fn configs_embedded_in_configmaps_are_valid() {
     ] {
         assert!(checked.contains(&wanted.to_owned()), "{checked:?}");
     }
+}
+
+/// The Envoy Gateway example, with and without Helm, puts this version's image in Envoy
+/// Gateway's rate limit Deployment and a Redis it can reach; its policy takes the tenant's limit
+/// from the metadata tollgate's ext_authz writes.
+#[test]
+fn envoy_gateway_example_swaps_in_tollgate() {
+    let image = format!("tollgate:{}", env!("CARGO_PKG_VERSION"));
+    let documents = k8s_documents("k8s/envoy-gateway");
+    let map = the(&documents, "ConfigMap");
+    assert_eq!(
+        (name(map), map["metadata"]["namespace"].as_str()),
+        ("envoy-gateway-config", Some("envoy-gateway-system"))
+    );
+    let config: Value = serde_yaml::from_str(string(&map["data"]["envoy-gateway.yaml"])).unwrap();
+    assert_eq!(config["kind"].as_str(), Some("EnvoyGateway"));
+    let kubernetes = &config["provider"]["kubernetes"];
+    assert_eq!(
+        kubernetes["rateLimitDeployment"]["container"]["image"].as_str(),
+        Some(image.as_str())
+    );
+    let redis = &config["rateLimit"]["backend"]["redis"]["url"];
+    assert_eq!(
+        port_of(string(redis)),
+        6379,
+        "host:port, as REDIS_URL takes it"
+    );
+
+    let text = std::fs::read_to_string("helm/envoy-gateway-values.yaml").unwrap();
+    let values: Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(
+        values["global"]["images"]["ratelimit"]["image"].as_str(),
+        Some(image.as_str())
+    );
+    assert_eq!(
+        &values["config"]["envoyGateway"]["rateLimit"], &config["rateLimit"],
+        "the Helm values and the ConfigMap say the same"
+    );
+
+    let text =
+        std::fs::read_to_string("examples/envoy-gateway/backend-traffic-policy.yaml").unwrap();
+    let policies = yaml_documents(&text);
+    assert!(policies.iter().all(|p| kind(p) == "BackendTrafficPolicy"));
+    let from_metadata = policies
+        .iter()
+        .flat_map(|p| list(&p["spec"]["rateLimit"]["global"]["rules"]))
+        .find_map(|rule| rule["limit"]["fromMetadata"].as_mapping())
+        .expect("a rule with fromMetadata");
+    assert_eq!(
+        from_metadata.get("namespace").and_then(Value::as_str),
+        Some("envoy.filters.http.ext_authz")
+    );
+    assert_eq!(
+        from_metadata.get("key").and_then(Value::as_str),
+        Some("total_limit")
+    );
 }
 
 fn k8s_documents(dir: &str) -> Vec<Value> {

@@ -956,3 +956,350 @@ mod rate_limit_quota {
         assert_eq!(status("acme").await, 200);
     }
 }
+
+/// tollgate as Envoy Gateway deploys the reference service: `/bin/ratelimit` with exactly the
+/// environment of Envoy Gateway's ratelimit Deployment (internal/infrastructure/kubernetes/
+/// ratelimit/resource.go; only addresses, ports and file locations are this machine's), its
+/// limits pushed over ADS with mutual TLS by a management server in the test, counting in
+/// Redis, and a real Envoy 1.40 in front calling it over mutual TLS as Envoy Gateway's proxies
+/// do (the route's `RateLimitPerRoute`, a `generic_key` and a `request_headers` descriptor).
+mod envoy_gateway {
+    use std::process::Child;
+    use std::time::Duration;
+
+    use crate::common::ads::AdsServer;
+    use crate::common::pki::{self, Pki};
+    use crate::common::redis::RedisServer;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use tollgate::xds::resource::{
+        RateLimitConfig, RateLimitDescriptor, RateLimitPolicy, RateLimitUnit,
+    };
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    use super::*;
+
+    /// The listener's domain and the route rule's descriptor, as Envoy Gateway names them.
+    const DOMAIN: &str = "default/eg/http";
+    const ROUTE: &str = "httproute/default/backend/rule/0/match/0/*";
+
+    /// What Envoy Gateway's translator pushes for a BackendTrafficPolicy rule limiting each
+    /// `x-user-id` to `per_minute` requests a minute.
+    fn policy(per_minute: u32) -> RateLimitConfig {
+        let per_user = RateLimitDescriptor {
+            key: "rule-0-match-0".to_owned(),
+            rate_limit: Some(RateLimitPolicy {
+                unit: RateLimitUnit::Minute as i32,
+                requests_per_unit: per_minute,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        RateLimitConfig {
+            name: DOMAIN.to_owned(),
+            domain: DOMAIN.to_owned(),
+            descriptors: vec![RateLimitDescriptor {
+                key: ROUTE.to_owned(),
+                value: ROUTE.to_owned(),
+                descriptors: vec![per_user],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// Envoy as Envoy Gateway configures it for that rule: the rate limit filter of the
+    /// listener's domain, the descriptors in the route's RateLimitPerRoute, and the cluster to
+    /// the rate limit service over TLS 1.3 with Envoy's client certificate.
+    const ENVOY: &str = r#"
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: @ADMIN@}}
+static_resources:
+  listeners:
+    - name: default/eg/http
+      address: {socket_address: {address: 127.0.0.1, port_value: @LISTENER@}}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: default/eg/http
+                route_config:
+                  virtual_hosts:
+                    - name: default/eg/http/www_example_com
+                      domains: ["*"]
+                      routes:
+                        - match: {prefix: "/"}
+                          route: {cluster: backend}
+                          typed_per_filter_config:
+                            envoy.filters.http.ratelimit/default/eg/http:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute
+                              domain: default/eg/http
+                              rate_limits:
+                                - actions:
+                                    - generic_key: {descriptor_key: "httproute/default/backend/rule/0/match/0/*", descriptor_value: "httproute/default/backend/rule/0/match/0/*"}
+                                    - request_headers: {header_name: x-user-id, descriptor_key: rule-0-match-0}
+                http_filters:
+                  - name: envoy.filters.http.ratelimit/default/eg/http
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+                      domain: default/eg/http
+                      enable_x_ratelimit_headers: DRAFT_VERSION_03
+                      timeout: 1s
+                      rate_limit_service:
+                        transport_api_version: V3
+                        grpc_service: {envoy_grpc: {cluster_name: ratelimit_cluster}}
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+    - name: backend
+      address: {socket_address: {address: 127.0.0.1, port_value: @BACKEND@}}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: backend
+                route_config:
+                  virtual_hosts:
+                    - name: backend
+                      domains: ["*"]
+                      routes:
+                        - match: {prefix: "/"}
+                          direct_response: {status: 200, body: {inline_string: "ok\n"}}
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: backend
+      type: STATIC
+      load_assignment:
+        cluster_name: backend
+        endpoints:
+          - lb_endpoints:
+              - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: @BACKEND@}}}
+    - name: ratelimit_cluster
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {http2_protocol_options: {}}
+      load_assignment:
+        cluster_name: ratelimit_cluster
+        endpoints:
+          - lb_endpoints:
+              - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: @RATELIMIT@}}}
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+          common_tls_context:
+            tls_params: {tls_maximum_protocol_version: TLSv1_3}
+            validation_context: {trusted_ca: {filename: "@CA@"}}
+            tls_certificates:
+              - certificate_chain: {filename: "@ENVOY_CERT@"}
+                private_key: {filename: "@ENVOY_KEY@"}
+"#;
+
+    /// Envoy on `ENVOY`, its ports free ones, calling the rate limit service on `ratelimit`.
+    async fn envoy(pki: &Pki, envoy_identity: &pki::Issued, ratelimit: u16) -> Envoy {
+        let ports = vec![
+            (9901, free_port()),
+            (10000, free_port()),
+            (10001, free_port()),
+        ];
+        let text = ENVOY
+            .replace("@ADMIN@", &ports[0].1.to_string())
+            .replace("@LISTENER@", &ports[1].1.to_string())
+            .replace("@BACKEND@", &ports[2].1.to_string())
+            .replace("@RATELIMIT@", &ratelimit.to_string())
+            .replace("@CA@", &pki.path("ca.crt").display().to_string())
+            .replace("@ENVOY_CERT@", &envoy_identity.cert.display().to_string())
+            .replace("@ENVOY_KEY@", &envoy_identity.key.display().to_string());
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("envoy-gateway.yaml");
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+        let child = Command::new(envoy_binary())
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+                "-c",
+            ])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let envoy = Envoy {
+            child,
+            ports,
+            _dir: dir,
+        };
+        let ready = format!("http://127.0.0.1:{}/ready", envoy.port(9901));
+        assert!(
+            crate::common::eventually_async(Duration::from_secs(30), || async {
+                reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200)
+            })
+            .await,
+            "Envoy not ready within 30 s"
+        );
+        envoy
+    }
+
+    /// tollgate started as Envoy Gateway starts the reference: `/bin/ratelimit`, this
+    /// environment and nothing else.
+    fn ratelimit(env: &[(&str, String)], dir: &std::path::Path) -> Child {
+        let binary = dir.join("ratelimit");
+        std::os::unix::fs::symlink(crate::common::process::BIN, &binary).unwrap();
+        let mut command = Command::new(binary);
+        command.env_clear();
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let log = std::fs::File::create(dir.join("ratelimit.log")).unwrap();
+        command.stderr(log).spawn().unwrap()
+    }
+
+    async fn get_as(port: u16, user: &str) -> Answer {
+        get(port, "/", Some(user)).await
+    }
+
+    #[tokio::test]
+    #[ignore = "needs a real Envoy: run scripts/test"]
+    async fn tollgate_in_envoy_gateways_ratelimit_deployment() {
+        let pki = Pki::new();
+        // Envoy Gateway's `envoy-rate-limit` Secret: one certificate for the gRPC server and
+        // the xDS client, and the CA; its proxies' client certificate; its xDS server's.
+        let rate_limit = pki.issue(
+            "tls",
+            "ca",
+            "serverAuth,clientAuth",
+            &["DNS:localhost", "IP:127.0.0.1"],
+        );
+        let proxy = pki.issue("envoy", "ca", "clientAuth", &["DNS:envoy"]);
+        let control_plane = pki.server("envoy-gateway", "ca");
+        let redis = RedisServer::start();
+        let mut ads = AdsServer::start_on(0, Some((&control_plane, &pki.path("ca.crt")))).await;
+        let (grpc, http, prometheus) = (free_port(), free_port(), free_port());
+        let path = |p: &std::path::Path| p.display().to_string();
+        let env = [
+            ("RUNTIME_ROOT", "/data".to_owned()),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit".to_owned()),
+            ("RUNTIME_IGNOREDOTFILES", "true".to_owned()),
+            ("RUNTIME_WATCH_ROOT", "false".to_owned()),
+            ("LOG_LEVEL", "info".to_owned()),
+            ("USE_STATSD", "false".to_owned()),
+            ("CONFIG_TYPE", "GRPC_XDS_SOTW".to_owned()),
+            ("CONFIG_GRPC_XDS_SERVER_URL", ads.addr.to_string()),
+            ("CONFIG_GRPC_XDS_NODE_ID", "envoy-ratelimit".to_owned()),
+            ("GRPC_SERVER_USE_TLS", "true".to_owned()),
+            ("GRPC_SERVER_TLS_CERT", path(&rate_limit.cert)),
+            ("GRPC_SERVER_TLS_KEY", path(&rate_limit.key)),
+            ("GRPC_SERVER_TLS_CA_CERT", path(&pki.path("ca.crt"))),
+            ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true".to_owned()),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", path(&rate_limit.cert)),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", path(&rate_limit.key)),
+            (
+                "CONFIG_GRPC_XDS_SERVER_TLS_CACERT",
+                path(&pki.path("ca.crt")),
+            ),
+            ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true".to_owned()),
+            ("REDIS_SOCKET_TYPE", "tcp".to_owned()),
+            ("REDIS_URL", format!("127.0.0.1:{}", redis.port)),
+            ("USE_PROMETHEUS", "true".to_owned()),
+            ("PROMETHEUS_ADDR", format!("127.0.0.1:{prometheus}")),
+            (
+                "PROMETHEUS_MAPPER_YAML",
+                "/etc/statsd-exporter/conf.yaml".to_owned(),
+            ),
+            // This machine's loopback ports instead of the pod's 0.0.0.0:8081 and :8080.
+            ("GRPC_HOST", "127.0.0.1".to_owned()),
+            ("GRPC_PORT", grpc.to_string()),
+            ("HOST", "127.0.0.1".to_owned()),
+            ("PORT", http.to_string()),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = ratelimit(&env, dir.path());
+        // The readiness probe: GET /healthcheck on PORT; serving before the first version
+        // (FORCE_START_WITHOUT_INITIAL_CONFIG).
+        let health = format!("http://127.0.0.1:{http}/healthcheck");
+        let up = crate::common::eventually_async(Duration::from_secs(20), || async {
+            reqwest::get(&health).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        let log = || std::fs::read_to_string(dir.path().join("ratelimit.log")).unwrap();
+        assert!(up && child.try_wait().unwrap().is_none(), "{}", log());
+
+        let envoy = envoy(&pki, &proxy, grpc).await;
+        let port = envoy.port(10000);
+        assert_eq!(
+            get_as(port, "alice").await.status,
+            200,
+            "no limits before the first push"
+        );
+
+        let subscribed: DiscoveryRequest = ads.request(|r| r.node.is_some()).await;
+        assert_eq!(subscribed.node.unwrap().id, "envoy-ratelimit");
+        let nonce = ads.push("eg-1", &[policy(3)]);
+        ads.acked("eg-1", &nonce).await;
+
+        for remaining in ["2", "1", "0"] {
+            let a = get_as(port, "bob").await;
+            assert_eq!(a.status, 200);
+            assert_eq!(a.header("x-ratelimit-remaining"), Some(remaining));
+        }
+        let denied = get_as(port, "bob").await;
+        assert_eq!(denied.status, 429);
+        assert_eq!(denied.header("x-envoy-ratelimited"), Some("true"));
+        assert_eq!(get_as(port, "carol").await.status, 200, "per user");
+        assert!(
+            !redis.keys("tollgate:*").is_empty(),
+            "counted in REDIS_URL's Redis"
+        );
+
+        // A new version (the policy raised to 5): bob's count stays.
+        let nonce = ads.push("eg-2", &[policy(5)]);
+        ads.acked("eg-2", &nonce).await;
+        assert_eq!(get_as(port, "bob").await.status, 200);
+
+        // Health as Envoy Gateway's tooling asks it, over mutual TLS; metrics on
+        // PROMETHEUS_ADDR.
+        let channel = pki::tls_channel(
+            format!("127.0.0.1:{grpc}").parse().unwrap(),
+            &pki.path("ca.crt"),
+            Some(&proxy),
+        )
+        .await
+        .unwrap();
+        let serving = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "ratelimit".to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(serving, ServingStatus::Serving as i32);
+        let metrics = reqwest::get(format!("http://127.0.0.1:{prometheus}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics
+                .contains("tollgate_rate_limit_over_limit_hits_total{domain=\"default/eg/http\""),
+            "{metrics}"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = log();
+        assert!(log.contains("reference mode"), "{log}");
+        assert!(log.contains("PROMETHEUS_MAPPER_YAML"), "{log}");
+    }
+}

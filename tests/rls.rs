@@ -307,7 +307,8 @@ async fn a_settlement_gives_back_the_estimate_then_charges_the_usage(store: Back
     let r = s.call(reserving("s", "big", 1001)).await;
     assert_eq!(
         (r.overall_code, r.statuses[0].limit_remaining),
-        (OVER, 1000)
+        (OVER, 0),
+        "over: nothing left to this request, as the reference reports it"
     );
     assert_eq!(s.call(settling("s", "big", 10)).await.overall_code, OK);
     assert_eq!(spend(&mut s, "tenant", "s", 0).await, (OK, 990));
@@ -584,7 +585,15 @@ async fn hits_addend_descriptor_level_wins_and_zero_only_checks(store: Backend) 
     let mut huge = request("test", one("user", "other"));
     huge.descriptors[0].hits_addend = Some(UInt64Value { value: u64::MAX });
     let r = s.call(huge).await;
-    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OVER, 3));
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OVER, 0));
+    let mut check = request("test", one("user", "other"));
+    check.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
+    let r = s.call(check).await;
+    assert_eq!(
+        (r.overall_code, r.statuses[0].limit_remaining),
+        (OK, 3),
+        "the denied cost took nothing"
+    );
     s.stop().await;
 }
 
@@ -665,10 +674,18 @@ async fn shadow_mode_counts_but_never_denies(store: Backend) {
             },
         )
         .await;
-    for _ in 0..5 {
+    for _ in 0..3 {
         assert_eq!(
             s.call(request("test", one("user", "u"))).await.overall_code,
             OK
+        );
+    }
+    for _ in 0..2 {
+        let r = s.call(request("test", one("user", "u"))).await;
+        assert_eq!(
+            (codes(&r), r.statuses[0].limit_remaining),
+            ((OK, vec![OVER]), 0),
+            "as in the reference: the descriptor says OVER_LIMIT, the request passes"
         );
     }
     assert_eq!(

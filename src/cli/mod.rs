@@ -1,8 +1,12 @@
 //! The `tollgate` command line: `serve`, `validate` and `hash-key`.
 
+mod answers;
+mod reference;
 mod serve;
 mod store;
+mod tls;
 mod values;
+mod xds;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,8 +56,14 @@ enum Command {
     /// Loads and checks every configuration file first and exits with status 1 if any is
     /// invalid or a port is taken. While serving, configuration changes are picked up from the
     /// files (unless --no-watch), on SIGHUP and on POST /reload; an invalid change keeps the
-    /// last good configuration. SIGTERM or SIGINT stops accepting calls, lets in-flight calls
-    /// finish and exits 0.
+    /// last good configuration. With --xds-server the limits are pushed by an xDS management
+    /// server instead. SIGTERM or SIGINT stops accepting calls, lets in-flight calls finish and
+    /// exits 0.
+    ///
+    /// `tollgate serve` with no flag and no TOLLGATE_* variable (or the binary run as
+    /// `ratelimit`) reads envoyproxy/ratelimit's environment variables instead (GRPC_PORT,
+    /// CONFIG_TYPE, RUNTIME_ROOT, REDIS_URL, ...), with its defaults: fixed windows, every hit
+    /// counted. See the README's "Drop-in for envoyproxy/ratelimit".
     Serve(Box<ServeArgs>),
     /// Check configuration files without serving.
     ///
@@ -97,9 +107,30 @@ impl CompileArgs {
     }
 }
 
-/// Parses the command line and runs it.
+/// Parses the command line (or, in reference mode, the reference service's environment) and
+/// runs it.
 pub fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let env =
+        reference::Env::new(std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        }));
+    let invocation = match reference::invocation(
+        std::env::args_os().collect(),
+        &env,
+        &tollgate_variables(),
+    ) {
+        Ok(invocation) => invocation,
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("error: {error}");
+            }
+            eprintln!(
+                "error: the envoyproxy/ratelimit environment above cannot be served (reference mode: `tollgate serve` with no flag and no TOLLGATE_* variable)"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let matches = Cli::command().get_matches_from(&invocation.args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let telemetry =
         match telemetry::init(&cli.log_level, cli.log_format, cli.otlp_endpoint.as_deref()) {
@@ -109,6 +140,17 @@ pub fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+    if let Some(translation) = &invocation.reference {
+        let flags: Vec<String> = translation.flags.iter().map(|f| redacted(f)).collect();
+        // At warn: the reference's default log level.
+        tracing::warn!(
+            "reference mode: no tollgate flag and no TOLLGATE_* variable, so the envoyproxy/ratelimit environment is read, as `tollgate serve {}`",
+            flags.join(" ")
+        );
+        for warning in &translation.warnings {
+            tracing::warn!("{warning}");
+        }
+    }
     let code = match cli.command {
         Command::Validate(args) => validate(&args.path, &args.compile.options()),
         Command::HashKey => hash_key(),
@@ -129,6 +171,18 @@ pub fn main() -> ExitCode {
     };
     telemetry.flush();
     code
+}
+
+/// Every `TOLLGATE_*` variable a flag reads: with one set, the command line is tollgate's.
+fn tollgate_variables() -> Vec<String> {
+    let command = Cli::command();
+    let mut commands = vec![&command];
+    commands.extend(command.get_subcommands());
+    commands
+        .iter()
+        .flat_map(|command| command.get_arguments())
+        .filter_map(|arg| arg.get_env()?.to_str().map(str::to_owned))
+        .collect()
 }
 
 fn hash_key() -> ExitCode {

@@ -9,21 +9,31 @@ use std::time::Duration;
 use clap::{ArgMatches, Args};
 
 use super::CompileArgs;
+use super::answers::AnswerArgs;
 use super::store::StoreArgs;
+use super::tls::GrpcTlsArgs;
 use super::values::{parse_addr, parse_interval, parse_ratio, parse_seconds, redacted};
+use super::xds::XdsArgs;
 use crate::app::{self, StoreConfig};
 use crate::clock::SystemClock;
 use crate::decision::Settings;
 use crate::metrics::MetricsOptions;
-use crate::reload::{Reloader, Trigger};
-use crate::server::{Limits, ServerOptions};
+use crate::reload::{Reloader, Source, Trigger};
+use crate::server::{Limits, MetricsPort, ServerOptions};
 use crate::snapshot::SnapshotOptions;
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
-    /// A YAML file, or a directory of *.yaml / *.yml files (one domain per file).
-    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "PATH")]
-    config: PathBuf,
+    /// A YAML file, or a directory of *.yaml / *.yml files (one domain per file); or the
+    /// limits come over xDS (--xds-server).
+    #[arg(
+        long,
+        env = "TOLLGATE_CONFIG",
+        value_name = "PATH",
+        required_unless_present = "xds_server",
+        conflicts_with = "xds_server"
+    )]
+    config: Option<PathBuf>,
     /// Address of the gRPC port Envoy calls: RateLimitService, Authorization (ext_authz) and
     /// grpc.health.v1. A host name is resolved at startup.
     #[arg(
@@ -44,11 +54,29 @@ pub(super) struct ServeArgs {
         value_parser = parse_addr
     )]
     http_addr: SocketAddr,
+    /// Also serve GET /metrics on a port of its own (as the reference's PROMETHEUS_ADDR), for
+    /// scrapers that must not reach the admin port.
+    #[arg(long, env = "TOLLGATE_METRICS_ADDR", value_name = "HOST:PORT", value_parser = parse_addr)]
+    metrics_addr: Option<SocketAddr>,
+    /// The path of --metrics-addr's metrics.
+    #[arg(
+        long,
+        env = "TOLLGATE_METRICS_PATH",
+        value_name = "PATH",
+        default_value = "/metrics",
+        requires = "metrics_addr"
+    )]
+    metrics_path: String,
     #[command(flatten)]
     compile: CompileArgs,
-    /// Count and report every limit but never deny (global shadow mode).
+    /// Count and report every limit but never deny (global shadow mode): an over-limit
+    /// descriptor still reports OVER_LIMIT, the request's overall code stays OK.
     #[arg(long, env = "TOLLGATE_SHADOW_MODE")]
     shadow_mode: bool,
+    /// Every limit is a quota-mode limit (global quota mode): a request is denied only when
+    /// all of its limits are over.
+    #[arg(long, env = "TOLLGATE_QUOTA_MODE")]
+    quota_mode: bool,
     /// How long a reservation (`tollgate.reserve`) is held waiting for its settlement; past it,
     /// its units stay spent (set it above your longest response).
     #[arg(long, env = "TOLLGATE_RESERVATION_TTL", value_name = "DURATION", default_value = "10m",
@@ -102,6 +130,14 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", value_name = "DURATION", default_value = "10s",
           value_parser = parse_interval)]
     sweep_interval: Duration,
+    // Groups with a help heading of their own come last: a heading applies to every argument
+    // after it.
+    #[command(flatten)]
+    xds: XdsArgs,
+    #[command(flatten)]
+    grpc_tls: GrpcTlsArgs,
+    #[command(flatten)]
+    answers: AnswerArgs,
 }
 
 /// What a client may hold of the ports (see the README's security section).
@@ -169,17 +205,28 @@ impl LimitArgs {
 pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
     let hangups = catch_hangups();
     let compile = args.compile.options();
-    let store = match args.store.config(given) {
-        Ok(store) => store,
+    let checked = args.store.config(given).and_then(|store| {
+        let limits = match (args.xds.options()?, &args.config) {
+            (Some(xds), _) => Source::Xds(Box::new(xds)),
+            (None, Some(path)) => Source::Files(path.clone()),
+            // clap requires one of them.
+            (None, None) => return Err("--config or --xds-server is required".to_owned()),
+        };
+        Ok((store, limits, args.answers.answers()?))
+    });
+    let (store, limits, answers) = match checked {
+        Ok(checked) => checked,
         Err(error) => {
             tracing::error!("{error}");
             return ExitCode::FAILURE;
         }
     };
+    let described = describe(&limits);
     let config = app::Config {
-        limits: args.config.clone(),
+        limits,
         settings: Settings {
             shadow_mode: args.shadow_mode,
+            quota_mode: args.quota_mode,
             compile,
             reservation_ttl: args.reservation_ttl,
         },
@@ -187,7 +234,13 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
         store: store.clone(),
         server: ServerOptions {
             grpc_addr: args.grpc_addr,
+            grpc_tls: args.grpc_tls.files(),
             http_addr: args.http_addr,
+            metrics_port: args.metrics_addr.map(|addr| MetricsPort {
+                addr,
+                path: args.metrics_path.clone(),
+            }),
+            answers,
             sweep_interval: args.sweep_interval,
             watch: !args.no_watch,
             drain_timeout: args.drain_timeout,
@@ -209,7 +262,7 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
             for error in &errors.0 {
                 tracing::error!("{error}");
             }
-            tracing::error!(path = %args.config.display(), "invalid configuration: not serving");
+            tracing::error!(limits = %described, "invalid configuration: not serving");
             return ExitCode::FAILURE;
         }
         Err(error) => {
@@ -237,11 +290,15 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
             );
         }
     }
-    tracing::info!(version = %reloader.status().version, "configuration in force");
-    tokio::spawn(reload_on_sighup(reloader, hangups));
+    if let Source::Files(_) = reloader.source() {
+        tracing::info!(version = %reloader.status().version, "configuration in force");
+        tokio::spawn(reload_on_sighup(reloader, hangups));
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        limits = %described,
         grpc = %args.grpc_addr,
+        grpc_tls = args.grpc_tls.files().map_or("off", |tls| if tls.client_ca.is_some() { "mutual" } else { "on" }),
         http = %args.http_addr,
         services = "envoy.service.ratelimit.v3.RateLimitService, envoy.service.auth.v3.Authorization, grpc.health.v1.Health",
         "tollgate serving"
@@ -255,6 +312,14 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
             tracing::error!("{error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where the limits come from, for the logs.
+fn describe(limits: &Source) -> String {
+    match limits {
+        Source::Files(path) => path.display().to_string(),
+        Source::Xds(xds) => format!("xDS {} as node {}", xds.server, xds.node_id),
     }
 }
 

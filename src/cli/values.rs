@@ -55,13 +55,27 @@ pub(super) fn parse_ratio(text: &str) -> Result<f64, String> {
     }
 }
 
-/// `url` without its password, for logs and errors.
+/// `url` without its password (user information, or a `pass=` query parameter as in
+/// `redis+unix://` URLs), for logs and errors.
 pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}***{}", &url[..scheme + 3], &url[at..])
         }
         _ => url.to_owned(),
+    };
+    match url.split_once('?') {
+        Some((base, query)) if url.contains("://") => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some(("pass", _)) => "pass=***".to_owned(),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        _ => url,
     }
 }
 
@@ -95,5 +109,9 @@ mod tests {
             "redis://***@host:6379/0"
         );
         assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?user=u&pass=secret"),
+            "redis+unix:///run/redis.sock?user=u&pass=***"
+        );
     }
 }

@@ -31,8 +31,12 @@ use reservation::{Read, Wanted};
 /// Server-wide decision settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// Treat every limit as shadow mode: count, never deny.
+    /// Global shadow mode: count, never deny. As in the reference, each over-limit
+    /// descriptor still reports OVER_LIMIT; only the overall code stays OK.
     pub shadow_mode: bool,
+    /// Global quota mode: every limit is a quota-mode limit (a request is denied only when
+    /// all its limits are over).
+    pub quota_mode: bool,
     /// How limits compile: those of the files, and those Envoy sends in `descriptor.limit`.
     pub compile: config::Options,
     /// How long a reservation is held unsettled (`--reservation-ttl`).
@@ -216,7 +220,7 @@ impl Limiter {
         let rule = limit.rule();
         Role {
             denies: !self.settings.shadow_mode && !rule.is_some_and(|r| r.shadow_mode),
-            quota_mode: rule.is_some_and(|r| r.quota_mode),
+            quota_mode: self.settings.quota_mode || rule.is_some_and(|r| r.quota_mode),
         }
     }
 }
@@ -230,7 +234,14 @@ fn status(limit: &Limit<'_>, claim: &Claim, outcome: &Outcome, denied: bool) -> 
     } = outcome;
     let hit = &claim.hit;
     let denies = !verdict.allowed && claim.role.denies;
-    let code = if denies { Code::OverLimit } else { Code::Ok };
+    // Only a limit's own shadow mode hides its being over: global shadow mode keeps the code,
+    // and spares the request by never denying it.
+    let own_shadow = limit.rule().is_some_and(|rule| rule.shadow_mode);
+    let code = if !verdict.allowed && !own_shadow {
+        Code::OverLimit
+    } else {
+        Code::Ok
+    };
     let capacity = hit.quota.burst();
     let mut used_after = u64::from(capacity).saturating_sub(verdict.remaining);
     if *refunded {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use crate::algorithm::Verdict;
-use crate::clock::Nanos;
-use crate::quota::{Quota, Unit};
+use crate::clock::{NANOS_PER_SEC, Nanos};
+use crate::quota::{Algorithm, Quota, Unit};
 use crate::rule::Rule;
 
 /// Allowed or over the limit.
@@ -72,9 +72,11 @@ pub struct DescriptorStatus {
     pub code: Code,
     /// The limit applied, if any (none for no match and for unlimited).
     pub limit: Option<ReportedLimit>,
-    /// Requests left now; `u32::MAX` for unlimited.
+    /// Requests left now: 0 once over the limit (as the reference reports it); `u32::MAX` for
+    /// unlimited.
     pub remaining: u32,
-    /// Time until the limit is whole again, when there is a limit.
+    /// Time until the limit is whole again, when there is a limit; for a fixed window, whole
+    /// seconds until it ends, as the reference reports its windows.
     pub reset_after: Option<Nanos>,
     /// For a denial that can succeed later, how long to wait.
     pub retry_after: Option<Nanos>,
@@ -130,6 +132,11 @@ impl DescriptorStatus {
         verdict: &Verdict,
         usage: Usage,
     ) -> Self {
+        let reset_after = match quota.algorithm() {
+            // The window ends on a whole second (windows are aligned to the epoch).
+            Algorithm::FixedWindow => verdict.reset_after.div_ceil(NANOS_PER_SEC) * NANOS_PER_SEC,
+            _ => verdict.reset_after,
+        };
         Self {
             code,
             limit: Some(ReportedLimit {
@@ -137,8 +144,12 @@ impl DescriptorStatus {
                 requests_per_unit: quota.requests_per_unit(),
                 unit: quota.unit(),
             }),
-            remaining: u32::try_from(verdict.remaining).unwrap_or(u32::MAX),
-            reset_after: Some(verdict.reset_after),
+            remaining: if verdict.allowed {
+                u32::try_from(verdict.remaining).unwrap_or(u32::MAX)
+            } else {
+                0
+            },
+            reset_after: Some(reset_after),
             retry_after: if verdict.allowed {
                 None
             } else {

@@ -23,6 +23,7 @@ fn limiter() -> Limiter {
     let config = compile(&[file], &Options::default()).unwrap();
     let settings = Settings {
         shadow_mode: false,
+        quota_mode: false,
         compile: Options::default(),
         reservation_ttl: std::time::Duration::from_secs(600),
     };

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use super::{Shared, json};
 use crate::decision::Code;
 use crate::metrics::service::{CallCode, CallResult, Method};
-use crate::reload::{Outcome, Trigger};
+use crate::reload::{Outcome, Source, Trigger};
 use crate::rule::Policy;
 
 /// The admin routes.
@@ -27,6 +27,11 @@ pub fn router(shared: Shared) -> Router {
         .route("/rlconfig", get(rlconfig))
         .route("/metrics", get(metrics))
         .with_state(shared)
+}
+
+/// Only `GET {path}`: the metrics, for a port of their own.
+pub fn metrics_router(shared: Shared, path: &str) -> Router {
+    Router::new().route(path, get(metrics)).with_state(shared)
 }
 
 /// Every metric, as OpenMetrics text.
@@ -83,8 +88,17 @@ async fn decide_json(State(shared): State<Shared>, body: Bytes) -> Response {
 }
 
 /// Reloads now: 200 with the status when applied or unchanged, 422 with every problem when the
-/// files are invalid (the configuration in force is kept).
+/// files are invalid (the configuration in force is kept); 409 when the limits come over xDS
+/// (they change when the server pushes a version).
 async fn reload(State(Shared { reloader, .. }): State<Shared>) -> Response {
+    if let Source::Xds(xds) = reloader.source() {
+        let body = serde_json::json!({
+            "result": "not_files",
+            "message": format!("the limits come over xDS from {}: they change when it pushes a version", xds.server),
+            "status": reloader.status(),
+        });
+        return (StatusCode::CONFLICT, axum::Json(body)).into_response();
+    }
     match reloader.reload(Trigger::Http).await {
         Ok(outcome) => {
             let result = match outcome {

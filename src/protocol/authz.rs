@@ -7,7 +7,10 @@
 //! `deny_unlimited`; allowed → OK, adding `x-tenant-id` and `x-tenant-tier` upstream (and
 //! removing the key header when `strip_api_key`), and the RateLimit headers on the response.
 //! A request denied only by limits with `max_delay` is held until it conforms instead (at
-//! most that long), so callers are shaped rather than refused.
+//! most that long), so callers are shaped rather than refused. A recognised tenant's answer
+//! carries dynamic metadata (`tenant`, `tier`, and `total_limit`: the limit closest to running
+//! out as `{requests_per_unit, unit}`), which a rate limit rule can take as its limit
+//! (Envoy's `limit: {dynamic_metadata: …}`, Envoy Gateway's `limit.fromMetadata`).
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
@@ -22,7 +25,8 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descri
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use envoy_types::pb::google::protobuf::UInt64Value;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, UInt64Value, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -372,6 +376,9 @@ fn answer(
         Verdict::Limited(decision) => decision,
     };
     let headers = rate_limit_headers(&decision);
+    if let Some(tenant) = tenant {
+        response.dynamic_metadata = Some(tenant_metadata(tenant, &decision));
+    }
     if decision.overall == Code::OverLimit {
         denied
             .set_http_status(HttpStatusCode::TooManyRequests)
@@ -475,6 +482,42 @@ fn sanitized(bytes: &[u8]) -> String {
     text
 }
 
+/// The limit closest to running out (the one that denied, on a denial), with its name.
+fn binding(decision: &Decision) -> Option<(String, &DescriptorStatus)> {
+    limited(decision).min_by_key(|(_, s)| (s.code != Code::OverLimit, s.remaining))
+}
+
+/// What Envoy keeps of a tenant's check (namespace `envoy.filters.http.ext_authz`): `tenant`,
+/// `tier`, and `total_limit` as Envoy's rate limit `limit` override reads it
+/// (`requests_per_unit`, and `unit` by its enum name), for the limit closest to running out.
+fn tenant_metadata(tenant: &Tenant, decision: &Decision) -> Struct {
+    let text = |text: &str| Value {
+        kind: Some(Kind::StringValue(text.to_owned())),
+    };
+    let mut fields = HashMap::from([
+        ("tenant".to_owned(), text(&tenant.id)),
+        ("tier".to_owned(), text(&tenant.tier)),
+    ]);
+    if let Some(limit) = binding(decision).and_then(|(_, status)| status.limit.as_ref()) {
+        let total = Struct {
+            fields: HashMap::from([
+                (
+                    "requests_per_unit".to_owned(),
+                    Value {
+                        kind: Some(Kind::NumberValue(f64::from(limit.requests_per_unit))),
+                    },
+                ),
+                ("unit".to_owned(), text(&limit.unit.name().to_uppercase())),
+            ]),
+        };
+        let total = Value {
+            kind: Some(Kind::StructValue(total)),
+        };
+        fields.insert("total_limit".to_owned(), total);
+    }
+    Struct { fields }
+}
+
 /// `RateLimit-Policy` for every limit, and `RateLimit` plus `X-RateLimit-*` for the one
 /// closest to running out (the one that denied, on a denial).
 fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
@@ -488,8 +531,7 @@ fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
             ))
         })
         .collect();
-    let binding = limited(decision).min_by_key(|(_, s)| (s.code != Code::OverLimit, s.remaining));
-    let Some((name, status)) = binding else {
+    let Some((name, status)) = binding(decision) else {
         return Vec::new();
     };
     let reset = secs(status.reset_after.unwrap_or_default());

@@ -2,6 +2,7 @@
 //! port (health, JSON, reload, metrics, `/rlqs`).
 
 pub mod admin;
+pub mod answers;
 pub mod authz;
 pub mod json;
 pub mod rlqs;
@@ -28,9 +29,21 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Unknown domains already warned about.
     pub unknown: Arc<UnknownDomains>,
+    /// What rate limit answers carry beyond their statuses.
+    pub answers: Arc<answers::Answers>,
 }
 
 impl Shared {
+    /// Handlers on `reloader`'s limiter, counting in `metrics`, answering as `answers` says.
+    pub fn new(reloader: Arc<Reloader>, metrics: Arc<Metrics>, answers: answers::Answers) -> Self {
+        Self {
+            reloader,
+            metrics,
+            unknown: Default::default(),
+            answers: Arc::new(answers),
+        }
+    }
+
     /// Decides `request` for a caller that waits at most `budget`, and counts it in the
     /// metrics.
     pub async fn decide(

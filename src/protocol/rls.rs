@@ -54,7 +54,18 @@ impl RateLimitService for RateLimitGrpc {
         let decided = self.shared.decide(&request, budget).instrument(span).await;
         self.shared.count_decided(Method::ShouldRateLimit, &decided);
         match decided {
-            Ok(decision) => Ok(Response::new(to_proto(&decision))),
+            Ok(decision) => {
+                let mut response = to_proto(&decision);
+                let answers = &self.shared.answers;
+                if let Some(names) = &answers.headers {
+                    response.response_headers_to_add = names.headers(&decision);
+                }
+                if answers.dynamic_metadata {
+                    let metadata = super::answers::dynamic_metadata(&request, &decision);
+                    response.dynamic_metadata = Some(metadata);
+                }
+                Ok(Response::new(response))
+            }
             Err(error) => {
                 tracing::debug!(domain = %request.domain, %error, "rate limit request not decided");
                 Err(super::grpc_status(&error))

@@ -1,9 +1,10 @@
 //! Operations: reloading the configuration while serving.
 //!
-//! Every trigger (file watcher, SIGHUP, `POST /reload`) goes through one [`Reloader`], which
-//! reads and compiles off the hot path, then publishes the new configuration atomically. A
-//! configuration that fails to load changes nothing: the last good one stays in force, the
-//! error is logged and kept for `GET /config`, and the next valid change recovers by itself.
+//! Every trigger (file watcher, SIGHUP, `POST /reload`, a version pushed over xDS) goes through
+//! one [`Reloader`], which compiles off the hot path, then publishes the new configuration
+//! atomically. A configuration that fails to load changes nothing: the last good one stays in
+//! force, the error is logged and kept for `GET /config`, and the next valid change recovers by
+//! itself.
 
 pub mod status;
 pub mod watch;
@@ -15,9 +16,12 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{self, ConfigError, ConfigErrors, Options, RateLimitConfig, source};
+use crate::config::{
+    self, ConfigError, ConfigErrors, Options, RateLimitConfig, source, source::SourceFile,
+};
 use crate::decision::Limiter;
-pub use status::{FailedReload, ReloadStatus};
+use crate::xds::XdsOptions;
+pub use status::{FailedReload, ReloadStatus, XdsStatus};
 
 /// What asked for a (re)load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +34,8 @@ pub enum Trigger {
     Signal,
     /// `POST /reload`.
     Http,
+    /// A version pushed by the xDS management server.
+    Xds,
 }
 
 impl fmt::Display for Trigger {
@@ -39,7 +45,35 @@ impl fmt::Display for Trigger {
             Trigger::Watch => "file change",
             Trigger::Signal => "SIGHUP",
             Trigger::Http => "POST /reload",
+            Trigger::Xds => "xDS push",
         })
+    }
+}
+
+/// Where the limits come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A YAML file or a directory of them, read at start and again on each reload.
+    Files(PathBuf),
+    /// Versions pushed by an xDS management server; none is in force until the first arrives.
+    Xds(Box<XdsOptions>),
+}
+
+impl From<PathBuf> for Source {
+    fn from(path: PathBuf) -> Self {
+        Source::Files(path)
+    }
+}
+
+impl From<&Path> for Source {
+    fn from(path: &Path) -> Self {
+        Source::Files(path.to_path_buf())
+    }
+}
+
+impl From<&str> for Source {
+    fn from(path: &str) -> Self {
+        Source::Files(PathBuf::from(path))
     }
 }
 
@@ -50,13 +84,18 @@ pub struct Loaded {
     pub config: RateLimitConfig,
     /// `sha256:` of the file names and contents: equal versions mean equal input.
     pub version: String,
-    /// The files read.
+    /// The files read (for xDS, `xds:` and each resource's name).
     pub files: Vec<PathBuf>,
 }
 
 /// Reads and compiles the configuration at `path` (blocking file I/O).
 pub fn load(path: &Path, options: &Options) -> Result<Loaded, ConfigErrors> {
     let files = source::read(path).map_err(|e| ConfigErrors(vec![e]))?;
+    compile(files, options)
+}
+
+/// Compiles configuration sources, wherever they were read from, through the one pipeline.
+pub fn compile(files: Vec<SourceFile>, options: &Options) -> Result<Loaded, ConfigErrors> {
     let mut digest = Sha256::new();
     for file in &files {
         let name = file.path.file_name().unwrap_or_default().to_string_lossy();
@@ -83,33 +122,53 @@ pub enum Outcome {
     Unchanged,
 }
 
-/// Reloads the configuration at one path into a [`Limiter`].
+/// Reloads the configuration from its [`Source`] into a [`Limiter`].
 #[derive(Debug)]
 pub struct Reloader {
-    path: PathBuf,
+    source: Source,
     options: Options,
     limiter: Arc<Limiter>,
     status: Mutex<ReloadStatus>,
+    /// Whether any configuration has been loaded (an xDS source starts without).
+    loaded: tokio::sync::watch::Sender<bool>,
     /// One reload at a time, so triggers never interleave.
     serial: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
-    /// Loads the configuration at `path` and builds the limiter on it with `build`.
+    /// Loads the configuration from `source` and builds the limiter on it with `build`. An
+    /// xDS source starts with no limits, until its server pushes a version.
     pub fn start(
-        path: &Path,
+        source: impl Into<Source>,
         options: Options,
         build: impl FnOnce(RateLimitConfig) -> Limiter,
     ) -> Result<Self, ConfigErrors> {
-        let loaded = load(path, &options)?;
-        let status = ReloadStatus::loaded(&loaded, Trigger::Startup, SystemTime::now());
+        let source = source.into();
+        let (config, status) = match &source {
+            Source::Files(path) => {
+                let loaded = load(path, &options)?;
+                let status = ReloadStatus::loaded(&loaded, Trigger::Startup, SystemTime::now());
+                (loaded.config, status)
+            }
+            Source::Xds(xds) => (RateLimitConfig::default(), ReloadStatus::awaiting(xds)),
+        };
+        let (loaded, _) = tokio::sync::watch::channel(status.loads > 0);
         Ok(Self {
-            path: path.to_path_buf(),
+            source,
             options,
-            limiter: Arc::new(build(loaded.config)),
+            limiter: Arc::new(build(config)),
             status: Mutex::new(status),
+            loaded,
             serial: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Resolves once a configuration is in force (at once for files; for xDS, when the first
+    /// valid version has been applied).
+    pub async fn first_loaded(&self) {
+        let mut loaded = self.loaded.subscribe();
+        // The sender lives as long as `self`.
+        let _ = loaded.wait_for(|loaded| *loaded).await;
     }
 
     /// The limiter this reloader feeds.
@@ -117,9 +176,14 @@ impl Reloader {
         &self.limiter
     }
 
-    /// The watched path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the limits come from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// How sources compile.
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     /// The version in force and the last reload's result.
@@ -139,22 +203,56 @@ impl Reloader {
             == version
     }
 
+    /// Changes what `GET /config` shows of the xDS subscription (nothing without one).
+    pub fn update_xds(&self, change: impl FnOnce(&mut XdsStatus)) {
+        self.update_status(|status| {
+            if let Some(xds) = &mut status.xds {
+                change(xds);
+            }
+        });
+    }
+
     fn update_status(&self, change: impl FnOnce(&mut ReloadStatus)) {
         change(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// Reloads now. On error the configuration in force is kept.
+    /// Re-reads the files now. On error the configuration in force is kept. Limits pushed
+    /// over xDS have nothing to re-read: they change when the server pushes a version.
     pub async fn reload(&self, trigger: Trigger) -> Result<Outcome, ConfigErrors> {
+        let Source::Files(path) = &self.source else {
+            return Ok(Outcome::Unchanged);
+        };
         let _one_at_a_time = self.serial.lock().await;
-        let (path, options) = (self.path.clone(), self.options);
+        let (path, options) = (path.clone(), self.options);
+        let at = path.clone();
         let loaded = tokio::task::spawn_blocking(move || load(&path, &options))
             .await
             .unwrap_or_else(|join| {
                 Err(ConfigErrors(vec![ConfigError::file(
-                    &self.path,
+                    &at,
                     format!("reload task failed: {join}"),
                 )]))
             });
+        self.put_in_force(loaded, trigger).await
+    }
+
+    /// Puts a configuration compiled elsewhere (with [`compile`]) in force, as a reload of
+    /// the files would; on error the configuration in force is kept and the error recorded.
+    pub async fn apply(
+        &self,
+        loaded: Result<Loaded, ConfigErrors>,
+        trigger: Trigger,
+    ) -> Result<Outcome, ConfigErrors> {
+        let _one_at_a_time = self.serial.lock().await;
+        self.put_in_force(loaded, trigger).await
+    }
+
+    /// Swaps `loaded` in (unless it is the version in force), or records why it failed.
+    async fn put_in_force(
+        &self,
+        loaded: Result<Loaded, ConfigErrors>,
+        trigger: Trigger,
+    ) -> Result<Outcome, ConfigErrors> {
         let now = SystemTime::now();
         let was_failing = self.status().last_error.is_some();
         match loaded {
@@ -182,6 +280,7 @@ impl Reloader {
                     tracing::info!(%trigger, version = %next.version, domains = next.domains.len(), "configuration reloaded");
                 }
                 self.update_status(|s| *s = next.after(s));
+                self.loaded.send_replace(true);
                 Ok(Outcome::Applied)
             }
             Err(errors) => {

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::{Loaded, Trigger};
 use crate::config::ConfigErrors;
+use crate::xds::XdsOptions;
 
 /// The configuration in force and how it got there.
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +29,27 @@ pub struct ReloadStatus {
     pub failures: u64,
     /// The last reload's error, until a later reload succeeds or finds the files in force.
     pub last_error: Option<FailedReload>,
+    /// The xDS subscription, when the limits come from one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xds: Option<XdsStatus>,
+}
+
+/// An xDS subscription as `GET /config` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct XdsStatus {
+    /// The management server.
+    pub server: String,
+    /// The node id sent to it.
+    pub node_id: String,
+    /// Whether a stream to it is open now.
+    pub connected: bool,
+    /// The server's `version_info` of the configuration in force (ACKed); none yet before the
+    /// first valid version.
+    pub version_info: Option<String>,
+    /// Versions accepted (ACK) since start.
+    pub acks: u64,
+    /// Versions refused (NACK) since start; their errors are in `last_error`.
+    pub nacks: u64,
 }
 
 /// A reload that failed.
@@ -69,13 +91,38 @@ impl ReloadStatus {
             loads: 1,
             failures: 0,
             last_error: None,
+            xds: None,
         }
     }
 
-    /// This status, carrying the counters of `previous`.
+    /// The status before the first version arrives from the xDS server of `xds`.
+    pub fn awaiting(xds: &XdsOptions) -> Self {
+        Self {
+            version: String::new(),
+            loaded_at: String::new(),
+            loaded_at_unix: 0.0,
+            loaded_by: String::new(),
+            files: Vec::new(),
+            domains: Vec::new(),
+            loads: 0,
+            failures: 0,
+            last_error: None,
+            xds: Some(XdsStatus {
+                server: xds.server.to_string(),
+                node_id: xds.node_id.clone(),
+                connected: false,
+                version_info: None,
+                acks: 0,
+                nacks: 0,
+            }),
+        }
+    }
+
+    /// This status, carrying the counters and the xDS subscription of `previous`.
     pub fn after(mut self, previous: &ReloadStatus) -> Self {
         self.loads += previous.loads;
         self.failures = previous.failures;
+        self.xds.clone_from(&previous.xds);
         self
     }
 

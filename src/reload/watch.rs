@@ -118,9 +118,25 @@ pub fn watch(path: &Path) -> notify::Result<(ConfigWatch, mpsc::Receiver<()>)> {
 /// Reloads after each debounced batch of changes until `events` closes or `stop` resolves.
 pub async fn run(
     reloader: Arc<Reloader>,
+    watch: ConfigWatch,
+    events: mpsc::Receiver<()>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    on_changes(watch, events, stop, || {
+        let reloader = reloader.clone();
+        // Errors are logged and kept in the status by the reloader.
+        async move { drop(reloader.reload(Trigger::Watch).await) }
+    })
+    .await;
+}
+
+/// Calls `changed` after each debounced batch of changes until `events` closes or `stop`
+/// resolves, re-arming the watch first.
+pub async fn on_changes<F: std::future::Future<Output = ()>>(
     mut watch: ConfigWatch,
     mut events: mpsc::Receiver<()>,
     stop: impl std::future::Future<Output = ()>,
+    mut changed: impl FnMut() -> F,
 ) {
     tokio::pin!(stop);
     loop {
@@ -138,7 +154,6 @@ pub async fn run(
             }
         }
         watch.rearm();
-        // Errors are logged and kept in the status by the reloader.
-        let _ = reloader.reload(Trigger::Watch).await;
+        changed().await;
     }
 }

@@ -7,6 +7,7 @@
 
 mod connections;
 mod http;
+mod incoming;
 
 use std::future::Future;
 use std::io;
@@ -18,12 +19,14 @@ use tokio::net::TcpListener;
 
 use crate::decision::Limiter;
 use crate::metrics::{Metrics, MetricsOptions};
+use crate::protocol::answers::Answers;
 use crate::protocol::rlqs::{RateLimitQuotaGrpc, admin_router as rlqs_router};
 use crate::protocol::undecodable::UndecodableLayer;
 use crate::protocol::{Shared, admin, authz::AuthorizationGrpc, rls::RateLimitGrpc};
-use crate::reload::{Reloader, watch};
+use crate::reload::{Reloader, Source, watch};
 use crate::rlqs::{Rlqs, RlqsOptions};
 use crate::snapshot::Snapshots;
+use crate::tls::{ServerTls, ServerTlsFiles, TlsFileError};
 
 /// A failure to start or to keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -52,15 +55,25 @@ pub enum ServeError {
         /// Why.
         source: notify::Error,
     },
+    /// A TLS file of the gRPC port cannot be used.
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] TlsFileError),
 }
 
 /// Where to listen and how often to sweep idle buckets.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// gRPC (Envoy) address.
     pub grpc_addr: SocketAddr,
+    /// TLS on the gRPC port (mutual with a client CA); clear text without.
+    pub grpc_tls: Option<ServerTlsFiles>,
     /// HTTP admin address.
     pub http_addr: SocketAddr,
+    /// A port of its own for `GET /metrics` (as the reference's `PROMETHEUS_ADDR`), besides
+    /// the admin port's.
+    pub metrics_port: Option<MetricsPort>,
+    /// What rate limit answers carry beyond their statuses.
+    pub answers: Answers,
     /// Time between sweeps of idle buckets.
     pub sweep_interval: Duration,
     /// Reload when the configuration files change.
@@ -71,6 +84,15 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// What a client may hold of either port.
     pub limits: Limits,
+}
+
+/// A port that serves only the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsPort {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The path metrics are served at (`/metrics`).
+    pub path: String,
 }
 
 /// How often an HTTP/2 connection is pinged; a ping unanswered within the handshake timeout
@@ -116,7 +138,9 @@ impl Default for Limits {
 pub struct Server {
     reloader: Arc<Reloader>,
     grpc: TcpListener,
+    grpc_tls: Option<Arc<ServerTls>>,
     http: TcpListener,
+    metrics: Option<(TcpListener, String)>,
     options: ServerOptions,
     snapshots: Option<Snapshots>,
 }
@@ -128,11 +152,21 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 }
 
 impl Server {
-    /// Binds both ports.
+    /// Reads the gRPC port's TLS files and binds the ports.
     pub async fn bind(reloader: Arc<Reloader>, options: ServerOptions) -> Result<Self, ServeError> {
+        let grpc_tls = match &options.grpc_tls {
+            Some(files) => Some(Arc::new(ServerTls::load(files.clone())?)),
+            None => None,
+        };
+        let metrics = match &options.metrics_port {
+            Some(port) => Some((bind("metrics", port.addr).await?, port.path.clone())),
+            None => None,
+        };
         Ok(Self {
             grpc: bind("gRPC", options.grpc_addr).await?,
+            grpc_tls,
             http: bind("HTTP", options.http_addr).await?,
+            metrics,
             reloader,
             options,
             snapshots: None,
@@ -155,6 +189,13 @@ impl Server {
         self.http.local_addr()
     }
 
+    /// The bound metrics address, with a metrics port.
+    pub fn metrics_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.metrics
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr())
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight calls finish
     /// and returns.
     pub async fn serve(
@@ -162,11 +203,8 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let limiter = self.reloader.limiter().clone();
-        let shared = Shared {
-            metrics: Arc::new(Metrics::new(self.reloader.clone(), self.options.metrics)),
-            reloader: self.reloader.clone(),
-            unknown: Default::default(),
-        };
+        let metrics = Arc::new(Metrics::new(self.reloader.clone(), self.options.metrics));
+        let shared = Shared::new(self.reloader.clone(), metrics, self.options.answers.clone());
         let rlqs = Arc::new(Rlqs::new(
             self.reloader.clone(),
             shared.metrics.rlqs.clone(),
@@ -174,22 +212,38 @@ impl Server {
         ));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let deadline_rx = stop_rx.clone();
-        if self.options.watch {
-            let path = self.reloader.path();
-            let (watch, events) = watch::watch(path).map_err(|source| ServeError::Watch {
-                path: path.display().to_string(),
-                source,
-            })?;
-            tokio::spawn(watch::run(
-                self.reloader.clone(),
-                watch,
-                events,
-                stopped(stop_rx.clone()),
-            ));
+        match self.reloader.source() {
+            Source::Files(path) if self.options.watch => {
+                let (watch, events) = watch::watch(path).map_err(|source| ServeError::Watch {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                tokio::spawn(watch::run(
+                    self.reloader.clone(),
+                    watch,
+                    events,
+                    stopped(stop_rx.clone()),
+                ));
+            }
+            Source::Files(_) => {}
+            Source::Xds(xds) => {
+                tokio::spawn(crate::xds::run(
+                    self.reloader.clone(),
+                    (**xds).clone(),
+                    stopped(stop_rx.clone()),
+                ));
+            }
+        }
+        if let Some(tls) = &self.grpc_tls {
+            watch_tls(tls, &stop_rx)?;
         }
         let (health, health_service) = tonic_health::server::health_reporter();
         type Rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RateLimitGrpc>;
         health.set_serving::<Rls>().await;
+        // The reference service's name, which Envoy Gateway's health checks ask for.
+        health
+            .set_service_status(REFERENCE_HEALTH_NAME, tonic_health::ServingStatus::Serving)
+            .await;
 
         let expiring = rlqs.clone();
         tokio::spawn(async move {
@@ -198,17 +252,32 @@ impl Server {
             expiring.shutdown();
             tracing::info!("shutting down: draining in-flight calls");
             health.set_not_serving::<Rls>().await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+            for service in ["", REFERENCE_HEALTH_NAME] {
+                health
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             // Dropping the statuses ends open Health/Watch streams, which would otherwise keep
             // their connections, and the drain, open forever.
             let mut health = health;
-            for service in ["", <Rls as tonic::server::NamedService>::NAME] {
+            for service in [
+                "",
+                REFERENCE_HEALTH_NAME,
+                <Rls as tonic::server::NamedService>::NAME,
+            ] {
                 health.clear_service_status(service).await;
             }
             let _ = stop_tx.send(true);
         });
+        if let Source::Xds(xds) = self.reloader.source() {
+            if !xds.start_without_config {
+                tracing::info!(server = %xds.server, "waiting for the first valid configuration from the xDS server before serving");
+                tokio::select! {
+                    () = self.reloader.first_loaded() => {}
+                    () = stopped(stop_rx.clone()) => {}
+                }
+            }
+        }
 
         let snapshotter = self.snapshots.clone().map(|snapshots| {
             tokio::spawn(snapshots.run(limiter.clone(), stopped(stop_rx.clone())))
@@ -222,21 +291,13 @@ impl Server {
 
         let limits = self.options.limits;
         let gate = connections::Gate::new(limits.grpc_connections, limits.handshake_timeout);
-        // Accepted sockets get TCP_NODELAY here: the builder's setting only reaches listeners it
-        // binds itself, and Nagle + delayed ACKs stall answers ~40 ms. A connection past the cap
-        // is closed at once.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
-        let incoming = futures_util::StreamExt::filter_map(incoming, move |accepted| {
-            let admitted = match accepted {
-                Ok(stream) => gate.admit(stream).map(Ok).or_else(|| {
-                    tracing::debug!("gRPC port full: connection closed");
-                    None
-                }),
-                Err(error) => Some(Err(error)),
-            };
-            std::future::ready(admitted)
-        });
+        let incoming = incoming::accept(
+            self.grpc,
+            gate,
+            self.grpc_tls.clone(),
+            limits.handshake_timeout,
+            stopped(stop_rx.clone()),
+        );
         let bytes = limits.grpc_message_bytes;
         let grpc = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -266,12 +327,26 @@ impl Server {
             max_connections: limits.admin_connections,
             request_timeout: limits.admin_request_timeout,
         };
+        let metrics_port = self.metrics.map(|(listener, path)| {
+            let router = admin::metrics_router(shared.clone(), &path);
+            http::serve(listener, router, http_limits, stopped(stop_rx.clone()))
+        });
+        let metrics_port = async move {
+            match metrics_port {
+                Some(serving) => serving.await,
+                None => Ok(()),
+            }
+        };
         let http = http::serve(
             self.http,
             admin::router(shared).merge(rlqs_router(rlqs)),
             http_limits,
             stopped(stop_rx),
         );
+        let http = async move {
+            let (admin, metrics) = tokio::join!(http, metrics_port);
+            admin.and(metrics)
+        };
         let drain = self.options.drain_timeout;
         let deadline = async move {
             stopped(deadline_rx).await;
@@ -299,6 +374,42 @@ impl Server {
         grpc?;
         http
     }
+}
+
+/// The service name the reference service's gRPC health answers for, besides `""`.
+pub const REFERENCE_HEALTH_NAME: &str = "ratelimit";
+
+/// Re-reads the gRPC port's TLS files whenever one changes (a renewal), until a stop: new
+/// connections get the new certificate; a file that cannot be used keeps the one in force.
+fn watch_tls(
+    tls: &Arc<ServerTls>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    for path in tls.files().paths() {
+        let (watch, events) = watch::watch(path).map_err(|source| ServeError::Watch {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let tls = tls.clone();
+        let changed = move || {
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %tls.files().cert.display(), "gRPC TLS files re-read: new connections use them")
+                }
+                Err(error) => tracing::error!(
+                    "gRPC TLS files changed but cannot be used, keeping the ones in force: {error}"
+                ),
+            }
+            std::future::ready(())
+        };
+        tokio::spawn(watch::on_changes(
+            watch,
+            events,
+            stopped(stop.clone()),
+            changed,
+        ));
+    }
+    Ok(())
 }
 
 /// Resolves once a stop has been signalled.

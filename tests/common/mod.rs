@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this helper
 
+pub mod ads;
+pub mod pki;
 pub mod process;
 pub mod redis;
 pub mod scrape;
@@ -23,10 +25,13 @@ use tollgate::clock::{ManualClock, NANOS_PER_SEC};
 use tollgate::config::{Options, RateLimitConfig};
 use tollgate::decision::{Limiter, Settings};
 use tollgate::metrics::MetricsOptions;
-use tollgate::reload::Reloader;
+use tollgate::protocol::answers::Answers;
+use tollgate::reload::{Reloader, Source};
 use tollgate::rule::Consistency;
 use tollgate::server::{Limits, ServerOptions};
 use tollgate::store::{FailurePolicy, Parts, RedisOptions, RedisStore, RedisTls};
+use tollgate::tls::ServerTlsFiles;
+use tollgate::xds::XdsOptions;
 
 /// Limits exercising every request semantic (rls.rs; redis.rs replays it against Redis).
 pub const SEMANTICS: &str = r#"
@@ -100,6 +105,14 @@ pub struct Setup {
     pub redis: Option<RedisSetup>,
     /// What clients may hold of the ports.
     pub limits: Limits,
+    /// `--quota-mode`: every limit in quota mode.
+    pub quota_mode: bool,
+    /// The limits come over xDS instead of from the configuration directory.
+    pub xds: Option<XdsOptions>,
+    /// TLS on the gRPC port (the test's own client is then not connected).
+    pub grpc_tls: Option<ServerTlsFiles>,
+    /// `--response-*`: what answers carry beyond their statuses.
+    pub answers: Answers,
 }
 
 /// The `--redis-*` flags of a server counting in Redis.
@@ -168,9 +181,13 @@ impl RedisSetup {
 /// The composition root's settings for `setup`, serving the limits at `limits`.
 pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
     app::Config {
-        limits,
+        limits: match &setup.xds {
+            Some(xds) => Source::Xds(Box::new(xds.clone())),
+            None => limits.into(),
+        },
         settings: Settings {
             shadow_mode: setup.shadow_mode,
+            quota_mode: setup.quota_mode,
             compile: Options {
                 count_denied: setup.count_denied,
                 ..Options::default()
@@ -184,7 +201,10 @@ pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
         },
         server: ServerOptions {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            grpc_tls: setup.grpc_tls.clone(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_port: None,
+            answers: setup.answers.clone(),
             sweep_interval: Duration::from_secs(3600),
             watch: setup.watch,
             drain_timeout: Duration::from_secs(5),
@@ -247,6 +267,10 @@ impl Default for Setup {
             single_file: false,
             redis: None,
             limits: Limits::default(),
+            quota_mode: false,
+            xds: None,
+            grpc_tls: None,
+            answers: Answers::default(),
         }
     }
 }
@@ -330,9 +354,14 @@ pub async fn start_at(tempdir: tempfile::TempDir, inside: &str, setup: Setup) ->
     let task = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
-    let client = RateLimitServiceClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap();
+    // Over TLS the test brings its own client; over xDS the server may wait for its first
+    // version before it serves.
+    let client = if setup.grpc_tls.is_some() || setup.xds.is_some() {
+        RateLimitServiceClient::new(endpoint.connect_lazy())
+    } else {
+        RateLimitServiceClient::new(endpoint.connect().await.unwrap())
+    };
     TestServer {
         grpc,
         http,
@@ -464,6 +493,22 @@ pub async fn eventually<F: FnMut() -> bool>(deadline: Duration, mut condition: F
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     condition()
+}
+
+/// Waits for the asynchronous `condition` to hold, polling, up to `deadline`.
+pub async fn eventually_async<F, C>(deadline: Duration, mut condition: C) -> bool
+where
+    C: FnMut() -> F,
+    F: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    while tokio::time::Instant::now() < end {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition().await
 }
 
 /// One descriptor with one entry.
