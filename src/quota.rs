@@ -266,6 +266,18 @@ pub enum QuotaError {
         /// Its unit.
         unit: Unit,
     },
+    /// `debt: true` where the algorithm counts nothing past the capacity.
+    #[error(
+        "debt: true has no room: {algorithm} counts at most {max} in all, and the limit is {capacity}"
+    )]
+    NoRoomForDebt {
+        /// The capacity.
+        capacity: u32,
+        /// The algorithm.
+        algorithm: Algorithm,
+        /// The most it counts.
+        max: u64,
+    },
     /// `burst` on a window algorithm.
     #[error("burst applies only to algorithm token_bucket")]
     BurstWithoutTokenBucket,
@@ -321,12 +333,25 @@ impl Quota {
         Ok(quota)
     }
 
-    /// [`QuotaError::DebtTooLarge`] unless capacity plus debt stays within `max`.
-    pub(crate) fn debt_within(&self, max: u64) -> Result<(), QuotaError> {
-        let capacity = match self.algorithm {
+    /// The debt `debt: true` gives when `max_debt` does not say: one full capacity, or as much
+    /// as the algorithm counts on top of the capacity when that is less (a sliding log of
+    /// 10 000 has none).
+    pub fn default_debt(&self) -> u32 {
+        let room = crate::algorithm::most_counted(self).saturating_sub(u64::from(self.capacity()));
+        u32::try_from(room).unwrap_or(u32::MAX).min(self.capacity())
+    }
+
+    /// What the bucket holds when full: `burst` for a token bucket, else the limit.
+    pub const fn capacity(&self) -> u32 {
+        match self.algorithm {
             Algorithm::TokenBucket => self.burst,
             _ => self.requests_per_unit,
-        };
+        }
+    }
+
+    /// [`QuotaError::DebtTooLarge`] unless capacity plus debt stays within `max`.
+    pub(crate) fn debt_within(&self, max: u64) -> Result<(), QuotaError> {
+        let capacity = self.capacity();
         if u64::from(capacity) + u64::from(self.debt) <= max {
             return Ok(());
         }

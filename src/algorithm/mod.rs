@@ -61,9 +61,25 @@ pub fn check(quota: &Quota) -> Result<(), QuotaError> {
     match quota.algorithm() {
         Algorithm::TokenBucket => token_bucket::check(quota),
         // The count is 32 bits of the state word.
-        Algorithm::FixedWindow => quota.debt_within(u64::from(u32::MAX)),
+        Algorithm::FixedWindow => quota.debt_within(most_counted(quota)),
         Algorithm::SlidingWindow => sliding_window::check(quota),
         Algorithm::SlidingLog => sliding_log::check(quota),
+    }
+}
+
+/// The most units `quota`'s algorithm counts exactly in one bucket, its capacity and any debt
+/// together: a token bucket what refills within 100 years, a fixed window 2^32 − 1 (its count is
+/// 32 bits of the state word), a sliding window what its 20-bit counts and the Redis script's
+/// 2^53 products allow, a sliding log its 10 000 timestamps.
+pub fn most_counted(quota: &Quota) -> u64 {
+    match quota.algorithm() {
+        Algorithm::TokenBucket => token_bucket::MAX_REFILL / token_bucket::token_nanos(quota),
+        Algorithm::FixedWindow => u64::from(u32::MAX),
+        Algorithm::SlidingWindow => {
+            let span = ((1u64 << 53) - 1) / sliding_window::unit_ms(quota).max(1);
+            u64::from(sliding_window::MAX_LIMIT).min(span)
+        }
+        Algorithm::SlidingLog => u64::from(sliding_log::MAX_LIMIT),
     }
 }
 

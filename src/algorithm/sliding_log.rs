@@ -26,7 +26,7 @@ pub fn check(quota: &Quota) -> Result<(), QuotaError> {
             max: MAX_LIMIT,
         });
     }
-    quota.debt_within(u64::from(MAX_LIMIT))
+    quota.debt_within(super::most_counted(quota))
 }
 
 /// The unit in milliseconds.

@@ -46,8 +46,7 @@ pub fn check(quota: &Quota) -> Result<(), QuotaError> {
             unit: quota.unit(),
         });
     }
-    let span = ((1u64 << 53) - 1) / unit_ms(quota).max(1);
-    quota.debt_within(u64::from(MAX_LIMIT).min(span))
+    quota.debt_within(super::most_counted(quota))
 }
 
 /// The window length in milliseconds.

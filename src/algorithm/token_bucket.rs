@@ -40,8 +40,7 @@ pub fn check(quota: &Quota) -> Result<(), QuotaError> {
             unit,
         });
     }
-    // Capacity and debt together refill within the same range.
-    quota.debt_within(MAX_REFILL / token_nanos(quota))
+    quota.debt_within(super::most_counted(quota))
 }
 
 /// Nanoseconds one token is worth: `unit / requests_per_unit`, rounded up, at least 1.

@@ -15,7 +15,7 @@ use super::source::SourceFile;
 use super::{Domain, Options, RateLimitConfig};
 use crate::calendar::Zone;
 use crate::matcher::{Level, Node, ValueMatch};
-use crate::quota::{Algorithm, Quota, Unit};
+use crate::quota::{Algorithm, Quota, QuotaError, Unit};
 use crate::rule::Consistency;
 use crate::rule::{KeyPart, Policy, Rule};
 
@@ -456,8 +456,22 @@ impl TreeBuilder<'_> {
                 None => Ok(quota),
             })
             .and_then(|quota| match debt {
-                // One full capacity, unless `max_debt` says otherwise.
-                Some(max) => quota.try_with_debt(max.unwrap_or(quota.burst())),
+                // `debt: true` asked for room the algorithm does not have (`--count-denied`
+                // asks too, but only for what there is).
+                Some(None)
+                    if spec.debt == Some(true)
+                        && quota.default_debt() == 0
+                        && quota.capacity() > 0 =>
+                {
+                    Err(QuotaError::NoRoomForDebt {
+                        capacity: quota.capacity(),
+                        algorithm: quota.algorithm(),
+                        max: crate::algorithm::most_counted(&quota),
+                    })
+                }
+                // One full capacity (or what the algorithm counts on top of it), unless
+                // `max_debt` says otherwise.
+                Some(max) => quota.try_with_debt(max.unwrap_or(quota.default_debt())),
                 None => Ok(quota),
             });
         match quota {

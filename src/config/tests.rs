@@ -330,7 +330,7 @@ fn rate_limit_errors() {
         ),
         (
             "      unit: minute\n      requests_per_unit: 10000\n      algorithm: sliding_log\n      debt: true\n",
-            "max_debt 10000 on top of 10000 is more than sliding_log counts exactly",
+            "debt: true has no room: sliding_log counts at most 10000 in all, and the limit is 10000",
         ),
         (
             "      unit: year\n      requests_per_unit: 1\n      burst: 1000\n",

@@ -130,7 +130,7 @@ pub fn limits<'a>(
             None,
         )
         .and_then(|quota| match options.count_denied {
-            true => quota.try_with_debt(quota.burst()),
+            true => quota.try_with_debt(quota.default_debt()),
             false => Ok(quota),
         })
         .map_err(|reason| RequestError::UnenforceableOverride { index, reason })?;
