@@ -203,7 +203,7 @@ fn what_cannot_be_served_stops_the_start_naming_the_variable() {
     for (env, words) in [
         (
             vec![("REDIS_TYPE", "sentinel".to_owned())],
-            vec!["REDIS_TYPE=sentinel", "not supported yet"],
+            vec!["REDIS_TYPE=sentinel needs REDIS_URL=<master name>,<sentinel host:port>"],
         ),
         (
             vec![

@@ -512,6 +512,14 @@ impl Translator<'_> {
                 per_second.join(", ")
             ));
         }
+        if self.env.differs("REDIS_SENTINEL_AUTH", "")
+            && !self
+                .env
+                .string("REDIS_TYPE", "SINGLE")
+                .eq_ignore_ascii_case("sentinel")
+        {
+            self.warn("REDIS_SENTINEL_AUTH is not used: REDIS_TYPE is not sentinel".to_owned());
+        }
         let memcache: Vec<&str> = self.env.starting_with("MEMCACHE_").collect();
         if !memcache.is_empty()
             && self
@@ -645,7 +653,6 @@ const UNSUPPORTED: &[(&str, &str, &str)] = &[
         "0",
         "tollgate serves at once and answers by the failure policy until Redis answers",
     ),
-    ("REDIS_SENTINEL_AUTH", "", "REDIS_TYPE is not sentinel"),
 ];
 
 /// `host:port`, bracketing an IPv6 host.

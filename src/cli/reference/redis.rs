@@ -1,21 +1,25 @@
 //! The reference's Redis variables as `--redis-*` flags.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
 use super::env::Env;
 
-/// `REDIS_TYPE=sentinel` is refused here, the one place to change once tollgate counts
-/// through Redis Sentinel.
-fn sentinel(_env: &Env) -> Result<Vec<String>, String> {
-    Err("REDIS_TYPE=sentinel: Redis Sentinel is not supported yet: point REDIS_URL at the master (REDIS_TYPE=single) or use a Redis Cluster (REDIS_TYPE=cluster)".to_owned())
-}
+/// What a URL's user and password may hold unencoded: the unreserved characters.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// The `--redis-*` flags for `REDIS_TYPE`, `REDIS_SOCKET_TYPE`, `REDIS_URL`, `REDIS_AUTH` and
-/// `REDIS_TLS*`.
+/// `REDIS_TLS*`. With `REDIS_TYPE=sentinel`, `REDIS_URL` is the master set's name, then the
+/// Sentinels' addresses (`mymaster,10.0.0.1:26379,10.0.0.2:26379`), as the reference reads it.
 pub(super) fn flags(env: &Env) -> Result<Vec<String>, String> {
     let kind = env.string("REDIS_TYPE", "SINGLE").to_ascii_lowercase();
-    let cluster = match kind.as_str() {
-        "single" => false,
-        "cluster" => true,
-        "sentinel" => return sentinel(env),
+    let (cluster, sentinel) = match kind.as_str() {
+        "single" => (false, false),
+        "cluster" => (true, false),
+        "sentinel" => (false, true),
         other => {
             return Err(format!(
                 "REDIS_TYPE={other}: expected single, cluster or sentinel"
@@ -24,9 +28,26 @@ pub(super) fn flags(env: &Env) -> Result<Vec<String>, String> {
     };
     let socket = env.string("REDIS_SOCKET_TYPE", "unix").to_ascii_lowercase();
     let tls = env.flag("REDIS_TLS", false)?;
-    let url = env.string("REDIS_URL", "/var/run/nutcracker/ratelimit.sock");
+    let given = env.string("REDIS_URL", "/var/run/nutcracker/ratelimit.sock");
+    let mut url = given.as_str();
     let auth = env.get("REDIS_AUTH").map(credentials);
     let mut flags = vec!["--store".to_owned(), "redis".to_owned()];
+    if sentinel {
+        let (master, sentinels) = url.split_once(',').unwrap_or((url, ""));
+        if master.trim().is_empty() || sentinels.trim().is_empty() {
+            return Err(format!(
+                "REDIS_TYPE=sentinel needs REDIS_URL=<master name>,<sentinel host:port>,..., not '{given}'"
+            ));
+        }
+        if env
+            .get("REDIS_SENTINEL_AUTH")
+            .is_some_and(|auth| Some(auth) != env.get("REDIS_AUTH"))
+        {
+            return Err("REDIS_SENTINEL_AUTH differs from REDIS_AUTH: tollgate authenticates to the Sentinels and the master with one password (REDIS_AUTH)".to_owned());
+        }
+        flags.extend(["--redis-sentinel".to_owned(), master.trim().to_owned()]);
+        url = sentinels;
+    }
     let urls: Vec<String> = match socket.as_str() {
         "tcp" => {
             let scheme = if tls { "rediss" } else { "redis" };
@@ -42,8 +63,8 @@ pub(super) fn flags(env: &Env) -> Result<Vec<String>, String> {
                 .map(|address| format!("{scheme}://{userinfo}{address}"))
                 .collect()
         }
-        "unix" if cluster => {
-            return Err("REDIS_TYPE=cluster needs REDIS_SOCKET_TYPE=tcp".to_owned());
+        "unix" if cluster || sentinel => {
+            return Err(format!("REDIS_TYPE={kind} needs REDIS_SOCKET_TYPE=tcp"));
         }
         "unix" if tls => return Err("REDIS_TLS=true needs REDIS_SOCKET_TYPE=tcp".to_owned()),
         "unix" => {
@@ -96,21 +117,9 @@ pub(super) fn flags(env: &Env) -> Result<Vec<String>, String> {
 
 /// `REDIS_AUTH`, `password` or `user:password`, each part percent-encoded for a URL.
 fn credentials(auth: &str) -> (Option<String>, String) {
+    let encode = |text: &str| utf8_percent_encode(text, UNRESERVED).to_string();
     match auth.split_once(':') {
         Some((user, password)) => (Some(encode(user)), encode(password)),
         None => (None, encode(auth)),
     }
-}
-
-/// `text` with every byte but the URL's unreserved ones percent-encoded.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
