@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 use super::Shared;
+use super::headers::{rate_limit_headers, retry_after_secs};
 use crate::authz::{Attributes, Tenant};
-use crate::clock::{NANOS_PER_SEC, saturating_nanos};
+use crate::clock::saturating_nanos;
 use crate::decision::{Code, Decision, DescriptorStatus, RequestError};
 use crate::metrics::service::{AuthzLabels, AuthzResult, CallCode, CallResult, Method};
 
@@ -414,28 +415,6 @@ fn challenge(key_header: &str) -> &'static str {
     }
 }
 
-/// Seconds, rounded up.
-fn secs(nanos: u64) -> u64 {
-    nanos.div_ceil(NANOS_PER_SEC)
-}
-
-/// The statuses that carry a limit, with a name for each.
-fn limited(decision: &Decision) -> impl Iterator<Item = (String, &DescriptorStatus)> {
-    decision
-        .statuses
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.limit.is_some())
-        .map(|(i, s)| {
-            let name = s
-                .limit
-                .as_ref()
-                .and_then(|l| l.name.as_deref())
-                .map_or_else(|| format!("limit-{i}"), str::to_owned);
-            (name, s)
-        })
-}
-
 /// The request's headers as one map, whichever way Envoy sent them: in `headers` (values
 /// of one name already joined), or, with `encode_raw_headers: true`, as a list in
 /// `header_map`, whose values of one name are joined here with `,` as Envoy would, and whose
@@ -473,48 +452,4 @@ fn sanitized(bytes: &[u8]) -> String {
         text.extend(chunk.invalid().iter().map(|_| '!'));
     }
     text
-}
-
-/// `RateLimit-Policy` for every limit, and `RateLimit` plus `X-RateLimit-*` for the one
-/// closest to running out (the one that denied, on a denial).
-fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
-    let policies: Vec<String> = limited(decision)
-        .filter_map(|(name, s)| {
-            let limit = s.limit.as_ref()?;
-            Some(format!(
-                "\"{name}\";q={};w={}",
-                limit.requests_per_unit,
-                limit.unit.seconds()
-            ))
-        })
-        .collect();
-    let binding = limited(decision).min_by_key(|(_, s)| (s.code != Code::OverLimit, s.remaining));
-    let Some((name, status)) = binding else {
-        return Vec::new();
-    };
-    let reset = secs(status.reset_after.unwrap_or_default());
-    let limit = status.limit.as_ref().map_or(0, |l| l.requests_per_unit);
-    vec![
-        ("ratelimit-policy", policies.join(", ")),
-        (
-            "ratelimit",
-            format!("\"{name}\";r={};t={reset}", status.remaining),
-        ),
-        ("x-ratelimit-limit", limit.to_string()),
-        ("x-ratelimit-remaining", status.remaining.to_string()),
-        ("x-ratelimit-reset", reset.to_string()),
-    ]
-}
-
-/// How long a denied caller should wait: the longest wait among the denying limits (a limit
-/// that can never admit the request says its reset).
-fn retry_after_secs(decision: &Decision) -> u64 {
-    decision
-        .statuses
-        .iter()
-        .filter(|s| s.code == Code::OverLimit)
-        .map(|s| secs(s.retry_after.or(s.reset_after).unwrap_or_default()))
-        .max()
-        .unwrap_or(1)
-        .max(1)
 }

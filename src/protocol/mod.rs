@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod headers;
 pub mod json;
 pub mod rlqs;
 pub mod rls;
