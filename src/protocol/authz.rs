@@ -163,9 +163,9 @@ impl Authorization for AuthorizationGrpc {
         };
         let path = http.path.split(['?', '#']).next().unwrap_or_default();
         let request_attributes = Attributes {
-            method: &http.method,
-            path,
-            host: &http.host,
+            method: Some(&http.method),
+            path: Some(path),
+            host: Some(&http.host),
             headers: &headers,
         };
         let descriptors = authz.descriptors(&tenant, &request_attributes);
