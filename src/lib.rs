@@ -16,6 +16,7 @@
 
 pub mod algorithm;
 pub mod app;
+pub mod atomic_file;
 pub mod authz;
 pub mod cli;
 pub mod clock;
@@ -32,3 +33,4 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+pub mod tenants;
