@@ -15,6 +15,7 @@
 //! - [`app`]: the composition root: settings in, a service out.
 
 pub mod algorithm;
+pub mod api;
 pub mod app;
 pub mod atomic_file;
 pub mod authz;
