@@ -295,13 +295,7 @@ mod tests {
         assert_eq!((image.version, image.tenants), (2, vec![second]));
         assert!(commit(&state, "acme", Some("r2"), None, Action::TenantDeleted).await);
         assert!(state.load().await.unwrap().tenants.is_empty());
-        let actions: Vec<Action> = state
-            .audit(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.action)
-            .collect();
+        let actions = crate::tenants::tests::actions(&state).await;
         assert_eq!(
             actions,
             [

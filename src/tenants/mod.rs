@@ -163,6 +163,13 @@ pub fn problem(record: &TenantRecord, config: &RateLimitConfig) -> Option<String
     })
 }
 
+impl Default for Tenants {
+    /// Runtime tenants in this process's memory only.
+    fn default() -> Self {
+        Self::new(Arc::new(LocalState::in_memory()))
+    }
+}
+
 impl Tenants {
     /// Runtime tenants kept in `state`; call [`Tenants::sync`] to read what it holds.
     pub fn new(state: Arc<dyn TenantState>) -> Self {

@@ -40,6 +40,12 @@ fn audit(id: &str, action: Action) -> AuditEntry {
     }
 }
 
+/// The actions of `state`'s audit log, newest first.
+pub(super) async fn actions(state: &dyn TenantState) -> Vec<Action> {
+    let entries = state.audit(usize::MAX).await.unwrap();
+    entries.iter().map(|entry| entry.action).collect()
+}
+
 /// Creates tenant `id` with `tier` and one key, returning the key.
 async fn create(tenants: &Tenants, id: &str, tier: &str) -> String {
     tenants
@@ -124,13 +130,7 @@ async fn a_change_made_from_a_stale_view_is_made_again_from_the_current_record()
     let record = one.view().get("saas", "initech").unwrap().clone();
     let names: Vec<&String> = record.labels.keys().collect();
     assert_eq!(names, ["first", "second"]);
-    let actions: Vec<Action> = one
-        .audit(10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.action)
-        .collect();
+    let actions = actions(&*one.state).await;
     assert_eq!(
         actions,
         [
