@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::{AdminTokens, ApiConfig, TokenError};
 use crate::clock::Clock;
 use crate::config::{self, ConfigErrors, RateLimitConfig};
 use crate::decision::{Limiter, Settings};
@@ -19,6 +20,7 @@ use crate::store::{
     Failover, FailurePolicy, KeyBuilder, Leasing, MemoryStore, Parts, RedisOptions, RedisStore,
     Store, Unavailable,
 };
+use crate::tenants::{LocalState, RedisState, StateError, TenantState, Tenants};
 
 /// Everything a tollgate process is made from.
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct Config {
     pub server: ServerOptions,
     /// Crash-recovery snapshots of the memory store.
     pub snapshot: Option<SnapshotOptions>,
+    /// The service API, and where runtime tenants are kept.
+    pub api: ApiConfig,
 }
 
 /// Where buckets live.
@@ -72,6 +76,20 @@ pub enum BuildError {
     /// Snapshots asked of a store that keeps no buckets in memory.
     #[error("--snapshot-path saves the memory store's buckets: it needs --store memory")]
     SnapshotWithoutMemory,
+    /// The admin token file cannot be used.
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
+    /// Admin tokens given without the API they are for.
+    #[error("--api-admin-token-file is for the service API: it needs --api-addr")]
+    TokensWithoutApi,
+    /// The runtime tenants cannot be read.
+    #[error("cannot read runtime tenants: {0}")]
+    Tenants(#[from] StateError),
+    /// A state directory asked of a store that keeps runtime tenants in Redis.
+    #[error(
+        "--state-dir keeps runtime tenants in memory mode; with --store redis they live in redis"
+    )]
+    StateDirWithRedis,
 }
 
 /// A service built and bound, ready to serve.
@@ -135,6 +153,7 @@ impl Config {
                 limits: Limits::default(),
             },
             snapshot: None,
+            api: ApiConfig::default(),
         }
     }
 
@@ -167,7 +186,20 @@ impl Config {
             Limiter::new(config, store, keys, clock, settings)
         })?;
         let reloader = Arc::new(reloader);
-        let mut server = Server::bind(reloader.clone(), self.server).await?;
+        let tenants = self.tenants().await?;
+        let mut server = Server::bind(reloader.clone(), self.server)
+            .await?
+            .with_tenants(tenants);
+        match (self.api.addr, &self.api.admin_token_file) {
+            (Some(addr), file) => {
+                let tokens = file
+                    .as_deref()
+                    .map_or_else(|| Ok(AdminTokens::none()), AdminTokens::read)?;
+                server = server.with_api(addr, tokens).await?;
+            }
+            (None, Some(_)) => return Err(BuildError::TokensWithoutApi),
+            (None, None) => {}
+        }
         if let Some(snapshots) = snapshots {
             if let Some(saved) = saved {
                 snapshots.restore(saved, reloader.limiter());
@@ -175,6 +207,27 @@ impl Config {
             server = server.with_snapshots(snapshots);
         }
         Ok(App { reloader, server })
+    }
+}
+
+impl Config {
+    /// Runtime tenants where the store says: in Redis with `--store redis` (read by the
+    /// server as it starts), else in this process, saved under `--state-dir` if given (read
+    /// now).
+    async fn tenants(&self) -> Result<Arc<Tenants>, BuildError> {
+        let state: Arc<dyn TenantState> = match (&self.store, &self.api.state_dir) {
+            (StoreConfig::Redis(_), Some(_)) => return Err(BuildError::StateDirWithRedis),
+            (StoreConfig::Redis(redis), None) => {
+                return Ok(Arc::new(Tenants::new(Arc::new(RedisState::new(
+                    &redis.options,
+                )?))));
+            }
+            (StoreConfig::Memory, Some(dir)) => Arc::new(LocalState::open(dir)?),
+            (StoreConfig::Memory, None) => Arc::new(LocalState::in_memory()),
+        };
+        let tenants = Tenants::new(state);
+        tenants.sync().await?;
+        Ok(Arc::new(tenants))
     }
 }
 

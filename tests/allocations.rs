@@ -36,6 +36,7 @@ fn shared() -> (Shared, tempfile::TempDir) {
             reloader,
             metrics,
             unknown,
+            tenants: Default::default(),
         },
         dir,
     )

@@ -1,5 +1,6 @@
 //! The `tollgate` command line: `serve`, `validate` and `hash-key`.
 
+mod api;
 mod serve;
 mod store;
 mod values;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{ArgMatches, Args};
 
 use super::CompileArgs;
+use super::api::ApiArgs;
 use super::store::StoreArgs;
 use super::values::{parse_addr, parse_interval, parse_ratio, parse_seconds, redacted};
 use crate::app::{self, StoreConfig};
@@ -89,6 +90,8 @@ pub(super) struct ServeArgs {
     no_watch: bool,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Save the memory store's buckets to this file every --snapshot-interval and at stop, and
     /// restore them at start, so a restart or a crash does not reset every budget (memory
     /// store only; the file holds the secret that names buckets: it is created mode 0600).
@@ -201,6 +204,7 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
             path,
             interval: args.snapshot_interval,
         }),
+        api: args.api.config(),
     };
     let config_store = store;
     let app = match config.build(Arc::new(SystemClock::new())).await {

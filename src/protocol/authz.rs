@@ -142,10 +142,12 @@ impl Authorization for AuthorizationGrpc {
                 )));
             }
         }
-        let tenant = authz
-            .presented_key(&headers)
-            .and_then(|key| authz.tenant(key))
-            .cloned();
+        let tenant = authz.presented_key(&headers).and_then(|key| {
+            authz
+                .tenant(key)
+                .cloned()
+                .or_else(|| self.shared.tenants.tenant(&domain, &authz, key))
+        });
         let Some(tenant) = tenant else {
             if let Some(((per_unit, unit), client)) = &guard {
                 self.failed_keys(&domain, (*per_unit, *unit), client, 1, budget)

@@ -29,6 +29,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Unknown domains already warned about.
     pub unknown: Arc<UnknownDomains>,
+    /// Tenants and keys created at runtime (the service API), which ext_authz reads too.
+    pub tenants: Arc<crate::tenants::Tenants>,
 }
 
 impl Shared {

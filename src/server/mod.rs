@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::api::AdminTokens;
 use crate::decision::Limiter;
 use crate::metrics::{Metrics, MetricsOptions};
 use crate::protocol::rlqs::{RateLimitQuotaGrpc, admin_router as rlqs_router};
@@ -24,6 +25,7 @@ use crate::protocol::{Shared, admin, authz::AuthorizationGrpc, rls::RateLimitGrp
 use crate::reload::{Reloader, watch};
 use crate::rlqs::{Rlqs, RlqsOptions};
 use crate::snapshot::Snapshots;
+use crate::tenants::Tenants;
 
 /// A failure to start or to keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +33,7 @@ pub enum ServeError {
     /// A listener could not be bound (port taken, no permission, bad address).
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
-        /// Which port: "gRPC" or "HTTP".
+        /// Which port: "gRPC", "HTTP" or "API".
         what: &'static str,
         /// The address asked for.
         addr: SocketAddr,
@@ -119,6 +121,8 @@ pub struct Server {
     http: TcpListener,
     options: ServerOptions,
     snapshots: Option<Snapshots>,
+    tenants: Arc<Tenants>,
+    api: Option<(TcpListener, AdminTokens)>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -136,7 +140,32 @@ impl Server {
             reloader,
             options,
             snapshots: None,
+            tenants: Default::default(),
+            api: None,
         })
+    }
+
+    /// Serves `tenants` (runtime tenants) to ext_authz and the service API, following their
+    /// changes, instead of an empty set in memory.
+    pub fn with_tenants(mut self, tenants: Arc<Tenants>) -> Self {
+        self.tenants = tenants;
+        self
+    }
+
+    /// Also serves the service API on `addr` (bound now), letting the holders of `tokens`
+    /// manage tenants.
+    pub async fn with_api(
+        mut self,
+        addr: SocketAddr,
+        tokens: AdminTokens,
+    ) -> Result<Self, ServeError> {
+        self.api = Some((bind("API", addr).await?, tokens));
+        Ok(self)
+    }
+
+    /// The bound service API address, if it is served.
+    pub fn api_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.api.as_ref().map(|(listener, _)| listener.local_addr())
     }
 
     /// Also writes snapshots of the memory store while serving, and one at stop.
@@ -166,6 +195,7 @@ impl Server {
             metrics: Arc::new(Metrics::new(self.reloader.clone(), self.options.metrics)),
             reloader: self.reloader.clone(),
             unknown: Default::default(),
+            tenants: self.tenants.clone(),
         };
         let rlqs = Arc::new(Rlqs::new(
             self.reloader.clone(),
@@ -214,6 +244,16 @@ impl Server {
             tokio::spawn(snapshots.run(limiter.clone(), stopped(stop_rx.clone())))
         });
         tokio::spawn(rlqs.clone().upkeep(stopped(stop_rx.clone())));
+        let reloader = self.reloader.clone();
+        let tenants_matter = move || {
+            let config = reloader.limiter().config();
+            !config.authorization_domains().is_empty()
+        };
+        tokio::spawn(
+            self.tenants
+                .clone()
+                .follow(tenants_matter, stopped(stop_rx.clone())),
+        );
         let sweeper = tokio::spawn(sweep(
             limiter.clone(),
             self.options.sweep_interval,
@@ -266,6 +306,14 @@ impl Server {
             max_connections: limits.admin_connections,
             request_timeout: limits.admin_request_timeout,
         };
+        let api = self.api.map(|(listener, tokens)| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "service API serving");
+            if tokens.is_empty() {
+                tracing::warn!("service API: no --api-admin-token-file, so its management endpoints refuse every call");
+            }
+            let router = crate::api::router(shared.clone(), self.tenants.clone(), tokens);
+            http::serve(listener, router, http_limits, stopped(stop_rx.clone()))
+        });
         let http = http::serve(
             self.http,
             admin::router(shared).merge(rlqs_router(rlqs)),
@@ -277,12 +325,19 @@ impl Server {
             stopped(deadline_rx).await;
             tokio::time::sleep(drain).await;
         };
-        let serving = async { tokio::join!(grpc, async { http.await.map_err(ServeError::Http) }) };
-        let (grpc, http) = tokio::select! {
-            both = serving => both,
+        let api = async {
+            match api {
+                Some(api) => api.await.map_err(ServeError::Http),
+                None => Ok(()),
+            }
+        };
+        let serving =
+            async { tokio::join!(grpc, async { http.await.map_err(ServeError::Http) }, api) };
+        let (grpc, http, api) = tokio::select! {
+            all = serving => all,
             () = deadline => {
                 tracing::warn!(?drain, "drain timeout: closing the connections still open");
-                (Ok(()), Ok(()))
+                (Ok(()), Ok(()), Ok(()))
             }
         };
         sweeper.abort();
@@ -297,6 +352,7 @@ impl Server {
             snapshots.write_in_background(&limiter).await;
         }
         grpc?;
+        api?;
         http
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use tollgate::api::ApiConfig;
 use tollgate::app::{self, App, RedisConfig, StoreConfig};
 use tollgate::clock::{ManualClock, NANOS_PER_SEC};
 use tollgate::config::{Options, RateLimitConfig};
@@ -72,6 +73,8 @@ pub const T0: u64 = 1_800_000_000 * NANOS_PER_SEC;
 pub struct TestServer {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The service API's address, when it is served.
+    pub api: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
     pub client: RateLimitServiceClient<Channel>,
     pub reloader: Arc<Reloader>,
@@ -100,6 +103,8 @@ pub struct Setup {
     pub redis: Option<RedisSetup>,
     /// What clients may hold of the ports.
     pub limits: Limits,
+    /// The service API (`--api-addr` and its flags); port 0 binds a free one.
+    pub api: ApiConfig,
 }
 
 /// The `--redis-*` flags of a server counting in Redis.
@@ -195,6 +200,7 @@ pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
             },
         },
         snapshot: None,
+        api: setup.api.clone(),
     }
 }
 
@@ -247,6 +253,7 @@ impl Default for Setup {
             single_file: false,
             redis: None,
             limits: Limits::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -326,6 +333,7 @@ pub async fn start_at(tempdir: tempfile::TempDir, inside: &str, setup: Setup) ->
     app.redis_ready(Duration::from_secs(5)).await;
     let App { reloader, server } = app;
     let (grpc, http) = (server.grpc_addr().unwrap(), server.http_addr().unwrap());
+    let api = server.api_addr().map(Result::unwrap);
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(server.serve(async {
         let _ = stopped.await;
@@ -336,6 +344,7 @@ pub async fn start_at(tempdir: tempfile::TempDir, inside: &str, setup: Setup) ->
     TestServer {
         grpc,
         http,
+        api,
         clock,
         client,
         reloader,
