@@ -431,6 +431,31 @@ impl TestServer {
     }
 }
 
+/// The tool at `$variable`, or at `default` (relative to the crate), as an absolute path (its
+/// symlinks kept: a virtualenv's python is one); fails when it is missing, saying that
+/// scripts/test installs it.
+pub fn tool(variable: &str, default: &str) -> std::path::PathBuf {
+    let path = std::env::var_os(variable).map_or_else(
+        || std::path::PathBuf::from(default),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "no {variable} at {}: run scripts/test, which installs it",
+        path.display()
+    );
+    std::path::absolute(path).unwrap()
+}
+
+/// What a finished tool wrote, stdout then stderr.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A free loopback port (free when asked; bind it soon).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
