@@ -2,8 +2,9 @@
 //! checks (200/429 and the RateLimit headers, one budget with Envoy's calls), usage (read and
 //! recorded into debt), bad input (4xx naming the field, memory bounded), admin tokens, runtime
 //! tenants and keys used through ext_authz over gRPC, an id in the files and the API, restarts,
-//! two replicas on one Redis, and the OpenAPI document (openapi-spec-validator, and a bounded
-//! schemathesis run against it, both run by `scripts/test`).
+//! two replicas on one Redis and on a Redis Cluster, and the OpenAPI document
+//! (openapi-spec-validator, and a bounded schemathesis run against it, both run by
+//! `scripts/test`).
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
@@ -14,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::process::Tollgate;
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use common::{
     Backend, RedisSetup, Setup, TestServer, descriptor, output_text, request, start_in, tool,
 };
@@ -1066,7 +1067,24 @@ async fn runtime_tenants_survive_a_restart_in_memory_mode_with_a_state_dir() {
 #[tokio::test]
 async fn two_replicas_on_one_redis_see_each_others_changes() {
     let redis = RedisServer::start();
-    let setup = || RedisSetup::strict(&redis.url()).setup();
+    replicas_see_each_others_changes(RedisSetup::strict(&redis.url())).await;
+}
+
+#[tokio::test]
+async fn two_replicas_on_a_redis_cluster_see_each_others_changes() {
+    let cluster = RedisCluster::start();
+    let redis = RedisSetup {
+        urls: cluster.urls(),
+        cluster: true,
+        ..RedisSetup::strict("")
+    };
+    replicas_see_each_others_changes(redis).await;
+}
+
+/// Two replicas counting in `redis` share runtime tenants, keys, budgets and the audit log; a
+/// third, started later, reads them.
+async fn replicas_see_each_others_changes(redis: RedisSetup) {
+    let setup = || redis.clone().setup();
     let one = serve_with(setup(), None).await;
     let two = serve_with(setup(), None).await;
     let key = tenant_with_key(&one, "initech", "free").await;
