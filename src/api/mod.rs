@@ -2,14 +2,15 @@
 //! outside Envoy, and tenants and API keys at runtime, over HTTP/1.1 and JSON, described by
 //! the OpenAPI document it serves at `/openapi.json`.
 //!
-//! - [`check`]: `GET /allow`, `POST /v1/check`, `GET|POST /v1/usage`: the same limiter,
-//!   buckets and store as Envoy's calls, 200 or 429 with the IETF `RateLimit` headers.
-//! - [`tenants`]: `/v1/domains/{domain}/tenants…`: runtime tenants ([`crate::tenants`]);
-//!   [`keys`]: their API keys; [`tenant_usage`]: what a tenant has left; [`audit`]:
-//!   `GET /v1/audit`. These management endpoints require an admin
-//!   token ([`token`]); a missing or wrong one gets the same 401.
-//! - [`answer`]: statuses and RateLimit headers; [`input`]: bounded bodies and lists, errors
-//!   naming the field; [`error`]: one error shape.
+//! - `check.rs`: `GET /allow`, `POST /v1/check`, `GET|POST /v1/usage`: the same limiter,
+//!   buckets and store as Envoy's calls, 200 or 429 with the IETF `RateLimit` headers
+//!   (`answer.rs`).
+//! - `tenants.rs`: `/v1/domains/{domain}/tenants…`: runtime tenants ([`crate::tenants`]);
+//!   `keys.rs`: their API keys; `tenant_usage.rs`: what a tenant has left; `audit.rs`:
+//!   `GET /v1/audit`. These management endpoints require an admin token ([`AdminTokens`]); a
+//!   missing or wrong one gets the same 401.
+//! - `input.rs`: bounded bodies and lists, errors naming the field; [`ApiError`]: one error
+//!   shape; `openapi.rs`: the document.
 //!
 //! The port is served like the admin port (`crate::server`): connections capped, headers and
 //! answers within the request timeout.
