@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::{AdminTokens, ApiConfig, TokenError};
 use crate::clock::Clock;
 use crate::config::{self, ConfigErrors, RateLimitConfig};
 use crate::decision::{Limiter, Settings};
@@ -18,6 +19,7 @@ use crate::store::{
     Failover, FailurePolicy, KeyBuilder, Leasing, MemoryStore, Parts, RedisOptions, RedisStore,
     Store, Unavailable,
 };
+use crate::tenants::{LocalState, RedisState, StateError, TenantState, Tenants};
 
 /// Everything a tollgate process is made from.
 #[derive(Debug, Clone)]
@@ -34,6 +36,8 @@ pub struct Config {
     pub server: ServerOptions,
     /// Crash-recovery snapshots of the memory store.
     pub snapshot: Option<SnapshotOptions>,
+    /// The service API, and where runtime tenants are kept.
+    pub api: ApiConfig,
 }
 
 /// Where buckets live.
@@ -76,6 +80,20 @@ pub enum BuildError {
         "--snapshot-path restores buckets at start, before limits pushed over xDS exist: use limit files, or Redis to keep counts across restarts"
     )]
     SnapshotWithXds,
+    /// The admin token file cannot be used.
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
+    /// Admin tokens given without the API they are for.
+    #[error("--api-admin-token-file is for the service API: it needs --api-addr")]
+    TokensWithoutApi,
+    /// The runtime tenants cannot be read.
+    #[error("cannot read runtime tenants: {0}")]
+    Tenants(#[from] StateError),
+    /// A state directory asked of a store that keeps runtime tenants in Redis.
+    #[error(
+        "--state-dir keeps runtime tenants in memory mode; with --store redis they live in redis"
+    )]
+    StateDirWithRedis,
 }
 
 /// A service built and bound, ready to serve.
@@ -144,6 +162,7 @@ impl Config {
                 limits: Limits::default(),
             },
             snapshot: None,
+            api: ApiConfig::default(),
         }
     }
 
@@ -174,12 +193,25 @@ impl Config {
             // Name buckets as the saved ones were named.
             keys = KeyBuilder::from_secret(saved.secret);
         }
+        let tenants = self.tenants().await?;
         let settings = self.settings;
         let reloader = Reloader::start(self.limits, self.settings.compile, |config| {
             Limiter::new(config, store, keys, clock, settings)
         })?;
         let reloader = Arc::new(reloader);
-        let mut server = Server::bind(reloader.clone(), self.server).await?;
+        let mut server = Server::bind(reloader.clone(), self.server)
+            .await?
+            .with_tenants(tenants);
+        match (self.api.addr, &self.api.admin_token_file) {
+            (Some(addr), file) => {
+                let tokens = file
+                    .as_deref()
+                    .map_or_else(|| Ok(AdminTokens::none()), AdminTokens::read)?;
+                server = server.with_api(addr, tokens).await?;
+            }
+            (None, Some(_)) => return Err(BuildError::TokensWithoutApi),
+            (None, None) => {}
+        }
         if let Some(snapshots) = snapshots {
             if let Some(saved) = saved {
                 snapshots.restore(saved, reloader.limiter());
@@ -187,6 +219,27 @@ impl Config {
             server = server.with_snapshots(snapshots);
         }
         Ok(App { reloader, server })
+    }
+}
+
+impl Config {
+    /// Runtime tenants where the store says: in Redis with `--store redis` (read by the
+    /// server as it starts), else in this process, saved under `--state-dir` if given (read
+    /// now).
+    async fn tenants(&self) -> Result<Arc<Tenants>, BuildError> {
+        let state: Arc<dyn TenantState> = match (&self.store, &self.api.state_dir) {
+            (StoreConfig::Redis(_), Some(_)) => return Err(BuildError::StateDirWithRedis),
+            (StoreConfig::Redis(redis), None) => {
+                return Ok(Arc::new(Tenants::new(Arc::new(RedisState::new(
+                    &redis.options,
+                )?))));
+            }
+            (StoreConfig::Memory, Some(dir)) => Arc::new(LocalState::open(dir)?),
+            (StoreConfig::Memory, None) => Arc::new(LocalState::in_memory()),
+        };
+        let tenants = Tenants::new(state);
+        tenants.sync().await?;
+        Ok(Arc::new(tenants))
     }
 }
 

@@ -10,7 +10,7 @@
 //! Everything here is pure: recognising keys and building descriptors from a request. The
 //! section is compiled by [`crate::config::authz`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -59,6 +59,8 @@ pub struct Authorization {
     pub(crate) tiers: HashMap<String, Vec<Vec<Template>>>,
     /// Key digest → tenant.
     pub(crate) keys: HashMap<[u8; 32], (Arc<Tenant>, [u8; 32])>,
+    /// Every tenant of the section, by id.
+    pub(crate) by_id: BTreeMap<String, Arc<Tenant>>,
     /// Failed checks allowed per client address: (requests per unit, unit).
     pub failed_keys: Option<(u32, crate::quota::Unit)>,
 }
@@ -66,22 +68,33 @@ pub struct Authorization {
 /// What a request carries, as ext_authz reports it.
 #[derive(Debug, Clone, Copy)]
 pub struct Attributes<'a> {
-    /// HTTP method.
-    pub method: &'a str,
-    /// Path without the query string.
-    pub path: &'a str,
-    /// Host (`:authority`).
-    pub host: &'a str,
+    /// HTTP method, if known.
+    pub method: Option<&'a str>,
+    /// Path without the query string, if known.
+    pub path: Option<&'a str>,
+    /// Host (`:authority`), if known.
+    pub host: Option<&'a str>,
     /// Headers, lower-case names.
     pub headers: &'a HashMap<String, String>,
 }
 
 /// The digest line `tollgate hash-key` prints for `key`: `sha256:<64 hex>`.
 pub fn hash_key(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
     let mut text = String::with_capacity(71);
     text.push_str("sha256:");
-    for byte in digest {
+    text.push_str(&hex(&key_digest(key)));
+    text
+}
+
+/// The SHA-256 digest of `key`, as keys are looked up.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// `bytes` in lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
         let _ = write!(text, "{byte:02x}");
     }
     text
@@ -118,13 +131,42 @@ impl Authorization {
 
     /// The tenant owning `key`: found by digest, confirmed by a constant-time comparison.
     pub fn tenant(&self, key: &str) -> Option<&Arc<Tenant>> {
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let digest = key_digest(key);
         let (tenant, stored) = self.keys.get(&digest)?;
         bool::from(stored.ct_eq(&digest)).then_some(tenant)
     }
 
+    /// The section's tenants, by id.
+    pub fn tenants_by_id(&self) -> &BTreeMap<String, Arc<Tenant>> {
+        &self.by_id
+    }
+
+    /// The digests of tenant `id`'s keys, sorted.
+    pub fn key_digests(&self, id: &str) -> Vec<[u8; 32]> {
+        let mut digests: Vec<[u8; 32]> = self
+            .keys
+            .iter()
+            .filter(|(_, (tenant, _))| tenant.id == id)
+            .map(|(digest, _)| *digest)
+            .collect();
+        digests.sort_unstable();
+        digests
+    }
+
+    /// Whether tier `name` is defined.
+    pub fn has_tier(&self, name: &str) -> bool {
+        self.tiers.contains_key(name)
+    }
+
+    /// The names of the tiers, sorted.
+    pub fn tier_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tiers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The descriptors `tenant`'s request counts against. A template whose value is missing
-    /// from the request (an absent header) is left out, as Envoy leaves out an action.
+    /// from the request (an absent header, say) is left out, as Envoy leaves out an action.
     pub fn descriptors(
         &self,
         tenant: &Tenant,
@@ -143,9 +185,9 @@ impl Authorization {
                             Source::Fixed(value) => Some(value.as_str()),
                             Source::Tenant => Some(tenant.id.as_str()),
                             Source::Tier => Some(tenant.tier.as_str()),
-                            Source::Method => Some(request.method),
-                            Source::Path => Some(request.path),
-                            Source::Host => Some(request.host),
+                            Source::Method => request.method,
+                            Source::Path => request.path,
+                            Source::Host => request.host,
                             Source::Header(name) => request.headers.get(name).map(String::as_str),
                         }?;
                         Some(Entry {

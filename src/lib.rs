@@ -17,7 +17,9 @@
 //! - [`app`]: the composition root: settings in, a service out.
 
 pub mod algorithm;
+pub mod api;
 pub mod app;
+pub mod atomic_file;
 pub mod authz;
 pub mod calendar;
 pub mod cli;
@@ -35,5 +37,6 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+pub mod tenants;
 pub mod tls;
 pub mod xds;

@@ -14,7 +14,7 @@
 //! key names its quota).
 
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +119,7 @@ pub fn read(path: &Path) -> Result<Option<Body>, SnapshotError> {
         .map_err(|e| corrupt(e.to_string()))
 }
 
-/// Writes `body` to `path` atomically (temporary file, sync, rename), readable by its owner
+/// Writes `body` to `path` atomically ([`crate::atomic_file::replace`]), readable by its owner
 /// only. Returns the bytes written.
 pub fn write(path: &Path, body: &Body) -> io::Result<usize> {
     let encoded = postcard::to_stdvec(body).map_err(io::Error::other)?;
@@ -129,23 +129,8 @@ pub fn write(path: &Path, body: &Body) -> io::Result<usize> {
     bytes.extend_from_slice(&encoded);
     let digest = Sha256::digest(&bytes);
     bytes.extend_from_slice(&digest);
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(format!(".{}.tmp", std::process::id()));
-    let temporary = PathBuf::from(temporary);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = (|| {
-        let mut file = options.open(&temporary)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    written.map(|()| bytes.len())
+    crate::atomic_file::replace(path, &bytes)?;
+    Ok(bytes.len())
 }
 
 /// Snapshots of one limiter's memory store.

@@ -30,7 +30,10 @@ fn shared() -> (Shared, tempfile::TempDir) {
     let build = |config| app.limiter(config, Arc::new(SystemClock::new())).unwrap();
     let reloader = Arc::new(Reloader::start(dir.path(), Options::default(), build).unwrap());
     let metrics = Arc::new(Metrics::new(reloader.clone(), MetricsOptions::default()));
-    (Shared::new(reloader, metrics, Default::default()), dir)
+    (
+        Shared::new(reloader, metrics, Default::default(), Default::default()),
+        dir,
+    )
 }
 
 fn request(descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {

@@ -459,3 +459,139 @@ async fn a_relative_config_directory_is_reloaded_on_an_edit() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn service_api_flags_that_cannot_work_are_refused_at_startup() {
+    let help = text(&run(&["serve", "--help"]).stdout);
+    for flag in [
+        "--api-addr",
+        "TOLLGATE_API_ADDR",
+        "--api-admin-token-file",
+        "TOLLGATE_API_ADMIN_TOKEN_FILE",
+        "--state-dir",
+        "TOLLGATE_STATE_DIR",
+    ] {
+        assert!(help.contains(flag), "{flag} in --help");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "my-raw-admin-token\n").unwrap();
+    let tokens = tokens.to_str().unwrap();
+    let ports = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--config", "examples/config"];
+        args.extend(ports);
+        args.extend(extra);
+        run(&args)
+    };
+    let cases: [(&[&str], &str); 3] = [
+        (&["--api-admin-token-file", tokens], "needs --api-addr"),
+        (
+            &[
+                "--api-addr",
+                "127.0.0.1:0",
+                "--api-admin-token-file",
+                tokens,
+            ],
+            "line 1: not sha256:",
+        ),
+        (
+            &[
+                "--state-dir",
+                tokens,
+                "--store",
+                "redis",
+                "--redis-url",
+                "redis://127.0.0.1:1",
+            ],
+            "--state-dir keeps runtime tenants in memory mode",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let out = serve(extra);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("my-raw-admin-token"), "{stderr}");
+    }
+}
+
+/// Starts `tollgate serve` on examples/config with the service API on `api`, admin tokens from
+/// `tokens` and runtime tenants in `state`, all given by environment; returns once it answers.
+async fn serve_api(api: u16, tokens: &std::path::Path, state: &std::path::Path) -> Child {
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .env("TOLLGATE_CONFIG", "examples/config")
+        .env("TOLLGATE_API_ADDR", format!("127.0.0.1:{api}"))
+        .env("TOLLGATE_API_ADMIN_TOKEN_FILE", tokens)
+        .env("TOLLGATE_STATE_DIR", state)
+        .env("TOLLGATE_LOG_LEVEL", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("http://127.0.0.1:{api}/openapi.json"))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < end, "the service API did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+#[tokio::test]
+async fn runtime_tenants_outlive_the_process_under_a_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let admin = "cli-admin-token";
+    std::fs::write(&tokens, tollgate::authz::hash_key(admin)).unwrap();
+    let state = dir.path().join("state");
+    let api = free_port();
+    let base = format!("http://127.0.0.1:{api}/v1/domains/saas/tenants");
+    let client = reqwest::Client::new();
+    let mut first = serve_api(api, &tokens, &state).await;
+    let created = client
+        .post(&base)
+        .bearer_auth(admin)
+        .body(r#"{"id": "initech", "tier": "free"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let key = client
+        .post(format!("{base}/initech/keys"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    let key: serde_json::Value = key.json().await.unwrap();
+    let kill = |child: &Child| {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(kill(&first).success());
+    assert_eq!(wait_exit(&mut first, Duration::from_secs(20)), Some(0));
+    let mut second = serve_api(api, &tokens, &state).await;
+    let read: serde_json::Value = client
+        .get(format!("{base}/initech"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["source"], "api");
+    assert_eq!(read["keys"][0]["id"], key["id"]);
+    assert!(kill(&second).success());
+    assert_eq!(wait_exit(&mut second, Duration::from_secs(20)), Some(0));
+}

@@ -16,10 +16,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{output_text, tool};
 use serde::Deserialize;
 use serde_json::json;
 use serde_yaml::Value;
@@ -27,17 +30,6 @@ use tollgate::config::{self, Options};
 
 const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
 const CHART: &str = "helm/tollgate";
-
-fn tool(variable: &str, default: &str) -> PathBuf {
-    let path = std::env::var_os(variable).map_or_else(|| PathBuf::from(default), PathBuf::from);
-    assert!(
-        path.exists(),
-        "no {} at {}: run scripts/test, which installs it",
-        variable,
-        path.display()
-    );
-    path
-}
 
 fn manifests() -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -62,11 +54,7 @@ fn kubernetes_validate(files: &[PathBuf]) -> String {
         .args(files)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("ERROR") && !text.contains("WARN"), "{text}");
     text

@@ -1,6 +1,6 @@
 //! Hostile clients against the real server: header-only gRPC streams, silent connections,
-//! connection floods, slowloris on the admin port, undecodable requests. Each must be refused,
-//! reset or closed within the configured time, and memory must stay bounded.
+//! connection floods, slowloris on the admin and service API ports, undecodable requests. Each
+//! must be refused, reset or closed within the configured time, and memory must stay bounded.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{Setup, TestServer, start_with};
+use tollgate::api::ApiConfig;
 use tollgate::server::Limits;
 
 const LIMITS: &str =
@@ -31,10 +32,19 @@ async fn tight() -> TestServer {
         LIMITS,
         Setup {
             limits,
+            api: ApiConfig {
+                addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                ..ApiConfig::default()
+            },
             ..Setup::default()
         },
     )
     .await
+}
+
+/// The HTTP ports: admin and service API, bounded alike.
+fn http_ports(s: &TestServer) -> [SocketAddr; 2] {
+    [s.http, s.api.unwrap()]
 }
 
 /// Whether the server closes `stream` within `deadline` (a read returns end of file or an
@@ -86,7 +96,7 @@ fn rss() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     let s = tight().await;
-    for addr in [s.grpc, s.http] {
+    for addr in [s.grpc, s.http, s.api.unwrap()] {
         assert!(
             closed(connect(addr), Duration::from_secs(5)).await,
             "{addr} kept a silent connection"
@@ -98,7 +108,7 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_are_closed_at_once() {
     let s = tight().await;
-    for addr in [s.grpc, s.http] {
+    for addr in [s.grpc, s.http, s.api.unwrap()] {
         // Four held open by sending a little (not enough to finish anything).
         let mut held: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
         for stream in &mut held {
@@ -118,29 +128,37 @@ async fn connections_past_the_cap_are_closed_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_and_idle_admin_connections_are_closed() {
     let s = tight().await;
-    // Headers that never end.
-    let mut slow = connect(s.http);
-    slow.write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n")
+    for (addr, post) in http_ports(&s).into_iter().zip(["/json", "/v1/check"]) {
+        // Headers that never end.
+        let mut slow = connect(addr);
+        slow.write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        assert!(
+            closed(slow, Duration::from_secs(5)).await,
+            "{addr}: slowloris kept"
+        );
+        // A body that never ends: 408.
+        let mut body = connect(addr);
+        let head = format!("POST {post} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{");
+        body.write_all(head.as_bytes()).unwrap();
+        let answer = tokio::task::spawn_blocking(move || {
+            body.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut text = String::new();
+            let _ = body.read_to_string(&mut text);
+            text
+        })
+        .await
         .unwrap();
-    assert!(closed(slow, Duration::from_secs(5)).await, "slowloris kept");
-    // A body that never ends: 408.
-    let mut body = connect(s.http);
-    body.write_all(b"POST /json HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-        .unwrap();
-    let answer = tokio::task::spawn_blocking(move || {
-        body.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut text = String::new();
-        let _ = body.read_to_string(&mut text);
-        text
-    })
-    .await
-    .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    // A keep-alive connection that answered once, then idles.
-    let mut idle = connect(s.http);
-    idle.write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    assert!(closed(idle, Duration::from_secs(5)).await, "idle kept");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{addr}: {answer}");
+        // A keep-alive connection that answered once, then idles.
+        let mut idle = connect(addr);
+        idle.write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert!(
+            closed(idle, Duration::from_secs(5)).await,
+            "{addr}: idle kept"
+        );
+    }
     s.stop().await;
 }
 

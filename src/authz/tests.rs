@@ -72,9 +72,9 @@ fn tier_templates_take_their_values_from_the_request() {
     let tenant = authz.tenant("secret").unwrap();
     let h = headers(&[("x-client", "cli")]);
     let request = Attributes {
-        method: "GET",
-        path: "/v1/items",
-        host: "api.example.com",
+        method: Some("GET"),
+        path: Some("/v1/items"),
+        host: Some("api.example.com"),
         headers: &h,
     };
     let entries: Vec<Vec<(String, String)>> = authz
@@ -103,6 +103,23 @@ fn tier_templates_take_their_values_from_the_request() {
         ..request
     };
     assert_eq!(authz.descriptors(tenant, &request).len(), 3);
+    // Nor are those of a request whose path is unknown (a usage query that gives none).
+    let request = Attributes {
+        path: None,
+        ..request
+    };
+    assert_eq!(authz.descriptors(tenant, &request).len(), 2);
+}
+
+#[test]
+fn tenants_are_listed_by_id_with_their_key_digests() {
+    let authz = compile(SECTION).unwrap();
+    let ids: Vec<&String> = authz.tenants_by_id().keys().collect();
+    assert_eq!(ids, ["acme"]);
+    assert_eq!(authz.key_digests("acme"), [key_digest("secret")]);
+    assert!(authz.key_digests("globex").is_empty());
+    assert!(authz.has_tier("free") && !authz.has_tier("pro"));
+    assert_eq!(authz.tier_names(), ["free"]);
 }
 
 #[test]

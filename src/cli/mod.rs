@@ -1,6 +1,7 @@
 //! The `tollgate` command line: `serve`, `validate` and `hash-key`.
 
 mod answers;
+mod api;
 mod reference;
 mod serve;
 mod store;

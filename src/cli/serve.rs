@@ -10,6 +10,7 @@ use clap::{ArgMatches, Args};
 
 use super::CompileArgs;
 use super::answers::AnswerArgs;
+use super::api::ApiArgs;
 use super::store::StoreArgs;
 use super::tls::GrpcTlsArgs;
 use super::values::{parse_addr, parse_interval, parse_ratio, parse_seconds, redacted};
@@ -117,6 +118,8 @@ pub(super) struct ServeArgs {
     no_watch: bool,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Save the memory store's buckets to this file every --snapshot-interval and at stop, and
     /// restore them at start, so a restart or a crash does not reset every budget (memory
     /// store only; the file holds the secret that names buckets: it is created mode 0600).
@@ -254,6 +257,7 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
             path,
             interval: args.snapshot_interval,
         }),
+        api: args.api.config(),
     };
     let config_store = store;
     let app = match config.build(Arc::new(SystemClock::new())).await {

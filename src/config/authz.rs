@@ -1,7 +1,7 @@
 //! Compiling a domain's `authorization:` section (API keys → tenant → tier → descriptor
 //! templates) into the pure [`Authorization`] that ext_authz checks read.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::authz::{Authorization, Source, Template, Tenant};
@@ -51,6 +51,7 @@ pub fn compile(spec: &AuthorizationSpec) -> Result<Authorization, Vec<Problem<'_
         tiers.insert(name.clone(), templates);
     }
     let mut keys = HashMap::new();
+    let mut by_id = BTreeMap::new();
     let mut ids = std::collections::HashSet::new();
     for (index, tenant) in spec.tenants.iter().enumerate() {
         let at_tenant = |field: Option<&'static str>| {
@@ -74,6 +75,7 @@ pub fn compile(spec: &AuthorizationSpec) -> Result<Authorization, Vec<Problem<'_
             id: tenant.id.clone(),
             tier: tenant.tier.clone(),
         });
+        by_id.insert(tenant.id.clone(), shared.clone());
         for (number, key) in tenant.api_keys.iter().enumerate() {
             let mut at = at_tenant(Some("api_keys"));
             at.push(Step::Index(number));
@@ -129,6 +131,7 @@ pub fn compile(spec: &AuthorizationSpec) -> Result<Authorization, Vec<Problem<'_
         deny_unlimited: spec.deny_unlimited,
         tiers,
         keys,
+        by_id,
         failed_keys,
     })
 }
@@ -181,7 +184,8 @@ fn template(entry: &EntrySpec, key_header: &str) -> Result<Template, String> {
     })
 }
 
-fn parse_digest(text: &str) -> Option<[u8; 32]> {
+/// The digest in `sha256:<64 hex digits>`, as `tollgate hash-key` prints it.
+pub fn parse_digest(text: &str) -> Option<[u8; 32]> {
     let hex = text.strip_prefix("sha256:")?;
     if hex.len() != 64 {
         return None;

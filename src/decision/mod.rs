@@ -24,6 +24,7 @@ use smallvec::SmallVec;
 
 use crate::clock::Clock;
 use crate::config::{self, RateLimitConfig};
+use crate::quota::Quota;
 use crate::store::{Claim, KeyBuilder, Outcome, Role, Settlement, Store, Ticket, When};
 use request::Limit;
 use reservation::{Read, Wanted};
@@ -114,6 +115,27 @@ impl Limiter {
         request: &RateLimitRequest,
         budget: Option<Duration>,
     ) -> Result<Decision, RequestError> {
+        self.settle_within(request, budget, Charge::Decide).await
+    }
+
+    /// Records usage that already happened (the service API's `POST /v1/usage`): each
+    /// descriptor's cost is charged whatever is left, every limit running at least one full
+    /// capacity of debt (as `--count-denied` gives it), so the charge stands and the limit
+    /// answers OVER_LIMIT until refills have repaid it.
+    pub async fn record_within(
+        &self,
+        request: &RateLimitRequest,
+        budget: Option<Duration>,
+    ) -> Result<Decision, RequestError> {
+        self.settle_within(request, budget, Charge::Usage).await
+    }
+
+    async fn settle_within(
+        &self,
+        request: &RateLimitRequest,
+        budget: Option<Duration>,
+        charge: Charge,
+    ) -> Result<Decision, RequestError> {
         request::check(request)?;
         let config = self.config.load_full();
         let now = self.clock.now();
@@ -132,6 +154,9 @@ impl Limiter {
                 _ => request::cost(request, descriptor),
             };
             if let Some(mut hit) = limit.hit(&self.keys, &request.domain, &read.entries, cost) {
+                if charge == Charge::Usage {
+                    hit.quota = spent(hit.quota);
+                }
                 let ticket = read.wanted.map(|wanted| match wanted {
                     Wanted::Reserve { request, .. } => {
                         // A reservation is taken only where it fits: never into debt.
@@ -223,6 +248,21 @@ impl Limiter {
             quota_mode: self.settings.quota_mode || rule.is_some_and(|r| r.quota_mode),
         }
     }
+}
+
+/// Whether a request asks for a decision or records usage that already happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charge {
+    Decide,
+    Usage,
+}
+
+/// `quota` charging usage that already happened: with at least one full capacity of debt,
+/// where its algorithm counts that far (else with its own).
+fn spent(quota: Quota) -> Quota {
+    quota
+        .try_with_debt(quota.debt().max(quota.burst()))
+        .unwrap_or(quota)
 }
 
 /// A counted descriptor's status from its claim's outcome.

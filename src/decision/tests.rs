@@ -108,3 +108,47 @@ fn statuses_of_a_denied_request_report_untouched_buckets() {
         "4 can never fit in 3"
     );
 }
+
+/// Records `request` as usage that already happened.
+fn record(limiter: &Limiter, request: &RateLimitRequest) -> Decision {
+    limiter
+        .record_within(request, None)
+        .now_or_never()
+        .expect("the memory store answers at once")
+        .unwrap()
+}
+
+#[test]
+fn recorded_usage_is_charged_in_full_past_the_limit() {
+    let limiter = limiter();
+    // a: 5 an hour, b: 3 an hour (fixed window). 7 on a does not fit, 2 on b does: both stand.
+    let recorded = record(&limiter, &request(&[(0, 7), (1, 2)]));
+    assert_eq!(recorded.overall, Code::OverLimit);
+    assert_eq!(
+        (recorded.statuses[0].code, recorded.statuses[0].remaining),
+        (Code::OverLimit, 0)
+    );
+    assert_eq!(
+        (recorded.statuses[1].code, recorded.statuses[1].remaining),
+        (Code::Ok, 1)
+    );
+    // A token bucket without debt forgives what went past empty; a window counts it until
+    // it ends, so b, charged 2 more, stays over.
+    assert_eq!(decide(&limiter, &request(&[(0, 0)])).overall, Code::Ok);
+    assert_eq!(remaining(&limiter), vec![0, 1, 4]);
+    assert_eq!(
+        record(&limiter, &request(&[(1, 2)])).overall,
+        Code::OverLimit
+    );
+    assert_eq!(
+        decide(&limiter, &request(&[(1, 0)])).overall,
+        Code::OverLimit
+    );
+    // Usage past one full capacity of debt is charged down to that ceiling, not beyond.
+    let more = record(&limiter, &request(&[(2, 100)]));
+    assert_eq!(more.statuses[0].code, Code::OverLimit);
+    assert_eq!(
+        decide(&limiter, &request(&[(2, 1)])).overall,
+        Code::OverLimit
+    );
+}

@@ -44,6 +44,11 @@ label_values!(
         Check => "Check",
         /// `POST /json`.
         Json => "json",
+        /// The service API's checks: `GET /allow`, `POST /v1/check`, `GET /v1/usage` and a
+        /// tenant's usage.
+        ApiCheck => "api_check",
+        /// The service API's `POST /v1/usage` (usage recorded).
+        ApiUsage => "api_usage",
     }
 );
 

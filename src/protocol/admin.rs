@@ -116,9 +116,15 @@ async fn reload(State(Shared { reloader, .. }): State<Shared>) -> Response {
     }
 }
 
-/// The version in force, when and from which files it was loaded, and the last reload error.
-async fn config_status(State(Shared { reloader, .. }): State<Shared>) -> Response {
-    axum::Json(reloader.status()).into_response()
+/// The version in force, when and from which files it was loaded, the last reload error, and
+/// what is wrong with runtime tenants (`tenant_errors`: an id also in the files, say).
+async fn config_status(State(shared): State<Shared>) -> Response {
+    let mut status = serde_json::to_value(shared.reloader.status()).unwrap_or_default();
+    let problems = shared.tenants.problems(&shared.reloader.limiter().config());
+    if let Some(fields) = status.as_object_mut() {
+        fields.insert("tenant_errors".to_owned(), problems.into());
+    }
+    axum::Json(status).into_response()
 }
 
 /// The limits in force, one line each, like the reference service's debug page.

@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 use super::Shared;
+use super::headers::{binding, rate_limit_headers, retry_after_secs};
 use crate::authz::{Attributes, Tenant};
-use crate::clock::{NANOS_PER_SEC, saturating_nanos};
+use crate::clock::saturating_nanos;
 use crate::decision::{Code, Decision, DescriptorStatus, RequestError};
 use crate::metrics::service::{AuthzLabels, AuthzResult, CallCode, CallResult, Method};
 
@@ -145,10 +146,12 @@ impl Authorization for AuthorizationGrpc {
                 )));
             }
         }
-        let tenant = authz
-            .presented_key(&headers)
-            .and_then(|key| authz.tenant(key))
-            .cloned();
+        let tenant = authz.presented_key(&headers).and_then(|key| {
+            authz
+                .tenant(key)
+                .cloned()
+                .or_else(|| self.shared.tenants.tenant(&domain, &authz, key))
+        });
         let Some(tenant) = tenant else {
             if let Some(((per_unit, unit), client)) = &guard {
                 self.failed_keys(&domain, (*per_unit, *unit), client, 1, budget)
@@ -166,9 +169,9 @@ impl Authorization for AuthorizationGrpc {
         };
         let path = http.path.split(['?', '#']).next().unwrap_or_default();
         let request_attributes = Attributes {
-            method: &http.method,
-            path,
-            host: &http.host,
+            method: Some(&http.method),
+            path: Some(path),
+            host: Some(&http.host),
             headers: &headers,
         };
         let descriptors = authz.descriptors(&tenant, &request_attributes);
@@ -421,28 +424,6 @@ fn challenge(key_header: &str) -> &'static str {
     }
 }
 
-/// Seconds, rounded up.
-fn secs(nanos: u64) -> u64 {
-    nanos.div_ceil(NANOS_PER_SEC)
-}
-
-/// The statuses that carry a limit, with a name for each.
-fn limited(decision: &Decision) -> impl Iterator<Item = (String, &DescriptorStatus)> {
-    decision
-        .statuses
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.limit.is_some())
-        .map(|(i, s)| {
-            let name = s
-                .limit
-                .as_ref()
-                .and_then(|l| l.name.as_deref())
-                .map_or_else(|| format!("limit-{i}"), str::to_owned);
-            (name, s)
-        })
-}
-
 /// The request's headers as one map, whichever way Envoy sent them: in `headers` (values
 /// of one name already joined), or, with `encode_raw_headers: true`, as a list in
 /// `header_map`, whose values of one name are joined here with `,` as Envoy would, and whose
@@ -482,11 +463,6 @@ fn sanitized(bytes: &[u8]) -> String {
     text
 }
 
-/// The limit closest to running out (the one that denied, on a denial), with its name.
-fn binding(decision: &Decision) -> Option<(String, &DescriptorStatus)> {
-    limited(decision).min_by_key(|(_, s)| (s.code != Code::OverLimit, s.remaining))
-}
-
 /// What Envoy keeps of a tenant's check (namespace `envoy.filters.http.ext_authz`): `tenant`,
 /// `tier`, and `total_limit` as Envoy's rate limit `limit` override reads it
 /// (`requests_per_unit`, and `unit` by its enum name), for the limit closest to running out.
@@ -516,47 +492,4 @@ fn tenant_metadata(tenant: &Tenant, decision: &Decision) -> Struct {
         fields.insert("total_limit".to_owned(), total);
     }
     Struct { fields }
-}
-
-/// `RateLimit-Policy` for every limit, and `RateLimit` plus `X-RateLimit-*` for the one
-/// closest to running out (the one that denied, on a denial).
-fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
-    let policies: Vec<String> = limited(decision)
-        .filter_map(|(name, s)| {
-            let limit = s.limit.as_ref()?;
-            Some(format!(
-                "\"{name}\";q={};w={}",
-                limit.requests_per_unit,
-                limit.unit.seconds()
-            ))
-        })
-        .collect();
-    let Some((name, status)) = binding(decision) else {
-        return Vec::new();
-    };
-    let reset = secs(status.reset_after.unwrap_or_default());
-    let limit = status.limit.as_ref().map_or(0, |l| l.requests_per_unit);
-    vec![
-        ("ratelimit-policy", policies.join(", ")),
-        (
-            "ratelimit",
-            format!("\"{name}\";r={};t={reset}", status.remaining),
-        ),
-        ("x-ratelimit-limit", limit.to_string()),
-        ("x-ratelimit-remaining", status.remaining.to_string()),
-        ("x-ratelimit-reset", reset.to_string()),
-    ]
-}
-
-/// How long a denied caller should wait: the longest wait among the denying limits (a limit
-/// that can never admit the request says its reset).
-fn retry_after_secs(decision: &Decision) -> u64 {
-    decision
-        .statuses
-        .iter()
-        .filter(|s| s.code == Code::OverLimit)
-        .map(|s| secs(s.retry_after.or(s.reset_after).unwrap_or_default()))
-        .max()
-        .unwrap_or(1)
-        .max(1)
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod answers;
 pub mod authz;
+pub mod headers;
 pub mod json;
 pub mod rlqs;
 pub mod rls;
@@ -31,16 +32,25 @@ pub struct Shared {
     pub unknown: Arc<UnknownDomains>,
     /// What rate limit answers carry beyond their statuses.
     pub answers: Arc<answers::Answers>,
+    /// Tenants and keys created at runtime (the service API), which ext_authz reads too.
+    pub tenants: Arc<crate::tenants::Tenants>,
 }
 
 impl Shared {
-    /// Handlers on `reloader`'s limiter, counting in `metrics`, answering as `answers` says.
-    pub fn new(reloader: Arc<Reloader>, metrics: Arc<Metrics>, answers: answers::Answers) -> Self {
+    /// Handlers on `reloader`'s limiter, counting in `metrics`, answering as `answers` says,
+    /// with `tenants` created at runtime beside the files' own.
+    pub fn new(
+        reloader: Arc<Reloader>,
+        metrics: Arc<Metrics>,
+        answers: answers::Answers,
+        tenants: Arc<crate::tenants::Tenants>,
+    ) -> Self {
         Self {
             reloader,
             metrics,
             unknown: Default::default(),
             answers: Arc::new(answers),
+            tenants,
         }
     }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::api::AdminTokens;
 use crate::decision::Limiter;
 use crate::metrics::{Metrics, MetricsOptions};
 use crate::protocol::answers::Answers;
@@ -26,6 +27,7 @@ use crate::protocol::{Shared, admin, authz::AuthorizationGrpc, rls::RateLimitGrp
 use crate::reload::{Reloader, Source, watch};
 use crate::rlqs::{Rlqs, RlqsOptions};
 use crate::snapshot::Snapshots;
+use crate::tenants::Tenants;
 use crate::tls::{ServerTls, ServerTlsFiles, TlsFileError};
 
 /// A failure to start or to keep serving.
@@ -34,7 +36,7 @@ pub enum ServeError {
     /// A listener could not be bound (port taken, no permission, bad address).
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
-        /// Which port: "gRPC" or "HTTP".
+        /// Which port: "gRPC", "HTTP" or "API".
         what: &'static str,
         /// The address asked for.
         addr: SocketAddr,
@@ -143,6 +145,8 @@ pub struct Server {
     metrics: Option<(TcpListener, String)>,
     options: ServerOptions,
     snapshots: Option<Snapshots>,
+    tenants: Arc<Tenants>,
+    api: Option<(TcpListener, AdminTokens)>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -170,7 +174,32 @@ impl Server {
             reloader,
             options,
             snapshots: None,
+            tenants: Default::default(),
+            api: None,
         })
+    }
+
+    /// Serves `tenants` (runtime tenants) to ext_authz and the service API, following their
+    /// changes, instead of an empty set in memory.
+    pub fn with_tenants(mut self, tenants: Arc<Tenants>) -> Self {
+        self.tenants = tenants;
+        self
+    }
+
+    /// Also serves the service API on `addr` (bound now), letting the holders of `tokens`
+    /// manage tenants.
+    pub async fn with_api(
+        mut self,
+        addr: SocketAddr,
+        tokens: AdminTokens,
+    ) -> Result<Self, ServeError> {
+        self.api = Some((bind("API", addr).await?, tokens));
+        Ok(self)
+    }
+
+    /// The bound service API address, if it is served.
+    pub fn api_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.api.as_ref().map(|(listener, _)| listener.local_addr())
     }
 
     /// Also writes snapshots of the memory store while serving, and one at stop.
@@ -204,7 +233,12 @@ impl Server {
     ) -> Result<(), ServeError> {
         let limiter = self.reloader.limiter().clone();
         let metrics = Arc::new(Metrics::new(self.reloader.clone(), self.options.metrics));
-        let shared = Shared::new(self.reloader.clone(), metrics, self.options.answers.clone());
+        let shared = Shared::new(
+            self.reloader.clone(),
+            metrics,
+            self.options.answers.clone(),
+            self.tenants.clone(),
+        );
         let rlqs = Arc::new(Rlqs::new(
             self.reloader.clone(),
             shared.metrics.rlqs.clone(),
@@ -283,6 +317,16 @@ impl Server {
             tokio::spawn(snapshots.run(limiter.clone(), stopped(stop_rx.clone())))
         });
         tokio::spawn(rlqs.clone().upkeep(stopped(stop_rx.clone())));
+        let reloader = self.reloader.clone();
+        let tenants_matter = move || {
+            let config = reloader.limiter().config();
+            !config.authorization_domains().is_empty()
+        };
+        tokio::spawn(
+            self.tenants
+                .clone()
+                .follow(tenants_matter, stopped(stop_rx.clone())),
+        );
         let sweeper = tokio::spawn(sweep(
             limiter.clone(),
             self.options.sweep_interval,
@@ -331,12 +375,14 @@ impl Server {
             let router = admin::metrics_router(shared.clone(), &path);
             http::serve(listener, router, http_limits, stopped(stop_rx.clone()))
         });
-        let metrics_port = async move {
-            match metrics_port {
-                Some(serving) => serving.await,
-                None => Ok(()),
+        let api = self.api.map(|(listener, tokens)| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "service API serving");
+            if tokens.is_empty() {
+                tracing::warn!("service API: no --api-admin-token-file, so its management endpoints refuse every call");
             }
-        };
+            let router = crate::api::router(shared.clone(), self.tenants.clone(), tokens);
+            http::serve(listener, router, http_limits, stopped(stop_rx.clone()))
+        });
         let http = http::serve(
             self.http,
             admin::router(shared).merge(rlqs_router(rlqs)),
@@ -344,8 +390,8 @@ impl Server {
             stopped(stop_rx),
         );
         let http = async move {
-            let (admin, metrics) = tokio::join!(http, metrics_port);
-            admin.and(metrics)
+            let (admin, metrics, api) = tokio::join!(http, optional(metrics_port), optional(api));
+            admin.and(metrics).and(api)
         };
         let drain = self.options.drain_timeout;
         let deadline = async move {
@@ -354,7 +400,7 @@ impl Server {
         };
         let serving = async { tokio::join!(grpc, async { http.await.map_err(ServeError::Http) }) };
         let (grpc, http) = tokio::select! {
-            both = serving => both,
+            all = serving => all,
             () = deadline => {
                 tracing::warn!(?drain, "drain timeout: closing the connections still open");
                 (Ok(()), Ok(()))
@@ -373,6 +419,14 @@ impl Server {
         }
         grpc?;
         http
+    }
+}
+
+/// Serves an optional port: nothing to do when it is not configured.
+async fn optional<E>(serving: Option<impl Future<Output = Result<(), E>>>) -> Result<(), E> {
+    match serving {
+        Some(serving) => serving.await,
+        None => Ok(()),
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use tollgate::api::ApiConfig;
 use tollgate::app::{self, App, RedisConfig, StoreConfig};
 use tollgate::clock::{ManualClock, NANOS_PER_SEC};
 use tollgate::config::{Options, RateLimitConfig};
@@ -77,6 +78,8 @@ pub const T0: u64 = 1_800_000_000 * NANOS_PER_SEC;
 pub struct TestServer {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The service API's address, when it is served.
+    pub api: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
     pub client: RateLimitServiceClient<Channel>,
     pub reloader: Arc<Reloader>,
@@ -113,6 +116,8 @@ pub struct Setup {
     pub grpc_tls: Option<ServerTlsFiles>,
     /// `--response-*`: what answers carry beyond their statuses.
     pub answers: Answers,
+    /// The service API (`--api-addr` and its flags); port 0 binds a free one.
+    pub api: ApiConfig,
 }
 
 /// The `--redis-*` flags of a server counting in Redis.
@@ -215,6 +220,7 @@ pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
             },
         },
         snapshot: None,
+        api: setup.api.clone(),
     }
 }
 
@@ -271,6 +277,7 @@ impl Default for Setup {
             xds: None,
             grpc_tls: None,
             answers: Answers::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -350,6 +357,7 @@ pub async fn start_at(tempdir: tempfile::TempDir, inside: &str, setup: Setup) ->
     app.redis_ready(Duration::from_secs(5)).await;
     let App { reloader, server } = app;
     let (grpc, http) = (server.grpc_addr().unwrap(), server.http_addr().unwrap());
+    let api = server.api_addr().map(Result::unwrap);
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(server.serve(async {
         let _ = stopped.await;
@@ -365,6 +373,7 @@ pub async fn start_at(tempdir: tempfile::TempDir, inside: &str, setup: Setup) ->
     TestServer {
         grpc,
         http,
+        api,
         clock,
         client,
         reloader,
@@ -449,6 +458,31 @@ impl TestServer {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap();
     }
+}
+
+/// The tool at `$variable`, or at `default` (relative to the crate), as an absolute path (its
+/// symlinks kept: a virtualenv's python is one); fails when it is missing, saying that
+/// scripts/test installs it.
+pub fn tool(variable: &str, default: &str) -> std::path::PathBuf {
+    let path = std::env::var_os(variable).map_or_else(
+        || std::path::PathBuf::from(default),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "no {variable} at {}: run scripts/test, which installs it",
+        path.display()
+    );
+    std::path::absolute(path).unwrap()
+}
+
+/// What a finished tool wrote, stdout then stderr.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// A free loopback port (free when asked; bind it soon).

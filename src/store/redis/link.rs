@@ -24,7 +24,7 @@ use super::{RedisOptions, RedisTls, tls};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How to connect, and the connection in use once one is made.
-pub(super) struct Link {
+pub(crate) struct Link {
     client: Client,
     connection: ArcSwapOption<Conn>,
 }
@@ -39,14 +39,14 @@ enum Client {
 
 /// A connection in use: cheap to clone, shared by concurrent calls (pipelined).
 #[derive(Clone)]
-pub(super) enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
 impl Link {
     /// A link for `options`; nothing is connected until [`Link::reconnect`].
-    pub(super) fn new(options: &RedisOptions) -> RedisResult<Self> {
+    pub(crate) fn new(options: &RedisOptions) -> RedisResult<Self> {
         // Each call has its own, shorter wait; a call given up on is still awaited for its late
         // answer (reconcile.rs), so the connection itself waits as long as that.
         let response_timeout = super::reconcile::LATE_WAIT;
@@ -92,7 +92,7 @@ impl Link {
     }
 
     /// The connection in use, if one was made.
-    pub(super) fn conn(&self) -> Option<Conn> {
+    pub(crate) fn conn(&self) -> Option<Conn> {
         self.connection.load().as_deref().cloned()
     }
 
@@ -101,7 +101,7 @@ impl Link {
     /// restarted Redis): reusing it would fail once more before reconnecting. On a single node
     /// the check is a PING; on a Cluster a read of `key`, which goes to the master serving its
     /// slot (a cluster-wide PING skips masters the client has lost).
-    pub(super) async fn reconnect(&self, key: &str) -> RedisResult<()> {
+    pub(crate) async fn reconnect(&self, key: &str) -> RedisResult<()> {
         let fresh = match &self.client {
             Client::Single(single) => {
                 let (client, config) = &**single;

@@ -22,7 +22,7 @@ mod batch;
 mod call;
 pub mod health;
 pub mod lanes;
-mod link;
+pub(crate) mod link;
 pub mod reconcile;
 pub mod replicas;
 mod settle;
