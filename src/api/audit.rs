@@ -50,6 +50,7 @@ pub async fn audit_log(State(api): State<ApiState>, uri: Uri) -> Result<Response
     let filtered = domain.is_some() || tenant.is_some();
     let fetch = if filtered { MAX_AUDIT } else { limit };
     let entries = api
+        .shared
         .tenants
         .audit(fetch)
         .await?

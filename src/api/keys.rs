@@ -72,6 +72,7 @@ pub async fn create_key(
 ) -> Result<Response, ApiError> {
     let (config, authz) = section(&api, &domain)?;
     let created = api
+        .shared
         .tenants
         .change(&domain, &id, |current| {
             let mut next = runtime(current, &authz, &config, &domain, &id)?.clone();
@@ -126,7 +127,8 @@ pub async fn delete_key(
     }): Segments<KeyPath>,
 ) -> Result<Response, ApiError> {
     let (config, authz) = section(&api, &domain)?;
-    api.tenants
+    api.shared
+        .tenants
         .change(&domain, &id, |current| {
             let mut next = runtime(current, &authz, &config, &domain, &id)?.clone();
             let before = next.keys.len();

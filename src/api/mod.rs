@@ -41,7 +41,6 @@ pub use openapi::json as openapi_json;
 pub use token::{AdminTokens, TokenError};
 
 use crate::protocol::Shared;
-use crate::tenants::Tenants;
 
 /// The service API's settings, and where runtime tenants are kept.
 #[derive(Debug, Clone, Default)]
@@ -58,7 +57,6 @@ pub struct ApiConfig {
 #[derive(Debug, Clone)]
 pub struct ApiState {
     shared: Shared,
-    tenants: Arc<Tenants>,
     tokens: Arc<AdminTokens>,
 }
 
@@ -66,12 +64,11 @@ pub struct ApiState {
 #[derive(Debug, Clone)]
 pub struct Admin(pub String);
 
-/// The API's routes, deciding with `shared`, keeping tenants in `tenants`, letting the
+/// The API's routes, deciding with `shared` and keeping its runtime tenants, letting the
 /// holders of `tokens` manage them.
-pub fn router(shared: Shared, tenants: Arc<Tenants>, tokens: AdminTokens) -> Router {
+pub fn router(shared: Shared, tokens: AdminTokens) -> Router {
     let state = ApiState {
         shared,
-        tenants,
         tokens: Arc::new(tokens),
     };
     let management = Router::new()

@@ -67,7 +67,7 @@ pub async fn usage(
     let path = input::take_one(&mut pairs, "path", false)?;
     let host = input::take_one(&mut pairs, "host", false)?;
     input::no_more(&pairs)?;
-    let view = api.tenants.view();
+    let view = api.shared.tenants.view();
     let tenant = match (view.get(&domain, &id), authz.tenants_by_id().get(&id)) {
         (Some(record), _) => Tenant {
             id: record.id.clone(),

@@ -255,7 +255,7 @@ pub async fn list(
     Segments(DomainPath { domain }): Segments<DomainPath>,
 ) -> Result<Response, ApiError> {
     let (config, authz) = section(&api, &domain)?;
-    let view = api.tenants.view();
+    let view = api.shared.tenants.view();
     let mut tenants: Vec<TenantBody> = authz
         .tenants_by_id()
         .values()
@@ -308,12 +308,13 @@ pub async fn create(
             new.id
         )));
     }
-    if api.tenants.view().domain(&domain).count() >= MAX_TENANTS {
+    if api.shared.tenants.view().domain(&domain).count() >= MAX_TENANTS {
         return Err(ApiError::conflict(format!(
             "domain '{domain}' holds {MAX_TENANTS} runtime tenants, the most kept: delete some first"
         )));
     }
     let created = api
+        .shared
         .tenants
         .change(&domain, &new.id, |current| {
             if current.is_some() {
@@ -371,7 +372,7 @@ pub async fn get(
     Segments(TenantPath { domain, id }): Segments<TenantPath>,
 ) -> Result<Response, ApiError> {
     let (config, authz) = section(&api, &domain)?;
-    let view = api.tenants.view();
+    let view = api.shared.tenants.view();
     let body = match (view.get(&domain, &id), authz.tenants_by_id().get(&id)) {
         (Some(record), _) => api_body(record, &config),
         (None, Some(tenant)) => file_body(tenant, &authz),
@@ -409,6 +410,7 @@ pub async fn update(
     check_tier(&authz, &update.tier)?;
     check_labels(&update.labels)?;
     let updated = api
+        .shared
         .tenants
         .change(&domain, &id, |current| {
             let mut next = runtime(current, &authz, &config, &domain, &id)?.clone();
@@ -446,7 +448,8 @@ pub async fn delete(
     Segments(TenantPath { domain, id }): Segments<TenantPath>,
 ) -> Result<Response, ApiError> {
     let (config, authz) = section(&api, &domain)?;
-    api.tenants
+    api.shared
+        .tenants
         .change(&domain, &id, |current| {
             runtime(current, &authz, &config, &domain, &id)?;
             Ok::<_, ApiError>(Edit {

@@ -380,7 +380,7 @@ impl Server {
             if tokens.is_empty() {
                 tracing::warn!("service API: no --api-admin-token-file, so its management endpoints refuse every call");
             }
-            let router = crate::api::router(shared.clone(), self.tenants.clone(), tokens);
+            let router = crate::api::router(shared.clone(), tokens);
             http::serve(listener, router, http_limits, stopped(stop_rx.clone()))
         });
         let http = http::serve(
