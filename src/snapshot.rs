@@ -6,12 +6,13 @@
 //! admitted within one interval.
 //!
 //! The file: a magic line, a format version, the body (postcard: the key secret that names the
-//! buckets, the time, the buckets), and a SHA-256 of all that. It is written to a temporary file
+//! buckets, the time, the buckets, the reservations held), and a SHA-256 of all that. It is written to a temporary file
 //! beside it, synced, then renamed over it, so a reader sees the old snapshot or the new one,
 //! never half of one. It holds the secret that keeps bucket names unguessable, so it is created
 //! readable by its owner only. A missing, corrupt or foreign file is logged and ignored. Only
 //! buckets whose limit is unchanged are restored (a limit sent in a request always is: its
-//! key names its quota).
+//! key names its quota), and the reservations held on them (`tollgate.reserve`), so a settlement
+//! after the restart still gives back what its request did not use.
 
 use std::fs;
 use std::io;
@@ -24,13 +25,17 @@ use sha2::{Digest, Sha256};
 use crate::clock::Nanos;
 use crate::decision::Limiter;
 use crate::store::memory::Image;
+use crate::store::reservation::Reservation;
 use crate::store::{MemoryStore, Parts};
 
 /// The first bytes of every snapshot.
 const MAGIC: &[u8] = b"tollgate memory snapshot\n";
 
-/// The format this build writes and reads.
-const VERSION: u32 = 2;
+/// The format this build writes (and reads, with [`VERSION_WITHOUT_RESERVATIONS`]).
+const VERSION: u32 = 3;
+
+/// The previous format, read still: no reservations.
+const VERSION_WITHOUT_RESERVATIONS: u32 = 2;
 
 /// The most a snapshot may hold: past it, sliding logs are left out (they cost a timestamp
 /// per hit) and a warning says so.
@@ -54,6 +59,27 @@ pub struct Body {
     pub saved_at: Nanos,
     /// The buckets.
     pub images: Vec<Image>,
+    /// The reservations held, by id.
+    pub reservations: Vec<(u128, Reservation)>,
+}
+
+/// A body of format [`VERSION_WITHOUT_RESERVATIONS`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BodyWithoutReservations {
+    secret: [u64; 2],
+    saved_at: Nanos,
+    images: Vec<Image>,
+}
+
+impl From<BodyWithoutReservations> for Body {
+    fn from(old: BodyWithoutReservations) -> Self {
+        Self {
+            secret: old.secret,
+            saved_at: old.saved_at,
+            images: old.images,
+            reservations: Vec::new(),
+        }
+    }
 }
 
 /// Why a snapshot was not read.
@@ -67,8 +93,10 @@ pub enum SnapshotError {
         /// Why.
         source: io::Error,
     },
-    /// It is not a tollgate snapshot, or not of this format version.
-    #[error("{path} is not a tollgate snapshot of format {VERSION}")]
+    /// It is not a tollgate snapshot, or not of a format version this build reads.
+    #[error(
+        "{path} is not a tollgate snapshot of format {VERSION_WITHOUT_RESERVATIONS} or {VERSION}"
+    )]
     Foreign {
         /// The file.
         path: PathBuf,
@@ -104,7 +132,8 @@ pub fn read(path: &Path) -> Result<Option<Body>, SnapshotError> {
     };
     let rest = bytes.strip_prefix(MAGIC).ok_or_else(foreign)?;
     let (version, rest) = rest.split_first_chunk::<4>().ok_or_else(foreign)?;
-    if u32::from_le_bytes(*version) != VERSION {
+    let version = u32::from_le_bytes(*version);
+    if version != VERSION && version != VERSION_WITHOUT_RESERVATIONS {
         return Err(foreign());
     }
     let (body, checksum) = rest
@@ -114,9 +143,12 @@ pub fn read(path: &Path) -> Result<Option<Body>, SnapshotError> {
     if &digest != checksum {
         return Err(corrupt("checksum mismatch".to_owned()));
     }
-    postcard::from_bytes(body)
-        .map(Some)
-        .map_err(|e| corrupt(e.to_string()))
+    let body = if version == VERSION {
+        postcard::from_bytes(body)
+    } else {
+        postcard::from_bytes::<BodyWithoutReservations>(body).map(Body::from)
+    };
+    body.map(Some).map_err(|e| corrupt(e.to_string()))
 }
 
 /// Writes `body` to `path` atomically ([`crate::atomic_file::replace`]), readable by its owner
@@ -164,12 +196,16 @@ impl Snapshots {
     pub fn restore(&self, body: Body, limiter: &Limiter) -> usize {
         let quotas = limiter.config().quotas_by_tag();
         let saved = body.images.len();
-        let restored = with_memory(limiter, |memory| memory.import(body.images, &quotas));
+        let (restored, reservations) = with_memory(limiter, |memory| {
+            let restored = memory.import(body.images, &quotas);
+            (restored, memory.import_reservations(body.reservations))
+        });
         tracing::info!(
             path = %self.options.path.display(),
             restored,
             skipped = saved - restored,
-            "restored buckets from the snapshot (limits changed since are not restored)"
+            reservations,
+            "restored buckets and reservations from the snapshot (limits changed since are not restored)"
         );
         restored
     }
@@ -177,7 +213,9 @@ impl Snapshots {
     /// Writes `limiter`'s buckets now (blocking: scans the store and writes the file).
     pub fn write_now(&self, limiter: &Limiter) -> io::Result<usize> {
         let quotas = limiter.config().quotas_by_tag();
-        let mut images = with_memory(limiter, |memory| memory.export(&quotas));
+        let (mut images, reservations) = with_memory(limiter, |memory| {
+            (memory.export(&quotas), memory.export_reservations())
+        });
         let dropped = bound(&mut images);
         if dropped > 0 {
             tracing::warn!(
@@ -189,6 +227,7 @@ impl Snapshots {
             secret: limiter.keys().secret(),
             saved_at: limiter.clock().now(),
             images,
+            reservations,
         };
         write(&self.options.path, &body)
     }
@@ -274,7 +313,37 @@ mod tests {
                     hits: vec![5, 6],
                 },
             }],
+            reservations: vec![(
+                9,
+                Reservation {
+                    key: crate::store::key::BucketKey(7),
+                    units: 500,
+                    taken_ms: 3,
+                    expires: 60,
+                },
+            )],
         }
+    }
+
+    #[test]
+    fn a_snapshot_of_the_previous_format_reads_without_reservations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let old = body();
+        let encoded = postcard::to_stdvec(&BodyWithoutReservations {
+            secret: old.secret,
+            saved_at: old.saved_at,
+            images: old.images.clone(),
+        })
+        .unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(VERSION_WITHOUT_RESERVATIONS.to_le_bytes());
+        bytes.extend(encoded);
+        let digest = Sha256::digest(&bytes);
+        bytes.extend(digest);
+        fs::write(&path, bytes).unwrap();
+        let read = read(&path).unwrap().unwrap();
+        assert_eq!((read.images, read.reservations), (old.images, Vec::new()));
     }
 
     #[test]

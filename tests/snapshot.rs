@@ -1,6 +1,7 @@
 //! Crash-recovery snapshots of the memory store, through the real binary: an exhausted key
 //! stays exhausted across a crash (SIGKILL) or a graceful restart, a changed limit starts
-//! fresh, and a corrupt or foreign snapshot is ignored, never fatal.
+//! fresh, a reservation is still held after a restart, and a corrupt or foreign snapshot is
+//! ignored, never fatal.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
@@ -87,6 +88,27 @@ async fn a_graceful_stop_writes_the_last_hits() {
     first.stop();
     let second = serve(dir.path()).await;
     assert_eq!(second.admitted("d", &[("user", "u")], 5).await, 0);
+    second.stop();
+}
+
+#[tokio::test]
+async fn a_reservation_held_across_a_restart_gives_back_what_was_not_used() {
+    let dir = setup(
+        "domain: llm\ndescriptors:\n  - key: tenant\n    rate_limit: {unit: hour, requests_per_unit: 1000}\n",
+    );
+    let first = serve(dir.path()).await;
+    let reserve = [
+        ("tenant", "t"),
+        ("tollgate.request", "r1"),
+        ("tollgate.reserve", "500"),
+    ];
+    assert_eq!(first.call("llm", &reserve, 0).await, (200, 500));
+    first.stop();
+    let second = serve(dir.path()).await;
+    assert_eq!(second.remaining("llm", &[("tenant", "t")]).await, 500);
+    // The stream ends after the restart, having used 40 of the 500 held.
+    let settle = [("tenant", "t"), ("tollgate.request", "r1")];
+    assert_eq!(second.call("llm", &settle, 40).await, (200, 960));
     second.stop();
 }
 

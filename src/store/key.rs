@@ -13,7 +13,7 @@ use crate::quota::{Algorithm, Quota};
 use crate::rule::{KeyPart, Rule};
 
 /// A bucket's identity in a store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct BucketKey(pub u128);
 
 /// Builds [`BucketKey`]s with this process's secret hash key.

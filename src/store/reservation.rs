@@ -14,7 +14,7 @@ use super::key::{BucketKey, FoldHasher};
 use crate::clock::Nanos;
 
 /// One held reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reservation {
     /// The bucket it took from (the hit's own, or its overflow bucket).
     pub key: BucketKey,
@@ -74,6 +74,14 @@ impl Book {
         gone
     }
 
+    /// Every reservation held, by id (for snapshots).
+    pub fn export(&self) -> Vec<(u128, Reservation)> {
+        self.held
+            .iter()
+            .map(|entry| (*entry.key(), *entry.value()))
+            .collect()
+    }
+
     /// Reservations held now.
     pub fn len(&self) -> usize {
         self.held.len()
@@ -119,6 +127,7 @@ mod tests {
         assert_eq!(book.take(1, 10), None, "settled once");
         assert_eq!(book.take(2, 50), None, "expired");
         book.hold(3, reservation(100));
+        assert_eq!(book.export(), [(3, reservation(100))]);
         assert_eq!(book.expire(100), 1);
         assert_eq!((book.expired(), book.is_empty()), (2, true));
     }

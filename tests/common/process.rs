@@ -47,50 +47,43 @@ impl Tollgate {
         }
     }
 
-    /// POSTs one descriptor (`entries`) in `domain` to `/json`: true when admitted.
-    pub async fn admit(&self, domain: &str, entries: &[(&str, &str)]) -> bool {
-        let entries: Vec<serde_json::Value> = entries
-            .iter()
-            .map(|(key, value)| serde_json::json!({"key": key, "value": value}))
-            .collect();
-        let body = serde_json::json!({"domain": domain, "descriptors": [{"entries": entries}]});
-        let status = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/json", self.http))
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        assert!(
-            status == 200 || status == 429,
-            "POST /json answered {status}"
-        );
-        status == 200
-    }
-
-    /// What is left on one descriptor, read with a check that takes nothing.
-    pub async fn remaining(&self, domain: &str, entries: &[(&str, &str)]) -> u64 {
+    /// POSTs one descriptor (`entries`) costing `hits` in `domain` to `/json`: the status (200
+    /// or 429) and what is left.
+    pub async fn call(&self, domain: &str, entries: &[(&str, &str)], hits: u64) -> (u16, u64) {
         let entries: Vec<serde_json::Value> = entries
             .iter()
             .map(|(key, value)| serde_json::json!({"key": key, "value": value}))
             .collect();
         let body = serde_json::json!({
             "domain": domain,
-            "descriptors": [{"entries": entries, "hitsAddend": 0}],
+            "descriptors": [{"entries": entries, "hitsAddend": hits}],
         });
-        let answer: serde_json::Value = reqwest::Client::new()
+        let response = reqwest::Client::new()
             .post(format!("http://127.0.0.1:{}/json", self.http))
             .body(body.to_string())
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
-        answer["statuses"][0]["limitRemaining"]
+        let status = response.status().as_u16();
+        assert!(
+            status == 200 || status == 429,
+            "POST /json answered {status}"
+        );
+        let answer: serde_json::Value = response.json().await.unwrap();
+        let remaining = answer["statuses"][0]["limitRemaining"]
             .as_u64()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        (status, remaining)
+    }
+
+    /// POSTs one descriptor (`entries`) in `domain` to `/json`: true when admitted.
+    pub async fn admit(&self, domain: &str, entries: &[(&str, &str)]) -> bool {
+        self.call(domain, entries, 1).await.0 == 200
+    }
+
+    /// What is left on one descriptor, read with a check that takes nothing.
+    pub async fn remaining(&self, domain: &str, entries: &[(&str, &str)]) -> u64 {
+        self.call(domain, entries, 0).await.1
     }
 
     /// How many of `calls` requests on one descriptor are admitted.

@@ -8,6 +8,7 @@ use dashmap::mapref::entry::Entry;
 use super::{Bucket, LogBucket, MemoryStore};
 use crate::quota::{Algorithm, Quota};
 use crate::store::key::BucketKey;
+use crate::store::reservation::Reservation;
 
 /// One saved bucket.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -132,5 +133,27 @@ impl MemoryStore {
             }
         }
         restored
+    }
+}
+
+impl MemoryStore {
+    /// Every reservation held, by id.
+    pub fn export_reservations(&self) -> Vec<(u128, Reservation)> {
+        self.reservations.export()
+    }
+
+    /// Holds again the `saved` reservations whose bucket is in the store (restored), so their
+    /// settlement gives back what they did not use; returns how many. A reservation whose
+    /// bucket was not restored (its limit changed) is dropped: that bucket starts full.
+    pub fn import_reservations(&self, saved: Vec<(u128, Reservation)>) -> usize {
+        let mut held = 0;
+        for (id, reservation) in saved {
+            let key = reservation.key;
+            if self.buckets.contains_key(&key) || self.logs.contains_key(&key) {
+                self.reservations.hold(id, reservation);
+                held += 1;
+            }
+        }
+        held
     }
 }
