@@ -29,7 +29,7 @@ use tollgate::config::{Options, RateLimitConfig, compile};
 use tollgate::decision::Limiter;
 use tollgate::rule::Consistency;
 use tollgate::store::redis::lanes;
-use tollgate::store::{FailurePolicy, RedisOptions, RedisStore, RedisTls};
+use tollgate::store::{FailurePolicy, RedisOptions, RedisStore, RedisTls, Sentinel};
 
 const OK: i32 = Code::Ok as i32;
 const OVER: i32 = Code::OverLimit as i32;
@@ -1326,7 +1326,7 @@ async fn a_sentinel_failover_is_followed_and_counting_continues() {
     }
     let setup = RedisSetup {
         urls: vec![sentinel.url()],
-        sentinel: Some("tollgate-master".to_owned()),
+        sentinel: Some(Sentinel::of("tollgate-master")),
         failure: FailurePolicy::Deny,
         timeout: Duration::from_millis(500),
         ..RedisSetup::strict("unused")
@@ -1364,5 +1364,32 @@ async fn a_sentinel_failover_is_followed_and_counting_continues() {
         replica.cli(&["ROLE"]).starts_with("master"),
         "the replica was promoted"
     );
+    s.stop().await;
+}
+
+/// Sentinels with their own password in front of a master without one: the URL's credentials
+/// would be refused by the Sentinels, `--redis-sentinel-auth` gives theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_with_their_own_password() {
+    let master = RedisServer::start();
+    let sentinel =
+        RedisSentinel::start_with("tollgate-master", master.port, "requirepass s3ntinel\n");
+    let setup = |auth: Option<&str>| RedisSetup {
+        urls: vec![sentinel.url()],
+        sentinel: Some(Sentinel {
+            master: "tollgate-master".to_owned(),
+            auth: auth.map(str::to_owned),
+        }),
+        failure: FailurePolicy::Deny,
+        timeout: Duration::from_millis(500),
+        ..RedisSetup::strict("unused")
+    };
+    let mut s = start_redis(&hourly(100), setup(Some("s3ntinel"))).await;
+    let r = s.call(request("c", one("k", "v"))).await;
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 99));
+    s.stop().await;
+    // Without them the Sentinel refuses, and the failure policy (deny) answers.
+    let mut s = start_with(&hourly(100), setup(None).setup()).await;
+    assert_eq!(s.call(request("c", one("k", "v"))).await.overall_code, OVER);
     s.stop().await;
 }

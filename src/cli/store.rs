@@ -9,7 +9,7 @@ use clap::{ArgMatches, Args, ValueEnum};
 use super::values::{parse_duration, redacted};
 use crate::app::{RedisConfig, StoreConfig};
 use crate::rule::Consistency;
-use crate::store::{FailurePolicy, RedisOptions, RedisTls, TlsError, is_tls_url};
+use crate::store::{FailurePolicy, RedisOptions, RedisTls, Sentinel, TlsError, is_tls_url};
 
 /// Where buckets live.
 #[derive(Debug, Args)]
@@ -38,9 +38,20 @@ pub(super) struct StoreArgs {
     redis_cluster: bool,
     /// The --redis-url addresses are Redis Sentinels (`redis://host:26379`, one per
     /// Sentinel): count in the master of this master set, and follow its failovers.
-    /// Credentials in the URL are used for the Sentinels and the master.
+    /// Credentials in the first URL are used for the master, and for the Sentinels unless
+    /// --redis-sentinel-auth is given.
     #[arg(long, env = "TOLLGATE_REDIS_SENTINEL", value_name = "MASTER_NAME")]
     redis_sentinel: Option<String>,
+    /// Credentials for the Sentinels when they are not the master's: `[USER:]PASSWORD`, or
+    /// empty for none (Sentinels without `requirepass` in front of a master with one).
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_SENTINEL_AUTH",
+        value_name = "[USER:]PASSWORD",
+        requires = "redis_sentinel",
+        hide_env_values = true
+    )]
+    redis_sentinel_auth: Option<String>,
     /// How replicas agree on a limit: `strict` decides every request atomically in Redis;
     /// `cached` spends tokens leased from Redis in slices, off the request path. A limit's
     /// `consistency:` overrides it.
@@ -157,7 +168,10 @@ impl StoreArgs {
             options: RedisOptions {
                 urls: self.redis_url.clone(),
                 cluster: self.redis_cluster,
-                sentinel: self.redis_sentinel.clone(),
+                sentinel: self.redis_sentinel.as_ref().map(|master| Sentinel {
+                    master: master.clone(),
+                    auth: self.redis_sentinel_auth.clone(),
+                }),
                 prefix: self.redis_prefix.clone(),
                 timeout: self.redis_timeout,
                 tls: self.tls()?,

@@ -20,4 +20,4 @@ pub use key::{BucketKey, KeyBuilder};
 pub use lease::Leases;
 pub use leasing::Leasing;
 pub use memory::{Acquired, MemoryStore, SweepReport};
-pub use redis::{RedisOptions, RedisStore, RedisTls, TlsError, is_tls_url};
+pub use redis::{RedisOptions, RedisStore, RedisTls, Sentinel, TlsError, is_tls_url};

@@ -30,7 +30,7 @@ use tollgate::protocol::answers::Answers;
 use tollgate::reload::{Reloader, Source};
 use tollgate::rule::Consistency;
 use tollgate::server::{Limits, ServerOptions};
-use tollgate::store::{FailurePolicy, Parts, RedisOptions, RedisStore, RedisTls};
+use tollgate::store::{FailurePolicy, Parts, RedisOptions, RedisStore, RedisTls, Sentinel};
 use tollgate::tls::ServerTlsFiles;
 use tollgate::xds::XdsOptions;
 
@@ -126,7 +126,7 @@ pub struct RedisSetup {
     pub urls: Vec<String>,
     pub cluster: bool,
     /// `--redis-sentinel`: the URLs are Sentinels of this master set.
-    pub sentinel: Option<String>,
+    pub sentinel: Option<Sentinel>,
     pub consistency: Consistency,
     pub failure: FailurePolicy,
     pub timeout: Duration,

@@ -313,8 +313,9 @@ fn ping(port: u16) -> bool {
     if stream.write_all(b"PING\r\n").is_err() {
         return false;
     }
+    // A server that wants a password answers too.
     let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    stream.read_exact(&mut reply).is_ok() && (&reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
 }
 
 /// A Redis Cluster of three masters (no replicas) on free ports.
@@ -440,6 +441,11 @@ impl RedisSentinel {
     /// Starts a Sentinel that watches the master on `master_port` as `name` (quorum 1, the
     /// master down after 500 ms without answers) and waits until it answers.
     pub fn start(name: &str, master_port: u16) -> Self {
+        Self::start_with(name, master_port, "")
+    }
+
+    /// [`RedisSentinel::start`] with `extra` lines of configuration.
+    pub fn start_with(name: &str, master_port: u16, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("sentinel.conf");
@@ -449,7 +455,7 @@ impl RedisSentinel {
                 "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
                  sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
                  sentinel down-after-milliseconds {name} 500\n\
-                 sentinel failover-timeout {name} 2000\n",
+                 sentinel failover-timeout {name} 2000\n{extra}",
                 dir = dir.path().display()
             ),
         )

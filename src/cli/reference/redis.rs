@@ -13,7 +13,8 @@ const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
 
 /// The `--redis-*` flags for `REDIS_TYPE`, `REDIS_SOCKET_TYPE`, `REDIS_URL`, `REDIS_AUTH` and
 /// `REDIS_TLS*`. With `REDIS_TYPE=sentinel`, `REDIS_URL` is the master set's name, then the
-/// Sentinels' addresses (`mymaster,10.0.0.1:26379,10.0.0.2:26379`), as the reference reads it.
+/// Sentinels' addresses (`mymaster,10.0.0.1:26379,10.0.0.2:26379`), and `REDIS_SENTINEL_AUTH`
+/// the Sentinels' password, as the reference reads them.
 pub(super) fn flags(env: &Env) -> Result<Vec<String>, String> {
     let kind = env.string("REDIS_TYPE", "SINGLE").to_ascii_lowercase();
     let (cluster, sentinel) = match kind.as_str() {
@@ -39,13 +40,13 @@ pub(super) fn flags(env: &Env) -> Result<Vec<String>, String> {
                 "REDIS_TYPE=sentinel needs REDIS_URL=<master name>,<sentinel host:port>,..., not '{given}'"
             ));
         }
-        if env
-            .get("REDIS_SENTINEL_AUTH")
-            .is_some_and(|auth| Some(auth) != env.get("REDIS_AUTH"))
-        {
-            return Err("REDIS_SENTINEL_AUTH differs from REDIS_AUTH: tollgate authenticates to the Sentinels and the master with one password (REDIS_AUTH)".to_owned());
-        }
-        flags.extend(["--redis-sentinel".to_owned(), master.trim().to_owned()]);
+        // REDIS_AUTH is the master's; the Sentinels have their own (none when unset).
+        flags.extend([
+            "--redis-sentinel".to_owned(),
+            master.trim().to_owned(),
+            "--redis-sentinel-auth".to_owned(),
+            env.string("REDIS_SENTINEL_AUTH", ""),
+        ]);
         url = sentinels;
     }
     let urls: Vec<String> = match socket.as_str() {

@@ -159,16 +159,6 @@ fn what_cannot_be_served_is_refused_by_name() {
         ],
         &["REDIS_TYPE=sentinel needs REDIS_URL=<master name>,<sentinel host:port>"],
     );
-    refused(
-        &[
-            ("REDIS_TYPE", "sentinel"),
-            ("REDIS_SOCKET_TYPE", "tcp"),
-            ("REDIS_URL", "mymaster,10.0.0.1:26379"),
-            ("REDIS_AUTH", "master-secret"),
-            ("REDIS_SENTINEL_AUTH", "sentinel-secret"),
-        ],
-        &["REDIS_SENTINEL_AUTH differs from REDIS_AUTH"],
-    );
     refused(&[("BACKEND_TYPE", "memcache")], &["BACKEND_TYPE=memcache"]);
     refused(&[("GRPC_UDS", "/tmp/rl.sock")], &["GRPC_UDS"]);
     refused(&[("MERGE_DOMAIN_CONFIG", "true")], &["MERGE_DOMAIN_CONFIG"]);
@@ -271,9 +261,23 @@ fn redis_urls_carry_the_password_encoded_and_cluster_seeds() {
     .unwrap();
     assert_eq!(value(&t, "--redis-sentinel"), ["mymaster"]);
     assert_eq!(
+        value(&t, "--redis-sentinel-auth"),
+        [""],
+        "Sentinels without a password"
+    );
+    assert_eq!(
         value(&t, "--redis-url"),
         ["redis://:secret@s1:26379", "redis://:secret@s2:26379"]
     );
+    let t = translate(&env(&[
+        ("REDIS_SOCKET_TYPE", "tcp"),
+        ("REDIS_TYPE", "sentinel"),
+        ("REDIS_URL", "mymaster,s1:26379"),
+        ("REDIS_SENTINEL_AUTH", "sentinel-secret"),
+    ]))
+    .unwrap();
+    assert_eq!(value(&t, "--redis-sentinel-auth"), ["sentinel-secret"]);
+    assert_eq!(value(&t, "--redis-url"), ["redis://s1:26379"]);
 }
 
 #[test]

@@ -13,12 +13,60 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisFuture, RedisResult, TlsCertificates,
-    TlsMode, Value,
+    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
+    RedisFuture, RedisResult, TlsCertificates, TlsMode, Value,
 };
 use tokio::sync::Mutex;
 
 use super::{RedisOptions, RedisTls, tls};
+
+/// Redis Sentinels to ask for a master set's master.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sentinel {
+    /// The master set's name.
+    pub master: String,
+    /// Credentials for the Sentinels themselves, `[user:]password` (empty: none), when they
+    /// are not the master's (those of the first URL, which are otherwise used for both).
+    pub auth: Option<String>,
+}
+
+impl Sentinel {
+    /// The master set `master`, its Sentinels reached with the URLs' credentials.
+    pub fn of(master: impl Into<String>) -> Self {
+        Self {
+            master: master.into(),
+            auth: None,
+        }
+    }
+
+    /// The settings a Sentinel is reached with: `url`'s, unless `auth` replaces its
+    /// credentials.
+    fn connection(&self, url: &str) -> RedisResult<ConnectionInfo> {
+        let info = url.into_connection_info()?;
+        let Some(auth) = &self.auth else {
+            return Ok(info);
+        };
+        let mut settings = RedisConnectionInfo::default();
+        match auth.split_once(':') {
+            Some((user, password)) => {
+                settings = settings.set_username(user).set_password(password);
+            }
+            None if auth.is_empty() => {}
+            None => settings = settings.set_password(auth),
+        }
+        Ok(info.set_redis_settings(settings))
+    }
+}
+
+impl std::fmt::Debug for Sentinel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The credentials are never shown.
+        f.debug_struct("Sentinel")
+            .field("master", &self.master)
+            .field("auth", &self.auth.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
 
 /// How long connecting may take before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -58,9 +106,9 @@ impl Link {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(2));
-        let client = if let Some(master) = &options.sentinel {
+        let client = if let Some(sentinel) = &options.sentinel {
             Client::Sentinel(Box::new((
-                Mutex::new(sentinel_client(&options.urls, master)?),
+                Mutex::new(sentinel_client(&options.urls, sentinel)?),
                 manager,
             )))
         } else if options.cluster || options.urls.len() > 1 {
@@ -160,9 +208,10 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// A client of the Sentinels at `urls` for the master set `master`. Credentials and database
-/// in the first URL are used for the master too; a `rediss://` Sentinel means a TLS master.
-fn sentinel_client(urls: &[String], master: &str) -> RedisResult<SentinelClient> {
+/// A client of the Sentinels at `urls` for `sentinel`'s master set. Credentials and database in
+/// the first URL are used for the master (and for the Sentinels unless `sentinel.auth` says
+/// otherwise); a `rediss://` Sentinel means a TLS master.
+fn sentinel_client(urls: &[String], sentinel: &Sentinel) -> RedisResult<SentinelClient> {
     let first = urls
         .first()
         .map_or("redis://127.0.0.1:26379", String::as_str)
@@ -176,9 +225,13 @@ fn sentinel_client(urls: &[String], master: &str) -> RedisResult<SentinelClient>
             TlsMode::Secure
         });
     }
+    let sentinels = urls
+        .iter()
+        .map(|url| sentinel.connection(url))
+        .collect::<RedisResult<Vec<_>>>()?;
     SentinelClient::build(
-        urls.to_vec(),
-        master,
+        sentinels,
+        &sentinel.master,
         Some(node),
         SentinelServerType::Master,
     )

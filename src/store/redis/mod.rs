@@ -46,6 +46,7 @@ use batch::{Batches, Route};
 use call::{CallFailure, Entry, InFlight};
 use health::{Failure, Health};
 use link::Link;
+pub use link::Sentinel;
 use reconcile::LateCounts;
 use replicas::Replicas;
 pub use tls::{RedisTls, TlsError, is_tls_url};
@@ -58,9 +59,9 @@ pub struct RedisOptions {
     pub urls: Vec<String>,
     /// Treat the URLs as Redis Cluster seeds.
     pub cluster: bool,
-    /// Treat the URLs as Redis Sentinels, and count in the master they name this (the master
-    /// set's name), following failovers.
-    pub sentinel: Option<String>,
+    /// Treat the URLs as Redis Sentinels, and count in the master set they name, following
+    /// failovers.
+    pub sentinel: Option<Sentinel>,
     /// Prepended to every key.
     pub prefix: String,
     /// Longest wait for one decision before the failure policy answers instead.
