@@ -37,7 +37,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
 pub use error::{ApiError, ErrorBody};
-pub use openapi::json as openapi_json;
 pub use token::{AdminTokens, TokenError};
 
 use crate::protocol::Shared;

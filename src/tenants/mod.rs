@@ -52,7 +52,8 @@ pub struct Tenants {
 /// Every runtime tenant, as of one version of the state.
 #[derive(Debug, Default)]
 pub struct View {
-    version: u64,
+    /// `None` until the state was read: any version differs.
+    version: Option<u64>,
     /// By domain, then id.
     records: BTreeMap<String, BTreeMap<String, Arc<TenantRecord>>>,
     /// Key digest → the domain and tenant it opens.
@@ -84,7 +85,7 @@ pub enum Inactive {
 impl View {
     fn new(image: Image) -> Self {
         let mut view = Self {
-            version: image.version,
+            version: Some(image.version),
             ..Self::default()
         };
         for record in image.tenants {
@@ -104,11 +105,6 @@ impl View {
                 .insert(record.id.clone(), Arc::new(record));
         }
         view
-    }
-
-    /// The state's version this view shows.
-    pub fn version(&self) -> u64 {
-        self.version
     }
 
     /// Runtime tenant `id` of `domain`.
@@ -191,7 +187,7 @@ impl Tenants {
         // One at a time, so a view read earlier never replaces one read later.
         let _serial = self.syncing.lock().await;
         let version = self.state.version().await?;
-        if version == self.view.load().version {
+        if Some(version) == self.view.load().version {
             return Ok(());
         }
         let image = self.state.load().await?;
@@ -252,13 +248,17 @@ impl Tenants {
     /// Changes tenant `id` of `domain`: `edit` makes the change from its current record (none
     /// if it does not exist), which is committed if nobody changed the tenant meanwhile, else
     /// made again from the record as it now is. The view in force includes the change when
-    /// this returns.
+    /// this returns (unless the state could not be read again: then it is logged, and the
+    /// change, made, is still reported).
     pub async fn change<T, E: From<StateError>>(
         &self,
         domain: &str,
         id: &str,
         mut edit: impl FnMut(Option<&TenantRecord>) -> Result<Edit<T>, E>,
     ) -> Result<T, E> {
+        // From the state as it is, not as the last poll saw it: another replica's change is
+        // never refused for a view up to a poll old.
+        self.sync().await?;
         for _ in 0..ATTEMPTS {
             let view = self.view();
             let current = view.get(domain, id);
@@ -275,9 +275,22 @@ impl Tenants {
                     next: change.next.as_ref(),
                     audit: &change.audit,
                 })
-                .await?;
-            self.sync().await?;
+                .await;
+            let synced = self.sync().await;
+            let committed = match committed {
+                Ok(committed) => committed,
+                // No answer (a timeout, a lost connection) says nothing of whether it was
+                // made: the state read again does.
+                Err(error) if synced.is_ok() && self.shows(domain, id, change.next.as_ref()) => {
+                    tracing::warn!(%error, domain, tenant = id, "a tenant commit went unanswered but was made");
+                    true
+                }
+                Err(error) => return Err(error.into()),
+            };
             if committed {
+                if let Err(error) = synced {
+                    tracing::warn!(%error, domain, tenant = id, "a tenant change was made but the state could not be read again: it shows at the next poll");
+                }
                 let audit = &change.audit;
                 tracing::info!(
                     domain,
@@ -289,8 +302,18 @@ impl Tenants {
                 );
                 return Ok(change.output);
             }
+            // Changed meanwhile: the next attempt starts from the state read again.
+            synced?;
         }
         Err(StateError::Contended.into())
+    }
+
+    /// Whether the view in force shows tenant `id` of `domain` as `next` left it (its
+    /// revision is fresh for each commit attempt; `None`: deleted).
+    fn shows(&self, domain: &str, id: &str, next: Option<&TenantRecord>) -> bool {
+        let view = self.view();
+        let now = view.get(domain, id).map(|record| record.revision.as_str());
+        now == next.map(|record| record.revision.as_str())
     }
 
     /// The newest audit entries, newest first, at most `limit`.

@@ -2,8 +2,9 @@
 //!
 //! Three keys under one hash tag (one Cluster slot, so a commit is one script call):
 //! `{prefix}{tenants}:records`, a hash of `<domain>\n<id>` → the record's JSON;
-//! `{prefix}{tenants}:version`, a counter every commit increments (replicas poll it, and read
-//! the records again when it moves); `{prefix}{tenants}:audit`, the audit log, newest first,
+//! `{prefix}{tenants}:version`, a random number every commit replaces (replicas poll it, and
+//! read the records again when it differs from theirs: unlike a counter it never comes back
+//! after a lost key or a failover that lost writes); `{prefix}{tenants}:audit`, the audit log, newest first,
 //! trimmed to [`MAX_AUDIT`]. A commit is `commit.lua`: compare the revision, write, count,
 //! log, in one atomic step. The connection is the decision store's kind (single node,
 //! Cluster or Sentinel; TLS), but its own, so management calls never queue behind decisions.
@@ -159,6 +160,9 @@ impl TenantState for RedisState {
             let audit = json(commit.audit)?;
             let field = field(commit.domain, commit.id);
             let expected = commit.expected.unwrap_or_default();
+            let mut version = [0u8; 8];
+            getrandom::fill(&mut version)?;
+            let version = u64::from_le_bytes(version);
             let done: i64 = self
                 .call("committing a tenant change", |mut conn| async move {
                     self.commit
@@ -170,6 +174,7 @@ impl TenantState for RedisState {
                         .arg(&next)
                         .arg(&audit)
                         .arg(MAX_AUDIT)
+                        .arg(version)
                         .invoke_async(&mut conn)
                         .await
                 })

@@ -9,7 +9,7 @@
 //!
 //! Implementations: [`LocalState`](super::LocalState) (this process's memory, saved to a file
 //! under `--state-dir` when given) and [`RedisState`](super::RedisState) (a hash, a version
-//! counter and a list in Redis, shared by every replica).
+//! number and a list in Redis, shared by every replica).
 
 use std::fmt;
 use std::path::PathBuf;

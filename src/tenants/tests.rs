@@ -1,5 +1,7 @@
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
+
 use super::record::{Action, NewKey, TenantRecord, now};
 use super::*;
 use crate::config::source::SourceFile;
@@ -117,20 +119,74 @@ async fn add_label(tenants: &Tenants, name: &str) {
         .unwrap();
 }
 
+/// What [`Interfering`] does at its first commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interference {
+    /// Another replica adds label "first" to initech just before it.
+    RaceFirst,
+    /// The commit is made, but its answer is lost.
+    LoseAnswer,
+}
+
+/// A real state with one interference at the first commit through it.
+#[derive(Debug)]
+struct Interfering {
+    inner: Arc<LocalState>,
+    once: std::sync::Mutex<Option<Interference>>,
+}
+
+impl TenantState for Interfering {
+    fn load(&self) -> BoxFuture<'_, Result<Image, StateError>> {
+        self.inner.load()
+    }
+
+    fn version(&self) -> BoxFuture<'_, Result<u64, StateError>> {
+        self.inner.version()
+    }
+
+    fn commit<'a>(&'a self, commit: Commit<'a>) -> BoxFuture<'a, Result<bool, StateError>> {
+        let interference = self.once.lock().unwrap().take();
+        Box::pin(async move {
+            match interference {
+                None => self.inner.commit(commit).await,
+                Some(Interference::LoseAnswer) => {
+                    assert!(self.inner.commit(commit).await?);
+                    Err(StateError::Redis("connection lost".into()))
+                }
+                Some(Interference::RaceFirst) => {
+                    let other = Tenants::new(self.inner.clone());
+                    add_label(&other, "first").await;
+                    self.inner.commit(commit).await
+                }
+            }
+        })
+    }
+
+    fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditEntry>, StateError>> {
+        self.inner.audit(limit)
+    }
+}
+
+/// Tenants on a state where initech exists, interfered with as `interference` says.
+async fn interfered(interference: Interference) -> (Tenants, Arc<LocalState>) {
+    let inner = Arc::new(LocalState::in_memory());
+    create(&Tenants::new(inner.clone()), "initech", "free").await;
+    let state = Interfering {
+        inner: inner.clone(),
+        once: std::sync::Mutex::new(Some(interference)),
+    };
+    (Tenants::new(Arc::new(state)), inner)
+}
+
 #[tokio::test]
-async fn a_change_made_from_a_stale_view_is_made_again_from_the_current_record() {
-    let state = Arc::new(LocalState::in_memory());
-    let (one, two) = (Tenants::new(state.clone()), Tenants::new(state));
-    create(&one, "initech", "free").await;
-    two.sync().await.unwrap();
-    add_label(&one, "first").await;
-    // `two` still sees the record without "first": its commit is stale, read again, redone.
-    add_label(&two, "second").await;
-    one.sync().await.unwrap();
-    let record = one.view().get("saas", "initech").unwrap().clone();
+async fn a_change_raced_by_another_replica_is_made_again_from_the_current_record() {
+    let (tenants, inner) = interfered(Interference::RaceFirst).await;
+    // Its first commit loses the race to "first": read again, redone.
+    add_label(&tenants, "second").await;
+    let record = tenants.view().get("saas", "initech").unwrap().clone();
     let names: Vec<&String> = record.labels.keys().collect();
     assert_eq!(names, ["first", "second"]);
-    let actions = actions(&*one.state).await;
+    let actions = actions(&*inner).await;
     assert_eq!(
         actions,
         [
@@ -139,4 +195,24 @@ async fn a_change_made_from_a_stale_view_is_made_again_from_the_current_record()
             Action::TenantCreated
         ]
     );
+}
+
+#[tokio::test]
+async fn a_change_made_whose_answer_was_lost_is_reported_made_once() {
+    let (tenants, inner) = interfered(Interference::LoseAnswer).await;
+    add_label(&tenants, "once").await;
+    let record = tenants.view().get("saas", "initech").unwrap().clone();
+    assert!(record.labels.contains_key("once"));
+    let actions = actions(&*inner).await;
+    assert_eq!(actions, [Action::TenantUpdated, Action::TenantCreated]);
+}
+
+#[tokio::test]
+async fn a_change_is_made_from_what_another_replica_committed_since_the_last_poll() {
+    let state = Arc::new(LocalState::in_memory());
+    let (one, two) = (Tenants::new(state.clone()), Tenants::new(state));
+    create(&one, "initech", "free").await;
+    // `two` never polled: its view has no initech, yet the change finds it.
+    add_label(&two, "second").await;
+    assert!(two.view().get("saas", "initech").is_some());
 }
