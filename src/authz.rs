@@ -131,9 +131,13 @@ impl Authorization {
 
     /// The tenant owning `key`: found by digest, confirmed by a constant-time comparison.
     pub fn tenant(&self, key: &str) -> Option<&Arc<Tenant>> {
-        let digest = key_digest(key);
-        let (tenant, stored) = self.keys.get(&digest)?;
-        bool::from(stored.ct_eq(&digest)).then_some(tenant)
+        self.tenant_by_digest(&key_digest(key))
+    }
+
+    /// The tenant whose key has `digest` ([`key_digest`]), if any.
+    pub fn tenant_by_digest(&self, digest: &[u8; 32]) -> Option<&Arc<Tenant>> {
+        let (tenant, stored) = self.keys.get(digest)?;
+        bool::from(stored.ct_eq(digest)).then_some(tenant)
     }
 
     /// The section's tenants, by id.

@@ -28,6 +28,7 @@ pub mod config;
 pub mod decision;
 pub mod matcher;
 pub mod metrics;
+pub mod percent;
 pub mod protocol;
 pub mod quota;
 pub mod reload;

@@ -1021,6 +1021,32 @@ async fn an_id_in_the_files_and_the_api_is_an_error_shown_on_both() {
     let config: Value = serde_json::from_str(&config).unwrap();
     assert_eq!(config["tenant_errors"].as_array().unwrap().len(), 1);
     assert_eq!(config["tenant_errors"][0], error);
+    // No key is handed out that ext_authz would refuse; its usage is the files' tenant's.
+    let refused = admin(
+        &server,
+        Method::POST,
+        "/v1/domains/saas/tenants/hooli/keys",
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("defined both in")
+    );
+    let usage = admin(
+        &server,
+        Method::GET,
+        "/v1/domains/saas/tenants/hooli/usage",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (usage.status, &usage.body["tier"]),
+        (200, &Value::from("pro"))
+    );
     // Deleting the API's resolves it.
     assert_eq!(
         admin(

@@ -12,7 +12,7 @@ use super::input::Segments;
 use super::tenants::{TenantPath, audit, runtime, section};
 use super::{Admin, ApiState};
 use crate::tenants::record::{Action, AuditEntry, MAX_KEYS, NewKey, now};
-use crate::tenants::{Edit, StateError};
+use crate::tenants::{Edit, StateError, problem};
 
 /// A key just created: the only time the key is shown.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -62,7 +62,7 @@ pub struct KeyPath {
         (status = 400, description = "A malformed path.", body = ErrorBody),
         (status = 401, description = "No valid admin token.", body = ErrorBody),
         (status = 404, description = "No such domain or tenant.", body = ErrorBody),
-        (status = 409, description = "A tenant of the files, or one holding the most keys (20).", body = ErrorBody),
+        (status = 409, description = "A tenant of the files, one whose keys ext_authz would refuse (its id is in the files too, or its tier is undefined), or one holding the most keys (20).", body = ErrorBody),
         (status = 503, description = "The tenant state cannot be written now.", body = ErrorBody),
     ))]
 pub async fn create_key(
@@ -76,6 +76,10 @@ pub async fn create_key(
         .tenants
         .change(&domain, &id, |current| {
             let mut next = runtime(current, &authz, &config, &domain, &id)?.clone();
+            // A key ext_authz would refuse is not handed out.
+            if let Some(problem) = problem(&next, &config) {
+                return Err(ApiError::conflict(problem));
+            }
             if next.keys.len() >= MAX_KEYS {
                 return Err(ApiError::conflict(format!(
                     "tenant '{id}' holds {MAX_KEYS} keys, the most kept: delete one first"

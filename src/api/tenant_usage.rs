@@ -15,6 +15,7 @@ use super::tenants::{TenantPath, section};
 use crate::authz::{Attributes, Tenant};
 use crate::decision::{Code, Decision};
 use crate::metrics::service::Method;
+use crate::tenants::problem;
 
 /// What a tenant has left under each of its tier's limits.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -54,6 +55,7 @@ pub struct TenantLimit {
         (status = 400, description = "An unknown or repeated parameter.", body = ErrorBody),
         (status = 401, description = "No valid admin token.", body = ErrorBody),
         (status = 404, description = "No such domain or tenant.", body = ErrorBody),
+        (status = 409, description = "A runtime tenant whose keys ext_authz refuses (its tier is undefined); `message` says why.", body = ErrorBody),
         (status = 503, description = "No store could answer.", body = ErrorBody),
     ))]
 pub async fn usage(
@@ -61,22 +63,28 @@ pub async fn usage(
     Segments(TenantPath { domain, id }): Segments<TenantPath>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let (_, authz) = section(&api, &domain)?;
+    let (config, authz) = section(&api, &domain)?;
     let mut pairs = input::query_pairs(uri.query());
     let method = input::take_one(&mut pairs, "method", false)?;
     let path = input::take_one(&mut pairs, "path", false)?;
     let host = input::take_one(&mut pairs, "host", false)?;
     input::no_more(&pairs)?;
     let view = api.shared.tenants.view();
-    let tenant = match (view.get(&domain, &id), authz.tenants_by_id().get(&id)) {
-        (Some(record), _) => Tenant {
-            id: record.id.clone(),
-            tier: record.tier.clone(),
-        },
-        (None, Some(tenant)) => Tenant {
+    // The tenant in force: the files' before the API's, as ext_authz decides.
+    let tenant = match (authz.tenants_by_id().get(&id), view.get(&domain, &id)) {
+        (Some(tenant), _) => Tenant {
             id: tenant.id.clone(),
             tier: tenant.tier.clone(),
         },
+        (None, Some(record)) => {
+            if let Some(problem) = problem(record, &config) {
+                return Err(ApiError::conflict(problem));
+            }
+            Tenant {
+                id: record.id.clone(),
+                tier: record.tier.clone(),
+            }
+        }
         (None, None) => {
             return Err(ApiError::not_found(format!(
                 "domain '{domain}' has no tenant '{id}'"

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ErrorBody};
 use super::input::{self, Segments};
 use super::{Admin, ApiState};
-use crate::authz::{Authorization, Tenant, hex};
+use crate::authz::{Authorization, Tenant};
 use crate::config::RateLimitConfig;
 use crate::tenants::record::{self, Action, AuditEntry, MAX_TENANTS, TenantRecord, key_id, now};
 use crate::tenants::{Edit, problem};
@@ -346,7 +346,7 @@ pub async fn create(
         .await?;
     let location = format!(
         "/v1/domains/{}/tenants/{}",
-        path_segment(&domain),
+        crate::percent::encode(&domain),
         created.id
     );
     let mut response =
@@ -460,29 +460,4 @@ pub async fn delete(
         })
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// `text` as one path segment: every byte but the unreserved ones percent-encoded.
-fn path_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push('%');
-            out.push_str(&hex(&[byte]).to_uppercase());
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locations_encode_their_domain() {
-        assert_eq!(path_segment("saas"), "saas");
-        assert_eq!(path_segment("a b/ü"), "a%20b%2F%C3%BC");
-    }
 }

@@ -34,7 +34,7 @@ use tonic::{Request, Response, Status};
 
 use super::Shared;
 use super::headers::{binding, rate_limit_headers, retry_after_secs};
-use crate::authz::{Attributes, Tenant};
+use crate::authz::{Attributes, Tenant, key_digest};
 use crate::clock::saturating_nanos;
 use crate::decision::{Code, Decision, DescriptorStatus, RequestError};
 use crate::metrics::service::{AuthzLabels, AuthzResult, CallCode, CallResult, Method};
@@ -147,10 +147,12 @@ impl Authorization for AuthorizationGrpc {
             }
         }
         let tenant = authz.presented_key(&headers).and_then(|key| {
+            // Hashed once for both: the files' keys, then the API's.
+            let digest = key_digest(key);
             authz
-                .tenant(key)
+                .tenant_by_digest(&digest)
                 .cloned()
-                .or_else(|| self.shared.tenants.tenant(&domain, &authz, key))
+                .or_else(|| self.shared.tenants.tenant(&domain, &authz, &digest))
         });
         let Some(tenant) = tenant else {
             if let Some(((per_unit, unit), client)) = &guard {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::authz::{Authorization, Tenant, key_digest};
+use crate::authz::{Authorization, Tenant};
 use crate::config::RateLimitConfig;
 use crate::config::authz::parse_digest;
 pub use local::LocalState;
@@ -227,11 +227,16 @@ impl Tenants {
         }
     }
 
-    /// The runtime tenant whose key `key` is, for a check in `domain` under `authz`, if it
-    /// is in force there.
-    pub fn tenant(&self, domain: &str, authz: &Authorization, key: &str) -> Option<Arc<Tenant>> {
+    /// The runtime tenant whose key has `digest` ([`crate::authz::key_digest`]), for a check in `domain`
+    /// under `authz`, if it is in force there.
+    pub fn tenant(
+        &self,
+        domain: &str,
+        authz: &Authorization,
+        digest: &[u8; 32],
+    ) -> Option<Arc<Tenant>> {
         let view = self.view.load();
-        let (owner, tenant) = view.keys.get(&key_digest(key))?;
+        let (owner, tenant) = view.keys.get(digest)?;
         let active = owner == domain && inactive(&tenant.id, &tenant.tier, Some(authz)).is_none();
         active.then(|| tenant.clone())
     }

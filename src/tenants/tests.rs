@@ -4,6 +4,7 @@ use futures_util::future::BoxFuture;
 
 use super::record::{Action, NewKey, TenantRecord, now};
 use super::*;
+use crate::authz::key_digest;
 use crate::config::source::SourceFile;
 use crate::config::{Options, compile};
 
@@ -84,19 +85,31 @@ async fn a_created_key_opens_its_tenant_while_it_is_in_force() {
         .unwrap();
     let tenants = Tenants::new(Arc::new(LocalState::in_memory()));
     let key = create(&tenants, "initech", "free").await;
-    let tenant = tenants.tenant("saas", &authz, &key).unwrap();
+    let tenant = tenants.tenant("saas", &authz, &key_digest(&key)).unwrap();
     assert_eq!(
         (tenant.id.as_str(), tenant.tier.as_str()),
         ("initech", "free")
     );
-    assert!(tenants.tenant("other", &authz, &key).is_none());
-    assert!(tenants.tenant("saas", &authz, "tgk_wrong").is_none());
+    assert!(tenants.tenant("other", &authz, &key_digest(&key)).is_none());
+    assert!(
+        tenants
+            .tenant("saas", &authz, &key_digest("tgk_wrong"))
+            .is_none()
+    );
     assert!(tenants.problems(&config).is_empty());
     // The same id as a file's tenant, or a tier the domain lacks: refused, and said why.
     let shadowed = create(&tenants, "acme", "free").await;
     let orphan = create(&tenants, "hooli", "gold").await;
-    assert!(tenants.tenant("saas", &authz, &shadowed).is_none());
-    assert!(tenants.tenant("saas", &authz, &orphan).is_none());
+    assert!(
+        tenants
+            .tenant("saas", &authz, &key_digest(&shadowed))
+            .is_none()
+    );
+    assert!(
+        tenants
+            .tenant("saas", &authz, &key_digest(&orphan))
+            .is_none()
+    );
     let problems = tenants.problems(&config);
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems[0].contains("'acme' is defined both in saas.yaml"));

@@ -1,15 +1,6 @@
 //! The reference's Redis variables as `--redis-*` flags.
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-
 use super::env::Env;
-
-/// What a URL's user and password may hold unencoded: the unreserved characters.
-const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// The `--redis-*` flags for `REDIS_TYPE`, `REDIS_SOCKET_TYPE`, `REDIS_URL`, `REDIS_AUTH` and
 /// `REDIS_TLS*`. With `REDIS_TYPE=sentinel`, `REDIS_URL` is the master set's name, then the
@@ -118,7 +109,7 @@ pub(super) fn flags(env: &Env) -> Result<Vec<String>, String> {
 
 /// `REDIS_AUTH`, `password` or `user:password`, each part percent-encoded for a URL.
 fn credentials(auth: &str) -> (Option<String>, String) {
-    let encode = |text: &str| utf8_percent_encode(text, UNRESERVED).to_string();
+    let encode = crate::percent::encode;
     match auth.split_once(':') {
         Some((user, password)) => (Some(encode(user)), encode(password)),
         None => (None, encode(auth)),
