@@ -170,21 +170,40 @@ impl utoipa::PartialSchema for QueryEntries {
 impl utoipa::ToSchema for QueryEntries {}
 
 impl ApiState {
-    /// Decides `request` (or records it as usage), counting it in the metrics as `method`.
-    pub async fn decide(
+    /// Decides `request`, counting it in the metrics as an API check.
+    pub async fn decide(&self, request: &RateLimitRequest) -> Result<Decision, ApiError> {
+        let limiter = self.shared.reloader.limiter();
+        self.counted(
+            request,
+            Method::ApiCheck,
+            limiter.decide_within(request, None),
+        )
+        .await
+    }
+
+    /// Records `request` as usage already spent, counting it in the metrics as API usage.
+    pub async fn record_usage(&self, request: &RateLimitRequest) -> Result<Decision, ApiError> {
+        let limiter = self.shared.reloader.limiter();
+        self.counted(
+            request,
+            Method::ApiUsage,
+            limiter.record_within(request, None),
+        )
+        .await
+    }
+
+    /// What `deciding` (a decision of `request`) answers, counted in the metrics as `method`.
+    async fn counted(
         &self,
         request: &RateLimitRequest,
         method: Method,
+        deciding: impl Future<Output = Result<Decision, RequestError>>,
     ) -> Result<Decision, ApiError> {
         let started = Instant::now();
-        let limiter = self.shared.reloader.limiter();
-        let result = match method {
-            Method::ApiUsage => limiter.record_within(request, None).await,
-            _ => limiter.decide_within(request, None).await,
-        };
+        let result = deciding.await;
         self.shared.record(request, &result, started);
         self.shared.count_decided(method, &result);
-        result.map_err(|error: RequestError| error.into())
+        result.map_err(ApiError::from)
     }
 }
 
@@ -208,7 +227,7 @@ impl ApiState {
 pub async fn allow(State(api): State<ApiState>, uri: Uri) -> Result<Response, ApiError> {
     let (domain, entries) = descriptor_query(&uri)?;
     let request = rls_request(domain, [(entries, 1)]);
-    let decision = api.decide(&request, Method::ApiCheck).await?;
+    let decision = api.decide(&request).await?;
     Ok(respond(
         &decision,
         Answer::Decided,
@@ -237,7 +256,7 @@ pub async fn check(State(api): State<ApiState>, body: Body) -> Result<Response, 
             .into_iter()
             .map(|d| (entries(d.entries), d.hits.unwrap_or(default))),
     );
-    let decision = api.decide(&request, Method::ApiCheck).await?;
+    let decision = api.decide(&request).await?;
     Ok(respond(
         &decision,
         Answer::Decided,
@@ -261,7 +280,7 @@ pub async fn check(State(api): State<ApiState>, body: Body) -> Result<Response, 
 pub async fn usage(State(api): State<ApiState>, uri: Uri) -> Result<Response, ApiError> {
     let (domain, entries) = descriptor_query(&uri)?;
     let request = rls_request(domain, [(entries, 0)]);
-    let decision = api.decide(&request, Method::ApiCheck).await?;
+    let decision = api.decide(&request).await?;
     Ok(respond(
         &decision,
         Answer::Reported,
@@ -290,7 +309,7 @@ pub async fn record_usage(State(api): State<ApiState>, body: Body) -> Result<Res
             .into_iter()
             .map(|d| (entries(d.entries), amount)),
     );
-    let decision = api.decide(&request, Method::ApiUsage).await?;
+    let decision = api.record_usage(&request).await?;
     Ok(respond(
         &decision,
         Answer::Reported,

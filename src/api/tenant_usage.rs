@@ -14,7 +14,6 @@ use super::input::{self, Segments};
 use super::tenants::{TenantPath, section};
 use crate::authz::{Attributes, Tenant};
 use crate::decision::{Code, Decision};
-use crate::metrics::service::Method;
 use crate::tenants::problem;
 
 /// What a tenant has left under each of its tier's limits.
@@ -122,7 +121,7 @@ pub async fn usage(
             domain.clone(),
             descriptors.into_iter().map(|d| (d.entries, 0)),
         );
-        api.decide(&request, Method::ApiCheck).await?
+        api.decide(&request).await?
     };
     let body = TenantUsage {
         tenant: tenant.id.clone(),
