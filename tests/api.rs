@@ -545,11 +545,10 @@ async fn bad_input_gets_a_4xx_naming_the_field() {
         (missing.status, missing.body["error"].as_str()),
         (404, Some("not_found"))
     );
+    let wrong = call(&server, false, Method::DELETE, "/v1/check", None).await;
     assert_eq!(
-        call(&server, false, Method::DELETE, "/v1/check", None)
-            .await
-            .status,
-        405
+        (wrong.status, wrong.body["error"].as_str()),
+        (405, Some("method_not_allowed"))
     );
     server.stop().await;
 }

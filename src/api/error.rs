@@ -20,8 +20,8 @@ pub struct ApiError {
 #[schema(example = json!({"error": "bad_request", "field": "descriptors[0].hits",
     "message": "invalid type: string \"1\", expected u64"}))]
 pub struct ErrorBody {
-    /// What kind of error: `bad_request`, `unauthorized`, `not_found`, `conflict`,
-    /// `payload_too_large`, `unavailable`.
+    /// What kind of error: `bad_request`, `unauthorized`, `not_found`, `method_not_allowed`,
+    /// `conflict`, `payload_too_large`, `unavailable`.
     pub error: String,
     /// What is wrong, for people.
     pub message: String,
@@ -67,6 +67,15 @@ impl ApiError {
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 405: the path is served, not with this method.
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+        )
     }
 
     /// 409: the change contradicts what exists.

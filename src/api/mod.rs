@@ -102,6 +102,7 @@ pub fn router(shared: Shared, tokens: AdminTokens) -> Router {
         .route("/openapi.json", get(openapi::document))
         .merge(management)
         .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
 }
 
@@ -119,4 +120,11 @@ async fn admin_only(State(api): State<ApiState>, mut request: Request, next: Nex
 /// 404 for a path the API does not serve.
 async fn no_route() -> ApiError {
     ApiError::not_found("no such endpoint: GET /openapi.json lists them")
+}
+
+/// 405 for a method a served path does not take.
+async fn wrong_method(method: axum::http::Method) -> ApiError {
+    ApiError::method_not_allowed(format!(
+        "this endpoint does not take {method}: GET /openapi.json lists what it takes"
+    ))
 }
