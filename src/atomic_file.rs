@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` through a temporary file beside it, synced, then renamed over it,
 /// and syncs the directory so the rename itself survives a crash. The file is created readable
-/// by its owner only.
+/// by its owner only. An error means `path` was not replaced: once the rename is done, a
+/// directory that cannot be synced is only logged (the new content is what readers see).
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(format!(".{}.tmp", std::process::id()));
@@ -27,8 +28,10 @@ pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     written?;
     #[cfg(unix)]
-    if let Some(directory) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::File::open(directory)?.sync_all()?;
+    if let Some(directory) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Err(error) = fs::File::open(directory).and_then(|d| d.sync_all())
+    {
+        tracing::warn!(path = %path.display(), %error, "replaced, but its directory could not be synced: a crash now may bring the old content back");
     }
     Ok(())
 }

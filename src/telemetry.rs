@@ -36,10 +36,10 @@ impl Telemetry {
     /// Sends every finished span now.
     pub fn flush(&self) {
         #[cfg(feature = "otlp")]
-        if let Some(provider) = &self.provider {
-            if let Err(error) = provider.force_flush() {
-                tracing::warn!(%error, "cannot flush spans");
-            }
+        if let Some(provider) = &self.provider
+            && let Err(error) = provider.force_flush()
+        {
+            tracing::warn!(%error, "cannot flush spans");
         }
     }
 }

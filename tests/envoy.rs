@@ -79,10 +79,10 @@ impl Envoy {
         let ready = format!("http://127.0.0.1:{}/ready", envoy.port(9901));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = reqwest::get(&ready).await {
-                if r.status() == 200 {
-                    break;
-                }
+            if let Ok(r) = reqwest::get(&ready).await
+                && r.status() == 200
+            {
+                break;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

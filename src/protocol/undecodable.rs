@@ -95,14 +95,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut answer = std::task::ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(method)) = (&mut answer, *this.method) {
-            if undecodable(response) {
-                response
-                    .headers_mut()
-                    .insert("grpc-status", HeaderValue::from_static(INVALID_ARGUMENT));
-                this.shared
-                    .count_call(method, CallCode::InvalidArgument, CallResult::Error);
-            }
+        if let (Ok(response), Some(method)) = (&mut answer, *this.method)
+            && undecodable(response)
+        {
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from_static(INVALID_ARGUMENT));
+            this.shared
+                .count_call(method, CallCode::InvalidArgument, CallResult::Error);
         }
         Poll::Ready(answer)
     }

@@ -303,13 +303,13 @@ impl Server {
             }
             let _ = stop_tx.send(true);
         });
-        if let Source::Xds(xds) = self.reloader.source() {
-            if !xds.start_without_config {
-                tracing::info!(server = %xds.server, "waiting for the first valid configuration from the xDS server before serving");
-                tokio::select! {
-                    () = self.reloader.first_loaded() => {}
-                    () = stopped(stop_rx.clone()) => {}
-                }
+        if let Source::Xds(xds) = self.reloader.source()
+            && !xds.start_without_config
+        {
+            tracing::info!(server = %xds.server, "waiting for the first valid configuration from the xDS server before serving");
+            tokio::select! {
+                () = self.reloader.first_loaded() => {}
+                () = stopped(stop_rx.clone()) => {}
             }
         }
 

@@ -227,16 +227,17 @@ impl MemoryStore {
     /// Holds what the `Reserve` claims of an admitted request took.
     fn hold_reservations(&self, claims: &[Claim], taken: &[Acquired], now: Nanos) {
         for (claim, acquired) in claims.iter().zip(taken) {
-            if let Some(Ticket::Reserve { id, ttl }) = claim.ticket {
-                if acquired.verdict.allowed && claim.hit.cost > 0 {
-                    let reservation = Reservation {
-                        key: acquired.key,
-                        units: claim.hit.cost,
-                        taken_ms: now / NANOS_PER_MS,
-                        expires: now.saturating_add(ttl.as_nanos() as u64),
-                    };
-                    self.reservations.hold(id, reservation);
-                }
+            if let Some(Ticket::Reserve { id, ttl }) = claim.ticket
+                && acquired.verdict.allowed
+                && claim.hit.cost > 0
+            {
+                let reservation = Reservation {
+                    key: acquired.key,
+                    units: claim.hit.cost,
+                    taken_ms: now / NANOS_PER_MS,
+                    expires: now.saturating_add(ttl.as_nanos() as u64),
+                };
+                self.reservations.hold(id, reservation);
             }
         }
     }
@@ -259,13 +260,11 @@ impl MemoryStore {
             };
         }
         let full = self.live() >= self.max_buckets;
-        if full {
-            if let Some(verdict) = self.decide_existing(hit.overflow, hit, now) {
-                return Acquired {
-                    verdict,
-                    key: hit.overflow,
-                };
-            }
+        if full && let Some(verdict) = self.decide_existing(hit.overflow, hit, now) {
+            return Acquired {
+                verdict,
+                key: hit.overflow,
+            };
         }
         let fresh = algorithm::decide(&hit.quota, FRESH, now, hit.cost);
         if !fresh.consumed(FRESH) {
@@ -438,12 +437,12 @@ impl MemoryStore {
             let state = bucket.state.load(Ordering::Acquire);
             algorithm::idle_at(bucket.algorithm, state, bucket.scale, now) <= now
         };
-        if algorithm::idle_at(algorithm, after.state, scale, now) <= now {
-            if let Some((_, gone)) = self.buckets.remove_if(&acquired.key, |_, b| idle(b)) {
-                self.evicted.fetch_add(1, Ordering::Relaxed);
-                if gone.counted {
-                    self.release();
-                }
+        if algorithm::idle_at(algorithm, after.state, scale, now) <= now
+            && let Some((_, gone)) = self.buckets.remove_if(&acquired.key, |_, b| idle(b))
+        {
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            if gone.counted {
+                self.release();
             }
         }
     }

@@ -3,10 +3,13 @@
 //! The whole state (tenants, version and audit log) is one JSON file, `tenants.json`,
 //! replaced atomically at every commit ([`crate::atomic_file::replace`]): a crash leaves the
 //! state before the change or after it, audit entry included. A file that cannot be read is a
-//! startup error, never silently replaced. One process per directory.
+//! startup error, never silently replaced. One process per directory: it holds a lock on
+//! `tenants.lock` there while it runs. A commit runs to its end (applied, saved, or taken back
+//! if the save failed) even if its caller stops waiting, so memory and file never disagree.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -19,6 +22,9 @@ use super::state::{Commit, Image, MAX_AUDIT, StateError, TenantState};
 /// The state file's name inside `--state-dir`.
 pub const FILE: &str = "tenants.json";
 
+/// The lock file's name inside `--state-dir`.
+pub const LOCK: &str = "tenants.lock";
+
 /// The file's format; a different one is refused.
 const FORMAT: u32 = 1;
 
@@ -26,7 +32,9 @@ const FORMAT: u32 = 1;
 #[derive(Debug)]
 pub struct LocalState {
     file: Option<PathBuf>,
-    saved: Mutex<Saved>,
+    saved: Arc<Mutex<Saved>>,
+    /// Held (locked) while this process uses the directory.
+    _lock: Option<std::fs::File>,
 }
 
 /// Everything kept, as the file holds it.
@@ -44,10 +52,11 @@ impl LocalState {
     pub fn in_memory() -> Self {
         Self {
             file: None,
-            saved: Mutex::new(Saved {
+            saved: Arc::new(Mutex::new(Saved {
                 format: FORMAT,
                 ..Saved::default()
-            }),
+            })),
+            _lock: None,
         }
     }
 
@@ -60,6 +69,7 @@ impl LocalState {
             source,
         };
         create_private_dir(dir).map_err(failed)?;
+        let lock = lock(&dir.join(LOCK))?;
         let saved = match std::fs::read(&file) {
             Ok(bytes) => {
                 let saved: Saved =
@@ -83,12 +93,73 @@ impl LocalState {
         };
         Ok(Self {
             file: Some(file),
-            saved: Mutex::new(saved),
+            saved: Arc::new(Mutex::new(saved)),
+            _lock: Some(lock),
         })
     }
+}
 
-    async fn commit_now(&self, commit: Commit<'_>) -> Result<bool, StateError> {
-        let mut saved = self.saved.lock().await;
+/// Locks `path` (created if missing) for this process: a second tollgate on the same
+/// directory is a startup error, not a second writer.
+fn lock(path: &Path) -> Result<std::fs::File, StateError> {
+    let failed = |source| StateError::File {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(failed(std::io::Error::other(
+            "another process holds this lock: one tollgate per --state-dir",
+        ))),
+        Err(std::fs::TryLockError::Error(error)) => Err(failed(error)),
+    }
+}
+
+/// One commit's data, owned, so it can run in a task of its own.
+struct Owned {
+    domain: String,
+    id: String,
+    expected: Option<String>,
+    next: Option<TenantRecord>,
+    audit: AuditEntry,
+}
+
+impl Owned {
+    fn of(commit: Commit<'_>) -> Self {
+        Self {
+            domain: commit.domain.to_owned(),
+            id: commit.id.to_owned(),
+            expected: commit.expected.map(str::to_owned),
+            next: commit.next.cloned(),
+            audit: commit.audit.clone(),
+        }
+    }
+
+    fn commit(&self) -> Commit<'_> {
+        Commit {
+            domain: &self.domain,
+            id: &self.id,
+            expected: self.expected.as_deref(),
+            next: self.next.as_ref(),
+            audit: &self.audit,
+        }
+    }
+}
+
+impl LocalState {
+    /// Applies `commit` to `saved` and saves it to `file`, taking it back if the save fails.
+    async fn commit_now(
+        saved: &Mutex<Saved>,
+        file: Option<&Path>,
+        commit: Commit<'_>,
+    ) -> Result<bool, StateError> {
+        let mut saved = saved.lock().await;
         let position = saved
             .tenants
             .iter()
@@ -98,14 +169,14 @@ impl LocalState {
             return Ok(false);
         }
         let undo = saved.apply(position, commit);
-        if let Some(file) = &self.file {
-            if let Err(source) = save(file, &saved).await {
-                saved.undo(undo);
-                return Err(StateError::File {
-                    path: file.clone(),
-                    source,
-                });
-            }
+        if let Some(file) = file
+            && let Err(source) = save(file, &saved).await
+        {
+            saved.undo(undo);
+            return Err(StateError::File {
+                path: file.to_owned(),
+                source,
+            });
         }
         Ok(true)
     }
@@ -202,7 +273,19 @@ impl TenantState for LocalState {
     }
 
     fn commit<'a>(&'a self, commit: Commit<'a>) -> BoxFuture<'a, Result<bool, StateError>> {
-        self.commit_now(commit).boxed()
+        // In a task of its own: a caller that stops waiting cannot cut it between applying and
+        // saving (or taking back).
+        let (saved, file, owned) = (self.saved.clone(), self.file.clone(), Owned::of(commit));
+        let task =
+            tokio::spawn(
+                async move { Self::commit_now(&saved, file.as_deref(), owned.commit()).await },
+            );
+        async move {
+            // Never cancelled: a failure to join is a panic in the task, passed on as it was.
+            task.await
+                .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
+        }
+        .boxed()
     }
 
     fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditEntry>, StateError>> {
@@ -261,6 +344,19 @@ mod tests {
             })
             .await
             .unwrap()
+    }
+
+    #[test]
+    fn one_process_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LocalState::open(dir.path()).unwrap();
+        let second = LocalState::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            second.contains(LOCK) && second.contains("one tollgate per --state-dir"),
+            "{second}"
+        );
+        drop(first);
+        LocalState::open(dir.path()).unwrap();
     }
 
     #[tokio::test]
@@ -326,6 +422,7 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        drop(reopened);
         std::fs::write(dir.path().join(FILE), b"{\"format\": 1, \"vers").unwrap();
         let error = LocalState::open(dir.path()).unwrap_err().to_string();
         assert!(error.contains("unreadable"), "{error}");
