@@ -954,6 +954,12 @@ async fn tenants_and_keys_work_through_ext_authz(backend: Backend) {
     let who = format!("token:{}", &hash_key(TOKEN)[7..23]);
     assert!(entries.iter().all(|e| e["who"] == who.as_str()));
     assert_eq!(entries[4]["key_id"], second.body["id"]);
+    // The deletion names the key it revoked: the one of initech's two not deleted before.
+    let kept = [&entries[6]["key_id"], &entries[4]["key_id"]]
+        .into_iter()
+        .find(|id| **id != entries[3]["key_id"])
+        .unwrap();
+    assert_eq!(entries[2]["revoked_keys"], json!([kept]));
     let filtered = admin(&server, Method::GET, "/v1/audit?tenant=hooli&limit=1", None).await;
     assert_eq!(filtered.body["entries"].as_array().unwrap().len(), 1);
     assert_eq!(

@@ -24,7 +24,7 @@ pub struct AuditLog {
 
 /// The newest changes to runtime tenants, newest first.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", operation_id = "audit_log",
-    params(("limit" = Option<u32>, Query, description = "At most this many entries (1 to 10000; default 100)."),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "At most this many entries (1 to 10000; default 100)."),
            ("domain" = Option<String>, Query, description = "Only this domain's."),
            ("tenant" = Option<String>, Query, description = "Only this tenant's.")),
     security(("admin_token" = [])),

@@ -43,8 +43,9 @@ pub struct CheckRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckDescriptor {
-    /// Its entries, matched level by level against the domain's descriptor tree.
-    #[schema(min_items = 1)]
+    /// Its entries, matched level by level against the domain's descriptor tree: 1 to 64.
+    #[serde(deserialize_with = "bounded::<_, _, MAX_ENTRIES>")]
+    #[schema(min_items = 1, max_items = 64)]
     entries: Vec<EntryBody>,
     /// Units it takes (0: check only); default the request's `hits`.
     #[serde(default)]
@@ -71,8 +72,9 @@ pub struct UsageRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageDescriptor {
-    /// Its entries.
-    #[schema(min_items = 1)]
+    /// Its entries: 1 to 64.
+    #[serde(deserialize_with = "bounded::<_, _, MAX_ENTRIES>")]
+    #[schema(min_items = 1, max_items = 64)]
     entries: Vec<EntryBody>,
 }
 
@@ -147,7 +149,7 @@ fn descriptor_query(uri: &Uri) -> Result<(String, Vec<Entry>), ApiError> {
     Ok((domain, entries))
 }
 
-/// The most entries one query's descriptor may have.
+/// The most entries one descriptor may have (in a query or a body).
 const MAX_ENTRIES: usize = 64;
 
 /// The schema of a query's descriptor: every parameter but `domain`, in order, 1 to
@@ -221,7 +223,7 @@ impl ApiState {
         (status = 429, description = "Over a limit: nothing was taken.", body = CheckResponse,
          headers(("RateLimit" = String), ("RateLimit-Policy" = String),
                  ("Retry-After" = u64, description = "Seconds until the request could pass."))),
-        (status = 400, description = "No domain, no entry, or a parameter given twice.", body = ErrorBody),
+        (status = 400, description = "No domain (or an empty one), no entry, more than 64 entries, or a parameter given twice.", body = ErrorBody),
         (status = 503, description = "No store could answer.", body = ErrorBody),
     ))]
 pub async fn allow(State(api): State<ApiState>, uri: Uri) -> Result<Response, ApiError> {
@@ -274,7 +276,7 @@ pub async fn check(State(api): State<ApiState>, body: Body) -> Result<Response, 
     responses(
         (status = 200, description = "The limits and what is left; `allowed` is false when one is over.", body = CheckResponse,
          headers(("RateLimit" = String), ("RateLimit-Policy" = String))),
-        (status = 400, description = "No domain, no entry, or a parameter given twice.", body = ErrorBody),
+        (status = 400, description = "No domain (or an empty one), no entry, more than 64 entries, or a parameter given twice.", body = ErrorBody),
         (status = 503, description = "No store could answer.", body = ErrorBody),
     ))]
 pub async fn usage(State(api): State<ApiState>, uri: Uri) -> Result<Response, ApiError> {

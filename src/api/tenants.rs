@@ -210,6 +210,7 @@ pub(super) fn audit(who: &Admin, action: Action, domain: &str, id: &str) -> Audi
         tenant: id.to_owned(),
         key_id: None,
         tier: None,
+        revoked_keys: Vec::new(),
     }
 }
 
@@ -451,10 +452,13 @@ pub async fn delete(
     api.shared
         .tenants
         .change(&domain, &id, |current| {
-            runtime(current, &authz, &config, &domain, &id)?;
+            let record = runtime(current, &authz, &config, &domain, &id)?;
             Ok::<_, ApiError>(Edit {
                 next: None,
-                audit: audit(&who, Action::TenantDeleted, &domain, &id),
+                audit: AuditEntry {
+                    revoked_keys: record.keys.iter().map(|key| key.id.clone()).collect(),
+                    ..audit(&who, Action::TenantDeleted, &domain, &id)
+                },
                 output: (),
             })
         })

@@ -324,6 +324,7 @@ mod tests {
             tenant: id.into(),
             key_id: None,
             tier: None,
+            revoked_keys: Vec::new(),
         }
     }
 

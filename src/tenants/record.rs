@@ -74,6 +74,9 @@ pub struct AuditEntry {
     /// The tenant's tier after the change (creations and updates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// The keys a tenant's deletion revoked, by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_keys: Vec<String>,
 }
 
 /// What a change did.

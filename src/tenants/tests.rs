@@ -40,6 +40,7 @@ fn audit(id: &str, action: Action) -> AuditEntry {
         tenant: id.into(),
         key_id: None,
         tier: None,
+        revoked_keys: Vec::new(),
     }
 }
 
