@@ -145,15 +145,16 @@ impl Authorization {
         &self.by_id
     }
 
-    /// The digests of tenant `id`'s keys, sorted.
-    pub fn key_digests(&self, id: &str) -> Vec<[u8; 32]> {
-        let mut digests: Vec<[u8; 32]> = self
-            .keys
-            .iter()
-            .filter(|(_, (tenant, _))| tenant.id == id)
-            .map(|(digest, _)| *digest)
-            .collect();
-        digests.sort_unstable();
+    /// The digests of each tenant's keys, sorted, by tenant id (tenants without keys are
+    /// left out): one pass over the keys.
+    pub fn key_digests(&self) -> HashMap<&str, Vec<[u8; 32]>> {
+        let mut digests: HashMap<&str, Vec<[u8; 32]>> = HashMap::new();
+        for (digest, (tenant, _)) in &self.keys {
+            digests.entry(tenant.id.as_str()).or_default().push(*digest);
+        }
+        for list in digests.values_mut() {
+            list.sort_unstable();
+        }
         digests
     }
 

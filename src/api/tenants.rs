@@ -5,7 +5,7 @@
 //! files. Every change goes through [`Tenants::change`](crate::tenants::Tenants::change), which
 //! writes the audit entry with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Extension;
@@ -139,15 +139,18 @@ pub(super) fn section(
     Ok((config, authz))
 }
 
-fn file_body(tenant: &Tenant, authz: &Authorization) -> TenantBody {
+/// A tenant of the files, with the digests of its keys from
+/// [`Authorization::key_digests`].
+fn file_body(tenant: &Tenant, digests: &HashMap<&str, Vec<[u8; 32]>>) -> TenantBody {
     TenantBody {
         id: tenant.id.clone(),
         tier: tenant.tier.clone(),
         labels: BTreeMap::new(),
         source: Source::File,
-        keys: authz
-            .key_digests(&tenant.id)
-            .iter()
+        keys: digests
+            .get(tenant.id.as_str())
+            .into_iter()
+            .flatten()
             .map(|digest| KeyBody {
                 id: key_id(digest),
                 created_at: None,
@@ -257,10 +260,11 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let (config, authz) = section(&api, &domain)?;
     let view = api.shared.tenants.view();
+    let digests = authz.key_digests();
     let mut tenants: Vec<TenantBody> = authz
         .tenants_by_id()
         .values()
-        .map(|tenant| file_body(tenant, &authz))
+        .map(|tenant| file_body(tenant, &digests))
         .chain(view.domain(&domain).map(|record| api_body(record, &config)))
         .collect();
     tenants.sort_by(|a, b| {
@@ -376,7 +380,7 @@ pub async fn get(
     let view = api.shared.tenants.view();
     let body = match (view.get(&domain, &id), authz.tenants_by_id().get(&id)) {
         (Some(record), _) => api_body(record, &config),
-        (None, Some(tenant)) => file_body(tenant, &authz),
+        (None, Some(tenant)) => file_body(tenant, &authz.key_digests()),
         (None, None) => {
             return Err(ApiError::not_found(format!(
                 "domain '{domain}' has no tenant '{id}'"
