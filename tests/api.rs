@@ -805,7 +805,10 @@ async fn tenants_and_keys_work_through_ext_authz(backend: Backend) {
     assert_eq!(deleted.status, 204);
     assert_eq!(key_status(&server, &key).await, 401);
     assert_eq!(key_status(&server, &second_key).await, 200);
-    // The tenant deleted: every key refused.
+    let series =
+        r#"tollgate_authz_checks_total{domain="saas",tenant="initech",tier="pro",result="ok"}"#;
+    assert!(server.admin_get("/metrics").await.1.contains(series));
+    // The tenant deleted: every key refused, its series gone.
     let gone = admin(
         &server,
         Method::DELETE,
@@ -980,9 +983,10 @@ async fn tenants_and_keys_work_through_ext_authz(backend: Backend) {
             assert_eq!(saved.contains(&hash_key(key)), key == &twice);
         }
     }
-    assert!(metrics.contains(
-        r#"tollgate_authz_checks_total{domain="saas",tenant="initech",tier="pro",result="ok"}"#
-    ));
+    assert!(
+        !metrics.contains(series),
+        "a deleted tenant's series are dropped"
+    );
     assert!(metrics.contains(r#"method="api_check""#));
     server.stop().await;
 }

@@ -182,6 +182,14 @@ fn api_body(record: &TenantRecord, config: &RateLimitConfig) -> TenantBody {
     }
 }
 
+/// Drops runtime tenant `id`'s ext_authz series at `tier`, unless a tenant of the files has
+/// that id (the series are then its).
+fn forget_series(api: &ApiState, authz: &Authorization, domain: &str, id: &str, tier: &str) {
+    if !authz.tenants_by_id().contains_key(id) {
+        api.shared.metrics.service.forget_tenant(domain, id, tier);
+    }
+}
+
 fn check_tier(authz: &Authorization, tier: &str) -> Result<(), ApiError> {
     if authz.has_tier(tier) {
         return Ok(());
@@ -419,7 +427,7 @@ pub async fn update(
         .tenants
         .change(&domain, &id, |current| {
             let mut next = runtime(current, &authz, &config, &domain, &id)?.clone();
-            next.tier.clone_from(&update.tier);
+            let before = std::mem::replace(&mut next.tier, update.tier.clone());
             next.labels.clone_from(&update.labels);
             next.updated_at = now();
             Ok::<_, ApiError>(Edit {
@@ -428,10 +436,14 @@ pub async fn update(
                     ..audit(&who, Action::TenantUpdated, &domain, &id)
                 },
                 next: Some(next.clone()),
-                output: next,
+                output: (next, before),
             })
         })
         .await?;
+    let (updated, before) = updated;
+    if before != updated.tier {
+        forget_series(&api, &authz, &domain, &id, &before);
+    }
     Ok(axum::Json(api_body(&updated, &config)).into_response())
 }
 
@@ -463,9 +475,10 @@ pub async fn delete(
                     revoked_keys: record.keys.iter().map(|key| key.id.clone()).collect(),
                     ..audit(&who, Action::TenantDeleted, &domain, &id)
                 },
-                output: (),
+                output: record.tier.clone(),
             })
         })
-        .await?;
+        .await
+        .map(|tier| forget_series(&api, &authz, &domain, &id, &tier))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

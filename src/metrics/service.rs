@@ -19,6 +19,9 @@ macro_rules! label_values {
         }
 
         impl $name {
+            /// Every value.
+            pub const ALL: &[Self] = &[$(Self::$variant),*];
+
             /// The label value.
             pub const fn as_str(self) -> &'static str {
                 match self {
@@ -175,5 +178,18 @@ impl ServiceMetrics {
             metrics.authz_held.clone(),
         );
         metrics
+    }
+
+    /// Drops the ext_authz series of tenant `tenant` of `domain` at `tier` (a runtime tenant
+    /// deleted, or moved to another tier), so tenant churn does not grow them for ever.
+    pub fn forget_tenant(&self, domain: &str, tenant: &str, tier: &str) {
+        for &result in AuthzResult::ALL {
+            self.authz_checks.remove(&AuthzLabels {
+                domain: domain.to_owned(),
+                tenant: tenant.to_owned(),
+                tier: tier.to_owned(),
+                result,
+            });
+        }
     }
 }
