@@ -987,6 +987,13 @@ async fn tenants_and_keys_work_through_ext_authz(backend: Backend) {
         !metrics.contains(series),
         "a deleted tenant's series are dropped"
     );
+    let read: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tollgate_tenants_read_timestamp_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(read > 1.7e9, "the runtime tenants were read: {read}");
     assert!(metrics.contains(r#"method="api_check""#));
     server.stop().await;
 }

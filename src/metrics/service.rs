@@ -138,6 +138,8 @@ pub struct ServiceMetrics {
     pub authz_checks: Family<AuthzLabels, Counter>,
     /// ext_authz requests held by `max_delay` right now.
     pub authz_held: Gauge,
+    /// When the runtime tenants were last read from their state (Unix seconds).
+    pub tenants_read: Gauge,
 }
 
 impl ServiceMetrics {
@@ -150,6 +152,7 @@ impl ServiceMetrics {
             unknown_domain: Counter::default(),
             authz_checks: Family::default(),
             authz_held: Gauge::default(),
+            tenants_read: Gauge::default(),
         };
         registry.register(
             "calls",
@@ -176,6 +179,12 @@ impl ServiceMetrics {
             "authz_held_requests",
             "ext_authz requests held by max_delay until they conform, right now",
             metrics.authz_held.clone(),
+        );
+        registry.register_with_unit(
+            "tenants_read_timestamp",
+            "When runtime tenants (the service API's) were last read from their state, Unix time; 0 until then. Keys deleted since are still accepted: alert when it falls behind",
+            Unit::Seconds,
+            metrics.tenants_read.clone(),
         );
         metrics
     }

@@ -322,10 +322,15 @@ impl Server {
             let config = reloader.limiter().config();
             !config.authorization_domains().is_empty()
         };
+        let tenants_read = shared.metrics.service.tenants_read.clone();
+        let read = move || {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            tenants_read.set(now.map_or(0, |since| since.as_secs() as i64));
+        };
         tokio::spawn(
             self.tenants
                 .clone()
-                .follow(tenants_matter, stopped(stop_rx.clone())),
+                .follow(tenants_matter, read, stopped(stop_rx.clone())),
         );
         let sweeper = tokio::spawn(sweep(
             limiter.clone(),

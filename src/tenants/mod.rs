@@ -197,10 +197,11 @@ impl Tenants {
 
     /// Until `stop`: reads the state again every [`FOLLOW_EVERY`] while `active` says runtime
     /// tenants can matter (some domain has an `authorization:` section), so changes made by
-    /// other replicas are seen.
+    /// other replicas are seen; `read` is called after each successful read.
     pub async fn follow(
         self: Arc<Self>,
         active: impl Fn() -> bool,
+        read: impl Fn(),
         stop: impl Future<Output = ()>,
     ) {
         let mut ticks = tokio::time::interval(FOLLOW_EVERY);
@@ -214,7 +215,11 @@ impl Tenants {
             if !active() {
                 continue;
             }
-            match self.sync().await {
+            let synced = self.sync().await;
+            if synced.is_ok() {
+                read();
+            }
+            match synced {
                 Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
                     tracing::info!("runtime tenants readable again");
                 }
