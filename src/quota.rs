@@ -461,6 +461,27 @@ impl Quota {
         }
     }
 
+    /// The same quota at `requests_per_unit` (no more than its own), its token-bucket capacity
+    /// cut in the same proportion, rounded down (at least 1 while the rate is not 0): what an
+    /// RLQS budget hands out near the end of another limit of its list.
+    pub fn cut_to(&self, requests_per_unit: u32) -> Self {
+        let rate = requests_per_unit.min(self.requests_per_unit);
+        let burst = match rate {
+            0 => 0,
+            _ if rate == self.requests_per_unit => self.burst,
+            _ => {
+                let cut = u64::from(self.burst) * u64::from(rate)
+                    / u64::from(self.requests_per_unit.max(1));
+                u32::try_from(cut).unwrap_or(u32::MAX).max(1)
+            }
+        };
+        Self {
+            requests_per_unit: rate,
+            burst,
+            ..*self
+        }
+    }
+
     /// Requests allowed per unit.
     pub const fn requests_per_unit(&self) -> u32 {
         self.requests_per_unit

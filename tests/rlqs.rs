@@ -1,16 +1,17 @@
 //! The Rate Limit Quota Service over a real socket: a tonic client plays the Envoys against a
 //! server from `tests/common`, on its manual clock. Subscriptions, fair shares between
-//! streams, time to live, idle buckets, several domains, malformed reports, Redis replicas and
-//! the shutdown push.
+//! streams, time to live, idle buckets, several domains, malformed reports, Redis replicas, the
+//! shutdown push, and lists of limits (the others counted from the reports).
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::scrape::{samples, value};
-use common::{RedisSetup, Setup, TestServer, eventually, start_in, start_with};
+use common::{RedisSetup, Setup, TestServer, eventually, eventually_async, start_in, start_with};
 use envoy_types::pb::envoy::r#type::v3::rate_limit_strategy::{BlanketRule, Strategy};
 use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_response::bucket_action::BucketAction as Kind;
 use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_service_client::RateLimitQuotaServiceClient;
@@ -34,6 +35,11 @@ descriptors:
     descriptors:
       - key: tenant
         rate_limit: {unit: minute, requests_per_unit: 60, burst: 30}
+  - key: name
+    value: listed
+    rate_limits:
+      - {name: burst, unit: second, requests_per_unit: 5}
+      - {name: minute, unit: minute, requests_per_unit: 100, algorithm: fixed_window}
 "#;
 
 /// How long any one expected message may take.
@@ -504,5 +510,236 @@ async fn a_reload_applies_at_each_buckets_next_report() {
         rlqs_page(&s).await["buckets"][0]["limit"],
         serde_json::Value::Null
     );
+    s.stop().await;
+}
+
+const LISTED: &[(&str, &str)] = &[("name", "listed")];
+
+#[tokio::test]
+async fn a_counted_limit_used_up_denies_every_envoy_until_its_window_ends() {
+    // The server's clock starts on a minute boundary: the minute's window is [0 s, 60 s).
+    let s = server().await;
+    let (mut a, mut b) = (Envoy::connect(&s).await, Envoy::connect(&s).await);
+    a.send("quota", &[(LISTED, 1, 0, 0)]).await;
+    // 5 per second is the token bucket; 100 per minute is counted from the reports.
+    assert_eq!(a.one().await, Told::Tokens(5, 1, 5, 15));
+    b.send("quota", &[(LISTED, 1, 0, 0)]).await;
+    assert_eq!(b.one().await, Told::Tokens(2, 1, 2, 15));
+    assert_eq!(a.one().await, Told::Tokens(3, 1, 3, 15));
+    s.advance(Duration::from_secs(5));
+    a.send("quota", &[(LISTED, 48, 0, 5)]).await;
+    assert_eq!(a.one().await, Told::Tokens(3, 1, 3, 15));
+    let page = rlqs_page(&s).await;
+    let counted = &page["buckets"][0]["counted"][0];
+    assert_eq!(counted["limit"], "quota.name_listed#minute");
+    assert_eq!(counted["remaining"], 50);
+    assert_eq!(counted["admits_in_secs"], 0.0);
+    // b's report brings the sum to 100: both are denied in the same instant.
+    s.advance(Duration::from_secs(2));
+    b.send("quota", &[(LISTED, 50, 0, 5)]).await;
+    assert_eq!(b.one().await, Told::Deny(15));
+    assert_eq!(a.one().await, Told::Deny(15));
+    let page = rlqs_page(&s).await;
+    let bucket = &page["buckets"][0];
+    assert_eq!(bucket["counted"][0]["remaining"], 0);
+    assert_eq!(bucket["counted"][0]["admits_in_secs"], 53.0);
+    assert_eq!(bucket["budget"]["assignable_requests_per_unit"], 0);
+    let metrics = samples(&s.admin_get("/metrics").await.1);
+    assert_eq!(
+        value(
+            &metrics,
+            "tollgate_rlqs_limit_exhausted_total",
+            &[("limit", "quota.name_listed#minute")]
+        ),
+        1.0
+    );
+    // The Envoys keep reporting (their requests denied) until the window ends.
+    for _ in 0..10 {
+        s.advance(Duration::from_secs(5));
+        for envoy in [&mut a, &mut b] {
+            envoy.send("quota", &[(LISTED, 0, 25, 5)]).await;
+            assert_eq!(envoy.one().await, Told::Deny(15));
+        }
+    }
+    // 57 s: the next window starts in 3 s, and the sweep then gives both their token
+    // bucket back, without a report.
+    s.advance(Duration::from_secs(3));
+    let (told_a, told_b) = (a.one().await, b.one().await);
+    let tokens = |told: &Told| match *told {
+        Told::Tokens(tokens, 1, max, 15) if tokens == max => tokens,
+        ref other => panic!("a token bucket, not {other:?}"),
+    };
+    assert_eq!(tokens(&told_a) + tokens(&told_b), 5);
+    let page = rlqs_page(&s).await;
+    assert_eq!(page["buckets"][0]["counted"][0]["remaining"], 100);
+    s.stop().await;
+}
+
+/// An Envoy's bucket as Envoy 1.40 enforces it: a token bucket refilled continuously, a
+/// changed one starting at the old one's fill ratio, a new one full; blanket rules.
+#[derive(Debug, Default)]
+struct Enforced {
+    told: Option<Told>,
+    tokens: f64,
+    /// Messages received.
+    messages: usize,
+}
+
+impl Enforced {
+    fn apply(&mut self, told: Told) {
+        let max = |told: &Told| match *told {
+            Told::Tokens(_, _, max, _) => f64::from(max),
+            _ => 0.0,
+        };
+        self.tokens = match &self.told {
+            Some(old @ Told::Tokens(..)) => self.tokens / max(old) * max(&told),
+            _ => max(&told),
+        };
+        self.told = Some(told);
+        self.messages += 1;
+    }
+
+    fn tick(&mut self, secs: f64) {
+        if let Some(Told::Tokens(per_fill, interval, max, _)) = self.told {
+            let rate = f64::from(per_fill) / interval as f64;
+            self.tokens = (self.tokens + rate * secs).min(f64::from(max));
+        }
+    }
+
+    fn request(&mut self) -> bool {
+        match self.told {
+            None | Some(Told::Allow(_)) => true,
+            Some(Told::Deny(_) | Told::Abandon) => false,
+            Some(Told::Tokens(..)) => {
+                let pass = self.tokens >= 1.0;
+                if pass {
+                    self.tokens -= 1.0;
+                }
+                pass
+            }
+        }
+    }
+
+    /// The assignment as `/rlqs` shows it.
+    fn shown(&self) -> serde_json::Value {
+        match self.told {
+            Some(Told::Tokens(per_fill, interval, max, _)) => serde_json::json!({
+                "token_bucket": {
+                    "max_tokens": max,
+                    "tokens_per_fill": per_fill,
+                    "fill_interval_secs": interval,
+                }
+            }),
+            Some(Told::Deny(_)) => serde_json::json!("deny_all"),
+            Some(Told::Allow(_)) => serde_json::json!("allow_all"),
+            Some(Told::Abandon) | None => serde_json::Value::Null,
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_envoys_pass_at_most_the_per_minute_limit_and_one_report_period_of_their_shares() {
+    // 5/s with a burst of 5 admits 5 + 5 × 5 = 30 in one report period: the bound.
+    const BOUND: u64 = 30;
+    const STEP: Duration = Duration::from_millis(100);
+    let s = server().await;
+    let envoys = [Envoy::connect(&s).await, Envoy::connect(&s).await];
+    let models: Vec<Arc<Mutex<Enforced>>> = (0..2).map(|_| Arc::default()).collect();
+    let mut senders = Vec::new();
+    for (mut envoy, model) in envoys.into_iter().zip(&models) {
+        senders.push(envoy.tx.take().unwrap());
+        let model = model.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(response)) = envoy.rx.message().await {
+                for action in response.bucket_action {
+                    model
+                        .lock()
+                        .unwrap()
+                        .apply(told(action.bucket_action.unwrap()));
+                }
+            }
+        });
+    }
+    let report = |i: usize, allowed: u64, denied: u64, secs: i64| {
+        let sender = senders[i].clone();
+        async move {
+            let message = RateLimitQuotaUsageReports {
+                domain: "quota".into(),
+                bucket_quota_usages: vec![BucketQuotaUsage {
+                    bucket_id: Some(bucket(LISTED)),
+                    time_elapsed: Some(ProtoDuration {
+                        seconds: secs,
+                        nanos: 0,
+                    }),
+                    num_requests_allowed: allowed,
+                    num_requests_denied: denied,
+                }],
+            };
+            sender.send(message).await.unwrap();
+        }
+    };
+    // Every message the server sent has been applied: what /rlqs says each Envoy holds.
+    let applied = || async {
+        let page = rlqs_page(&s).await;
+        let Some(shown) = page["buckets"][0]["envoys"].as_array().cloned() else {
+            return false;
+        };
+        shown.len() == 2
+            && shown
+                .iter()
+                .zip(&models)
+                .all(|(e, m)| e["assignment"] == m.lock().unwrap().shown())
+    };
+    for (i, model) in models.iter().enumerate() {
+        report(i, 1, 0, 0).await;
+        assert!(eventually_async(WAIT, || async { model.lock().unwrap().messages > 0 }).await);
+    }
+    assert!(eventually_async(WAIT, applied).await);
+    // Each Envoy offers 10 requests per second; they report every 5 s, 2.5 s apart.
+    let mut counts = [(0u64, 0u64); 2];
+    let mut passed_per_minute = [0u64; 3];
+    let mut elapsed = Duration::ZERO;
+    while elapsed < Duration::from_secs(150) {
+        let step = elapsed.as_millis() / STEP.as_millis();
+        for i in 0..2 {
+            let offset = 25 * i as u128;
+            if step >= offset && (step - offset) % 50 == 0 && step > 0 {
+                let before = models[i].lock().unwrap().messages;
+                let (allowed, denied) = std::mem::take(&mut counts[i]);
+                report(i, allowed, denied, 5).await;
+                assert!(
+                    eventually_async(WAIT, || async {
+                        models[i].lock().unwrap().messages > before
+                    })
+                    .await,
+                    "the reporter is answered"
+                );
+                assert!(eventually_async(WAIT, applied).await, "pushes arrive");
+            }
+        }
+        for (i, model) in models.iter().enumerate() {
+            let mut model = model.lock().unwrap();
+            model.tick(STEP.as_secs_f64());
+            // 10 per second: one request per Envoy per step.
+            if model.request() {
+                counts[i].0 += 1;
+                passed_per_minute[(elapsed.as_secs() / 60) as usize] += 1;
+            } else {
+                counts[i].1 += 1;
+            }
+        }
+        s.advance(STEP);
+        elapsed += STEP;
+    }
+    // The subscriptions passed one request each in the first minute.
+    passed_per_minute[0] += 2;
+    for (minute, passed) in passed_per_minute.iter().enumerate().take(2) {
+        assert!(
+            (90..=100 + BOUND).contains(passed),
+            "minute {minute}: {passed} passed"
+        );
+    }
+    assert!(passed_per_minute[2] <= 100 + BOUND);
+    eprintln!("passed per minute (the last one half): {passed_per_minute:?}");
     s.stop().await;
 }

@@ -7,6 +7,11 @@
 //! limit, exactly as a descriptor must end on one. At each level the candidate entries are
 //! tried in the alphabetical order of their keys, and the first path that reaches a limit wins.
 //! A bucket that reaches no limit (or names an unknown domain) is not limited: `ALLOW_ALL`.
+//!
+//! A node with a list of limits (`rate_limits:`) enforces every limit of it that can deny
+//! (not `unlimited`, not in shadow mode). Envoy enforces one token bucket per bucket: the
+//! limit with the shortest window becomes it ([`token_bucket_of`]), and every other one is
+//! counted by tollgate from the Envoys' reports ([`super::tally`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -40,13 +45,26 @@ pub enum Limit {
     /// A counted limit. Buckets with the same `key` share one budget: the bucket an RLS
     /// descriptor with the same entries would count in.
     Counted {
-        /// The rule.
+        /// The rule Envoy enforces as its token bucket.
         rule: Arc<Rule>,
         /// Its quota (the whole limit, before it is divided among replicas).
         quota: Quota,
         /// The budget's identity.
         key: BucketKey,
+        /// The other limits of the node's list, counted by tollgate from the reports.
+        tallied: Vec<Tallied>,
     },
+}
+
+/// A limit of a list that tollgate counts from what Envoys report.
+#[derive(Debug, Clone)]
+pub struct Tallied {
+    /// The rule.
+    pub rule: Arc<Rule>,
+    /// Its quota (the whole limit).
+    pub quota: Quota,
+    /// Its identity, as an RLS descriptor with the same entries would count it.
+    pub key: BucketKey,
 }
 
 impl BucketName {
@@ -127,23 +145,59 @@ pub fn resolve(
         path: Vec::with_capacity(entries.len()),
         visits: 0,
     };
-    let Some(rule) = walk.level(&tree.root) else {
+    let Some(rules) = walk.level(&tree.root) else {
         return Limit::None;
     };
-    let quota = match rule.policy {
-        Policy::Limited(quota) if !rule.shadow_mode => quota,
-        Policy::Limited(_) | Policy::Unlimited => return Limit::Open(rule.clone()),
+    // The limits that deny: not unlimited, not in shadow mode.
+    let enforced: Vec<(&Arc<Rule>, Quota)> = rules
+        .iter()
+        .filter_map(|rule| match rule.policy {
+            Policy::Limited(quota) if !rule.shadow_mode => Some((rule, quota)),
+            Policy::Limited(_) | Policy::Unlimited => None,
+        })
+        .collect();
+    let quotas: Vec<Quota> = enforced.iter().map(|&(_, quota)| quota).collect();
+    let Some(at) = token_bucket_of(&quotas) else {
+        return match rules.first() {
+            Some(rule) => Limit::Open(rule.clone()),
+            None => Limit::None,
+        };
     };
     let path: Vec<(&str, &str)> = walk
         .path
         .iter()
         .map(|&i| (entries[i].0.as_str(), entries[i].1.as_str()))
         .collect();
+    let key = |rule: &Rule, quota: Quota| keys.rule(domain, rule, quota.algorithm(), &path);
+    let (rule, quota) = enforced[at];
     Limit::Counted {
-        key: keys.rule(domain, rule, quota.algorithm(), &path),
+        key: key(rule, quota),
         rule: rule.clone(),
         quota,
+        tallied: enforced
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != at)
+            .map(|(_, &(rule, quota))| Tallied {
+                rule: rule.clone(),
+                quota,
+                key: key(rule, quota),
+            })
+            .collect(),
     }
+}
+
+/// Which of a list's limits Envoy enforces as its token bucket: the one with the shortest
+/// window (refill period), the smallest capacity among equal windows, the first among equal
+/// ones. Envoy decides every request against its token bucket, while tollgate learns of the
+/// requests only at each report (every 5 s): the limit that binds over the shortest time is the
+/// one only Envoy can enforce, and limits over longer windows are counted from the reports.
+pub fn token_bucket_of(quotas: &[Quota]) -> Option<usize> {
+    quotas
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, quota)| (quota.period_nanos(), quota.capacity()))
+        .map(|(i, _)| i)
 }
 
 /// A depth-first search for a path that uses every entry once and ends on a rule.
@@ -156,7 +210,7 @@ struct Walk<'e> {
 }
 
 impl Walk<'_> {
-    fn level<'t>(&mut self, level: &'t Level) -> Option<&'t Arc<Rule>> {
+    fn level<'t>(&mut self, level: &'t Level) -> Option<&'t [Arc<Rule>]> {
         for i in 0..self.entries.len() {
             if self.used[i] {
                 continue;
@@ -172,9 +226,7 @@ impl Walk<'_> {
             self.used[i] = true;
             self.path.push(i);
             let found = if self.path.len() == self.entries.len() {
-                // RLQS assigns one token bucket per bucket: a node with several limits is
-                // enforced by its first.
-                node.rules.first()
+                (!node.rules.is_empty()).then_some(node.rules.as_slice())
             } else if node.children.is_empty() {
                 None
             } else {

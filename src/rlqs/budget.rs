@@ -5,7 +5,8 @@
 //! does not fit in what they leave free: then every seat holding more than its new share is
 //! shrunk to it in the same instant. So the assignments sent never add up to more than the
 //! capacity, and a steady budget costs one answer per report, not one message per Envoy per
-//! report. A seat leaving (or a change of capacity) re-sends every share that changed.
+//! report. A seat leaving (or a change of capacity, or a counted limit of the list that closes
+//! or opens the budget) re-sends every share that changed.
 
 use super::assignment::Assignment;
 use super::share::{Demand, fair_shares};
@@ -27,8 +28,10 @@ pub struct Seat {
 pub enum Trigger {
     /// The seat at this position reported.
     Report(usize),
-    /// Seats left, or the capacity changed: every changed share is sent.
-    Change,
+    /// Seats left, the capacity changed, or a counted limit closed or opened the budget: every
+    /// changed share is sent, and the reporter's (the seat at this position, if one reported)
+    /// in any case.
+    Change(Option<usize>),
 }
 
 /// The assignments to send, by seat position, for `capacity` (this replica's part of the
@@ -58,9 +61,9 @@ pub fn rebalance(capacity: &Quota, seats: &[Seat], trigger: Trigger) -> Vec<(usi
                 out.push((reporter, assignment(reporter)));
             }
         }
-        Trigger::Change => {
+        Trigger::Change(reporter) => {
             for (i, seat) in seats.iter().enumerate() {
-                if seat.current != Some(assignment(i)) {
+                if seat.current != Some(assignment(i)) || reporter == Some(i) {
                     out.push((i, assignment(i)));
                 }
             }

@@ -1,6 +1,7 @@
-//! RLQS metrics: open streams, followed buckets, assignments sent, and the requests Envoys
-//! report allowed and denied per limit. Limit ids come from the configuration (or are empty
-//! for buckets under no limit), so the series are bounded.
+//! RLQS metrics: open streams, followed buckets, assignments sent, the requests Envoys report
+//! allowed and denied per limit, and the counted limits of lists that were used up. Limit ids
+//! come from the configuration (or are empty for buckets under no limit), so the series are
+//! bounded.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,6 +28,13 @@ pub struct ReportedLabels {
     pub result: &'static str,
 }
 
+/// Labels of a counted limit used up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ExhaustedLabels {
+    /// The limit's id (`<key>#<name>`): it starts with its domain.
+    pub limit: String,
+}
+
 /// Every RLQS metric.
 #[derive(Debug, Clone, Default)]
 pub struct RlqsMetrics {
@@ -38,6 +46,9 @@ pub struct RlqsMetrics {
     pub assignments: Family<AssignmentLabels, Counter>,
     /// Requests reported by Envoys, by domain, limit and result.
     pub requests: Family<ReportedLabels, Counter>,
+    /// Times a counted limit of a list was used up and closed its budget (`DENY_ALL` to each
+    /// of its Envoys), by limit.
+    pub exhausted: Family<ExhaustedLabels, Counter>,
 }
 
 impl RlqsMetrics {
@@ -63,6 +74,11 @@ impl RlqsMetrics {
             "rlqs_reported_requests",
             "Requests Envoys reported over RLQS, by domain, limit and result",
             metrics.requests.clone(),
+        );
+        registry.register(
+            "rlqs_limit_exhausted",
+            "Times a limit of a list counted from RLQS reports was used up and its budget's Envoys were denied",
+            metrics.exhausted.clone(),
         );
         metrics
     }

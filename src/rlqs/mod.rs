@@ -6,6 +6,8 @@
 //! - [`bucket`]: a `BucketId` → the limit it falls under (the descriptor tree walk) and the
 //!   budget it shares;
 //! - [`share`]: the max-min fair share of a limit among demands (pure);
+//! - [`tally`]: the other limits of a list, counted from the reports, and what they let a
+//!   budget hand out (pure);
 //! - [`budget`]: re-balancing one budget as reports arrive (pure);
 //! - [`member`]: one Envoy's bucket: reports measured into a demand, the assignment it holds;
 //! - [`state`]: every stream and budget, and what each event sends (no I/O, no clock), as an
@@ -29,6 +31,7 @@ pub mod outbox;
 pub mod outcome;
 pub mod share;
 pub mod state;
+pub mod tally;
 pub mod view;
 
 use std::collections::HashMap;
@@ -50,7 +53,7 @@ use crate::clock::saturating_nanos;
 use crate::decision::Limiter;
 use crate::reload::Reloader;
 use crate::store::Parts;
-use metrics::{AssignmentLabels, ReportedLabels};
+use metrics::{AssignmentLabels, ExhaustedLabels, ReportedLabels};
 use state::{Context, Outcome, State};
 
 /// How assignments are timed.
@@ -68,8 +71,13 @@ pub struct RlqsOptions {
     pub stale_after: Duration,
     /// The most buckets one stream may report.
     pub max_buckets_per_stream: usize,
-    /// Time between sweeps for idle and stale buckets.
+    /// Time between sweeps for idle and stale buckets (and for budgets closed by a counted
+    /// limit, which open again at the first sweep after it admits).
     pub sweep_interval: Duration,
+    /// How often Envoys report (Envoy 1.40: every 5 s, whatever its `reporting_interval`
+    /// says): near the end of a counted limit, a budget hands out what fits in that limit over
+    /// one such period.
+    pub report_period: Duration,
 }
 
 impl Default for RlqsOptions {
@@ -80,6 +88,7 @@ impl Default for RlqsOptions {
             stale_after: Duration::from_secs(30),
             max_buckets_per_stream: 10_000,
             sweep_interval: Duration::from_secs(1),
+            report_period: Duration::from_secs(5),
         }
     }
 }
@@ -233,6 +242,14 @@ impl Rlqs {
 
     /// Queues `outcome`'s messages on their streams' outboxes.
     fn deliver(&self, inner: &mut Inner, outcome: Outcome) {
+        for limit in outcome.exhausted {
+            self.metrics
+                .exhausted
+                .get_or_create(&ExhaustedLabels {
+                    limit: limit.to_string(),
+                })
+                .inc();
+        }
         for message in outcome.messages {
             let kind = match message.action {
                 Action::Assign { ttl_secs: 0, .. } => None,

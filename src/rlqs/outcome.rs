@@ -39,4 +39,6 @@ pub struct Outcome {
     pub reported: Vec<Reported>,
     /// Buckets that became new subscriptions.
     pub subscribed: usize,
+    /// Counted limits (by id) that were used up and closed their budget.
+    pub exhausted: Vec<Arc<str>>,
 }

@@ -14,6 +14,7 @@ use super::check::check;
 use super::member::{Member, Stream};
 pub use super::outcome::{Message, Outcome, Reported};
 use super::share::Demand;
+use super::tally::{self, Tally};
 use super::{ReportError, RlqsOptions};
 use crate::clock::{Nanos, saturating_nanos};
 use crate::config::RateLimitConfig;
@@ -43,12 +44,47 @@ pub struct Context<'a> {
 /// A limit's budget, shared by the buckets of every stream that fall in it.
 #[derive(Debug)]
 pub struct Budget {
-    /// The rule.
+    /// The rule Envoys enforce as their token bucket.
     pub rule: Arc<Rule>,
     /// Its whole quota (before it is divided among replicas).
     pub quota: Quota,
+    /// The other limits of its list, counted from the reports.
+    pub tallies: Vec<Tally>,
+    /// Whether a tally is used up: every bucket was sent `DENY_ALL`.
+    pub closed: bool,
     /// The buckets sharing it.
     pub members: BTreeSet<MemberId>,
+}
+
+impl Budget {
+    /// What it may hand out at `now` with `replicas` sharing it and Envoys reporting every
+    /// `report_period`: this replica's part of the limit, cut or closed by the tallies.
+    pub fn gate(&self, replicas: u32, now: Nanos, report_period: Nanos) -> tally::Gate {
+        tally::gate(
+            &self.quota.share(replicas),
+            &self.tallies,
+            replicas,
+            now,
+            report_period,
+        )
+    }
+
+    /// Takes the counted limits of `tallied` (a reload may have changed them), keeping the
+    /// count of every limit that stays.
+    fn retally(&mut self, tallied: &[bucket::Tallied]) {
+        let mut old = std::mem::take(&mut self.tallies);
+        for limit in tallied {
+            let tally = match old.iter().position(|t| t.key == limit.key) {
+                Some(at) => {
+                    let mut tally = old.swap_remove(at);
+                    tally.reconfigure(limit.rule.clone(), limit.quota);
+                    tally
+                }
+                None => Tally::new(limit.rule.clone(), limit.quota, limit.key),
+            };
+            self.tallies.push(tally);
+        }
+    }
 }
 
 /// The service's state.
@@ -81,6 +117,11 @@ impl State {
     /// Budgets in use.
     pub fn budgets(&self) -> &HashMap<BucketKey, Budget> {
         &self.budgets
+    }
+
+    /// How often Envoys report, as the budgets' gates assume.
+    pub fn report_period(&self) -> Nanos {
+        saturating_nanos(self.options.report_period)
     }
 
     /// Buckets followed, over every stream.
@@ -148,7 +189,15 @@ impl State {
                 ctx.now,
             );
             match seat.limit.budget() {
-                Some(key) => self.rebalance(key, Some(&member), ctx, &mut outcome),
+                Some(key) => {
+                    if let Some(budget) = self.budgets.get_mut(&key) {
+                        for tally in &mut budget.tallies {
+                            let part = tally.quota.share(ctx.replicas);
+                            tally.charge(&part, usage.num_requests_allowed, ctx.now);
+                        }
+                    }
+                    self.rebalance(key, Some(&member), ctx, &mut outcome);
+                }
                 None => {
                     // No limit, or one that never denies here.
                     seat.hold(Assignment::AllowAll, ctx.now, ttl);
@@ -221,6 +270,14 @@ impl State {
                 });
             }
         }
+        // A closed budget opens once its counted limits admit again, without waiting for a
+        // report.
+        touched.extend(
+            self.budgets
+                .iter()
+                .filter(|(_, budget)| budget.closed)
+                .map(|(key, _)| *key),
+        );
         for key in touched {
             self.rebalance(key, None, ctx, &mut outcome);
         }
@@ -258,15 +315,25 @@ impl State {
         out: &mut Outcome,
     ) -> bool {
         let new_key = limit.budget();
-        if let Limit::Counted { rule, quota, key } = &limit {
+        if let Limit::Counted {
+            rule,
+            quota,
+            key,
+            tallied,
+        } = &limit
+        {
             let budget = self.budgets.entry(*key).or_insert_with(|| Budget {
                 rule: rule.clone(),
                 quota: *quota,
+                tallies: Vec::new(),
+                closed: false,
                 members: BTreeSet::new(),
             });
-            // A reload may change the rule or its quota under the same bucket identity.
+            // A reload may change the rule, its quota or the rest of its list under the same
+            // bucket identity.
             budget.rule = rule.clone();
             budget.quota = *quota;
+            budget.retally(tallied);
             budget.members.insert(member.clone());
         }
         let Some(stream) = self.streams.get_mut(&member.0) else {
@@ -310,10 +377,20 @@ impl State {
         ctx: &Context<'_>,
         out: &mut Outcome,
     ) {
-        let Some(budget) = self.budgets.get(&key) else {
+        let report_period = self.report_period();
+        let Some(budget) = self.budgets.get_mut(&key) else {
             return;
         };
-        let capacity = budget.quota.share(ctx.replicas);
+        let gate = budget.gate(ctx.replicas, ctx.now, report_period);
+        let closed = gate.closed_by.is_some();
+        // Closed or opened: every Envoy of the budget is told at once.
+        let flipped = closed != budget.closed;
+        budget.closed = closed;
+        if let Some(by) = gate.closed_by.filter(|_| flipped) {
+            out.exhausted.push(budget.tallies[by].rule.id.clone());
+        }
+        let budget = &*budget;
+        let capacity = gate.capacity;
         let ids: Vec<MemberId> = budget.members.iter().cloned().collect();
         let seats: Vec<Seat> = ids
             .iter()
@@ -326,12 +403,16 @@ impl State {
                 }
             })
             .collect();
-        let trigger = match reporter {
+        let reporter = match reporter {
             Some(reporter) => match ids.iter().position(|id| id == reporter) {
-                Some(at) => Trigger::Report(at),
+                Some(at) => Some(at),
                 None => return,
             },
-            None => Trigger::Change,
+            None => None,
+        };
+        let trigger = match reporter {
+            Some(at) if !flipped => Trigger::Report(at),
+            _ => Trigger::Change(reporter),
         };
         let ttl = self.options.ttl_secs();
         for (at, assignment) in budget::rebalance(&capacity, &seats, trigger) {

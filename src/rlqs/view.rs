@@ -1,5 +1,6 @@
-//! What `GET /rlqs` shows: every bucket, its limit and this replica's part of it, and per
-//! Envoy what it wants, what it was assigned and until when.
+//! What `GET /rlqs` shows: every bucket, its limit and this replica's part of it, the other
+//! limits of its list counted from the reports and what is left of each, and per Envoy what it
+//! wants, what it was assigned and until when.
 
 use std::collections::BTreeMap;
 
@@ -44,6 +45,8 @@ pub struct BucketView {
     pub limit: Option<String>,
     /// The limit and the part this replica hands out, for counted limits.
     pub budget: Option<BudgetView>,
+    /// The other limits of the list, counted from the reports (empty for a single limit).
+    pub counted: Vec<CountedView>,
     /// Each Envoy reporting it.
     pub envoys: Vec<EnvoyView>,
 }
@@ -59,6 +62,26 @@ pub struct BudgetView {
     pub burst: u32,
     /// The rate this replica divides among its Envoys (the limit over the replicas).
     pub replica_requests_per_unit: u32,
+    /// The rate it divides now: `replica_requests_per_unit`, cut near the end of a counted
+    /// limit, 0 while one is used up.
+    pub assignable_requests_per_unit: u32,
+}
+
+/// A limit of the list counted from the reports, and what is left of this replica's part.
+#[derive(Debug, serde::Serialize)]
+pub struct CountedView {
+    /// The limit's id.
+    pub limit: String,
+    /// Its rate.
+    pub requests_per_unit: u32,
+    /// Its unit.
+    pub unit: &'static str,
+    /// Its algorithm.
+    pub algorithm: &'static str,
+    /// Requests it admits now, of this replica's part.
+    pub remaining: u64,
+    /// Seconds until it admits a request again: 0 while it does, `null` if it never will.
+    pub admits_in_secs: Option<f64>,
 }
 
 /// One Envoy's view of one bucket.
@@ -99,17 +122,40 @@ impl View {
                     .budget()
                     .and_then(|key| state.budgets().get(&key));
                 let capacity = budget.map(|b| b.quota.share(ctx.replicas));
+                let gate = budget.map(|b| b.gate(ctx.replicas, ctx.now, state.report_period()));
                 let view = buckets
                     .entry((domain.clone(), name.clone()))
                     .or_insert_with(|| BucketView {
                         domain: domain.clone(),
                         bucket: name.clone(),
                         limit: member.limit.rule().map(|r| r.id.to_string()),
-                        budget: budget.zip(capacity).map(|(b, c)| BudgetView {
-                            requests_per_unit: b.quota.requests_per_unit(),
-                            unit: b.quota.unit().name(),
-                            burst: b.quota.burst(),
-                            replica_requests_per_unit: c.requests_per_unit(),
+                        budget: budget
+                            .zip(capacity)
+                            .zip(gate)
+                            .map(|((b, c), g)| BudgetView {
+                                requests_per_unit: b.quota.requests_per_unit(),
+                                unit: b.quota.unit().name(),
+                                burst: b.quota.burst(),
+                                replica_requests_per_unit: c.requests_per_unit(),
+                                assignable_requests_per_unit: g.capacity.requests_per_unit(),
+                            }),
+                        counted: budget.map_or_else(Vec::new, |b| {
+                            b.tallies
+                                .iter()
+                                .map(|tally| {
+                                    let part = tally.quota.share(ctx.replicas);
+                                    CountedView {
+                                        limit: tally.rule.id.to_string(),
+                                        requests_per_unit: tally.quota.requests_per_unit(),
+                                        unit: tally.quota.unit().name(),
+                                        algorithm: tally.quota.algorithm().name(),
+                                        remaining: tally.remaining(&part, ctx.now),
+                                        admits_in_secs: tally
+                                            .admits_in(&part, ctx.now)
+                                            .map(|n| n as f64 / NANOS_PER_SEC as f64),
+                                    }
+                                })
+                                .collect()
                         }),
                         envoys: Vec::new(),
                     });

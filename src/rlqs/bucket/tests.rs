@@ -31,6 +31,18 @@ descriptors:
     value: "*.pdf"
     share_threshold: true
     rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: name
+    value: listed
+    rate_limits:
+      - {name: daily, unit: day, requests_per_unit: 5000, algorithm: fixed_window}
+      - {name: sustained, unit: minute, requests_per_unit: 100}
+      - {name: burst, unit: second, requests_per_unit: 5}
+      - {name: watched, unit: second, requests_per_unit: 1, shadow_mode: true}
+  - key: name
+    value: listed_open
+    rate_limits:
+      - {name: watched, unit: second, requests_per_unit: 1, shadow_mode: true}
+      - {name: open, unlimited: true}
 "#;
 
 fn config() -> RateLimitConfig {
@@ -152,5 +164,56 @@ fn names_are_canonical_and_round_trip() {
     assert_eq!(
         serde_json::to_string(&back).unwrap(),
         r#"{"a":"2","z":"1"}"#
+    );
+}
+
+#[test]
+fn a_list_is_enforced_by_its_shortest_window_as_the_token_bucket_and_the_others_are_tallied() {
+    let Limit::Counted {
+        rule,
+        quota,
+        key,
+        tallied,
+    } = limit(&[("name", "listed")])
+    else {
+        panic!("a counted limit");
+    };
+    assert_eq!(&*rule.id, "edge.name_listed#burst");
+    assert_eq!(quota.requests_per_unit(), 5);
+    // The others, in the list's order; shadow mode counts nothing here.
+    let ids: Vec<&str> = tallied.iter().map(|t| &*t.rule.id).collect();
+    assert_eq!(
+        ids,
+        ["edge.name_listed#daily", "edge.name_listed#sustained"]
+    );
+    assert_eq!(tallied[1].quota.requests_per_unit(), 100);
+    // Each limit has its own identity, as its RLS bucket does.
+    assert_ne!(tallied[0].key, key);
+    assert_ne!(tallied[0].key, tallied[1].key);
+    // A list with nothing that denies is open.
+    assert!(matches!(limit(&[("name", "listed_open")]), Limit::Open(_)));
+}
+
+#[test]
+fn the_token_bucket_is_the_shortest_window_then_the_smallest_capacity_then_the_first() {
+    use crate::quota::{Algorithm, Unit};
+    let q = |rate, unit| Quota::new(rate, unit, Algorithm::TokenBucket);
+    assert_eq!(token_bucket_of(&[]), None);
+    assert_eq!(
+        token_bucket_of(&[q(100, Unit::Minute), q(5, Unit::Second)]),
+        Some(1)
+    );
+    assert_eq!(
+        token_bucket_of(&[
+            q(100, Unit::Minute),
+            q(60, Unit::Minute),
+            q(60, Unit::Minute)
+        ]),
+        Some(1)
+    );
+    // A smaller burst binds sooner on the same window.
+    assert_eq!(
+        token_bucket_of(&[q(10, Unit::Second), q(20, Unit::Second).with_burst(5)]),
+        Some(1)
     );
 }

@@ -95,7 +95,38 @@ fn seats_leaving_hand_their_share_to_the_rest() {
         current: Some(Assignment::of_share(holds, &capacity)),
     };
     // Two of four left: the two that stay grow from 2 and 3 to 5 each.
-    let out = rebalance(&capacity, &[seat(2), seat(3)], Trigger::Change);
+    let out = rebalance(&capacity, &[seat(2), seat(3)], Trigger::Change(None));
+    assert_eq!(
+        out,
+        [
+            (0, Assignment::of_share(5, &capacity)),
+            (1, Assignment::of_share(5, &capacity))
+        ]
+    );
+}
+
+#[test]
+fn a_budget_closed_and_opened_again_tells_every_seat_and_always_answers_the_reporter() {
+    let capacity = Quota::new(10, Unit::Second, Algorithm::TokenBucket);
+    let seat = |holds| Seat {
+        demand: Demand::Known(50),
+        holds,
+        current: Some(Assignment::of_share(holds, &capacity)),
+    };
+    // Closed (a rate of 0): both are denied at once, whoever reported.
+    let closed = capacity.cut_to(0);
+    let out = rebalance(&closed, &[seat(5), seat(5)], Trigger::Change(Some(1)));
+    assert_eq!(out, [(0, Assignment::DenyAll), (1, Assignment::DenyAll)]);
+    // Still closed: only the reporter is answered.
+    let denied = Seat {
+        demand: Demand::Known(50),
+        holds: 0,
+        current: Some(Assignment::DenyAll),
+    };
+    let out = rebalance(&closed, &[denied, denied], Trigger::Change(Some(0)));
+    assert_eq!(out, [(0, Assignment::DenyAll)]);
+    // Open again: both get their share back.
+    let out = rebalance(&capacity, &[denied, denied], Trigger::Change(None));
     assert_eq!(
         out,
         [
