@@ -703,7 +703,7 @@ async fn two_envoys_pass_at_most_the_per_minute_limit_and_one_report_period_of_t
         let step = elapsed.as_millis() / STEP.as_millis();
         for i in 0..2 {
             let offset = 25 * i as u128;
-            if step >= offset && (step - offset) % 50 == 0 && step > 0 {
+            if step >= offset && (step - offset).is_multiple_of(50) && step > 0 {
                 let before = models[i].lock().unwrap().messages;
                 let (allowed, denied) = std::mem::take(&mut counts[i]);
                 report(i, allowed, denied, 5).await;
