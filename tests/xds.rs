@@ -18,6 +18,8 @@ use tollgate::xds::resource::{
     RateLimitConfig, RateLimitDescriptor, RateLimitPolicy, RateLimitUnit,
 };
 use tollgate::xds::{Retry, XdsOptions, server_uri};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const OK: i32 = Code::Ok as i32;
 const OVER: i32 = Code::OverLimit as i32;
@@ -248,6 +250,56 @@ async fn with_start_without_config_everything_passes_until_the_first_version() {
             .overall_code,
         OVER
     );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn with_unhealthy_until_first_config_health_waits_for_the_first_version() {
+    let mut ads = AdsServer::start().await;
+    let s = tollgate(XdsOptions {
+        start_without_config: true,
+        unhealthy_until_loaded: true,
+        ..options(&ads)
+    })
+    .await;
+    let health = s.health_client().await;
+    let status = |name: &str| {
+        let mut health = health.clone();
+        let request = HealthCheckRequest {
+            service: name.to_owned(),
+        };
+        async move { health.check(request).await.unwrap().into_inner().status }
+    };
+    for name in ["", "ratelimit"] {
+        assert_eq!(
+            status(name).await,
+            ServingStatus::NotServing as i32,
+            "{name:?}"
+        );
+    }
+    let (code, text) = s.admin_get("/healthcheck").await;
+    assert_eq!(code, 500, "{text}");
+    let nonce = ads.push("v1", &[limits(3)]);
+    ads.acked("v1", &nonce).await;
+    // Serving once the version is in force: watched, not polled.
+    let mut watch = health
+        .clone()
+        .watch(HealthCheckRequest {
+            service: "ratelimit".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let next = tokio::time::timeout_at(deadline, watch.message()).await;
+        let answer = next.expect("serving within 5 s").unwrap().unwrap();
+        if answer.status == ServingStatus::Serving as i32 {
+            break;
+        }
+    }
+    assert_eq!(status("").await, ServingStatus::Serving as i32);
+    assert_eq!(s.admin_get("/healthcheck").await.0, 200);
     s.stop().await;
 }
 

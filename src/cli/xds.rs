@@ -87,6 +87,15 @@ pub(super) struct XdsArgs {
         requires = "xds_server"
     )]
     xds_start_without_config: bool,
+    /// With --xds-start-without-config: gRPC health and GET /healthcheck answer not serving
+    /// until the first version is in force, so a readiness probe keeps traffic away from a
+    /// replica that has no limits yet.
+    #[arg(
+        long,
+        env = "TOLLGATE_XDS_UNHEALTHY_UNTIL_FIRST_CONFIG",
+        requires = "xds_start_without_config"
+    )]
+    xds_unhealthy_until_first_config: bool,
 }
 
 impl XdsArgs {
@@ -124,6 +133,7 @@ impl XdsArgs {
             },
             max_message_bytes: self.xds_max_message_bytes,
             start_without_config: self.xds_start_without_config,
+            unhealthy_until_loaded: self.xds_unhealthy_until_first_config,
             ..XdsOptions::new(server, node_id.clone())
         }))
     }

@@ -50,8 +50,16 @@ async fn metrics(State(shared): State<Shared>) -> Response {
 }
 
 /// 200 while serving. With Redis unavailable it stays 200 (the failure policy answers) and
-/// says so on a second line, for readiness checks and people.
-async fn healthcheck(State(shared): State<Shared>) -> String {
+/// says so on a second line, for readiness checks and people; 500 while limits over xDS are
+/// awaited with `--xds-unhealthy-until-first-config`.
+async fn healthcheck(State(shared): State<Shared>) -> Response {
+    if shared.reloader.unhealthy() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no configuration yet: waiting for the first version from the xDS server\n",
+        )
+            .into_response();
+    }
     let limiter = shared.reloader.limiter();
     let mut parts = crate::store::Parts::default();
     limiter.store().parts(&mut parts);
@@ -59,8 +67,9 @@ async fn healthcheck(State(shared): State<Shared>) -> String {
         (Some(redis), Some(failover)) if redis.is_degraded() => format!(
             "OK\ndegraded: redis unavailable, answering by --redis-failure {}\n",
             failover.policy()
-        ),
-        _ => "OK".to_owned(),
+        )
+        .into_response(),
+        _ => "OK".into_response(),
     }
 }
 

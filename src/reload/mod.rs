@@ -171,6 +171,19 @@ impl Reloader {
         let _ = loaded.wait_for(|loaded| *loaded).await;
     }
 
+    /// Whether a configuration is in force (always for files; for xDS, once the first valid
+    /// version has been applied).
+    pub fn has_loaded(&self) -> bool {
+        *self.loaded.borrow()
+    }
+
+    /// Whether health checks should answer not serving now: limits come over xDS, served
+    /// before the first version with `unhealthy_until_loaded`, and none has arrived yet.
+    pub fn unhealthy(&self) -> bool {
+        matches!(&self.source, Source::Xds(xds) if xds.start_without_config && xds.unhealthy_until_loaded)
+            && !self.has_loaded()
+    }
+
     /// The limiter this reloader feeds.
     pub fn limiter(&self) -> &Arc<Limiter> {
         &self.limiter

@@ -272,12 +272,18 @@ impl Server {
             watch_tls(tls, &stop_rx)?;
         }
         let (health, health_service) = tonic_health::server::health_reporter();
-        type Rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RateLimitGrpc>;
-        health.set_serving::<Rls>().await;
-        // The reference service's name, which Envoy Gateway's health checks ask for.
-        health
-            .set_service_status(REFERENCE_HEALTH_NAME, tonic_health::ServingStatus::Serving)
-            .await;
+        // Not serving until the first xDS version with --xds-unhealthy-until-first-config.
+        let ready = !self.reloader.unhealthy();
+        set_health(&health, ready).await;
+        if !ready {
+            let (health, reloader, stop) = (health.clone(), self.reloader.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = reloader.first_loaded() => set_health(&health, true).await,
+                    () = stopped(stop) => {}
+                }
+            });
+        }
 
         let expiring = rlqs.clone();
         tokio::spawn(async move {
@@ -285,20 +291,11 @@ impl Server {
             // Envoys fall back to their own behaviour before this server goes away.
             expiring.shutdown();
             tracing::info!("shutting down: draining in-flight calls");
-            health.set_not_serving::<Rls>().await;
-            for service in ["", REFERENCE_HEALTH_NAME] {
-                health
-                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
-                    .await;
-            }
+            set_health(&health, false).await;
             // Dropping the statuses ends open Health/Watch streams, which would otherwise keep
             // their connections, and the drain, open forever.
             let mut health = health;
-            for service in [
-                "",
-                REFERENCE_HEALTH_NAME,
-                <Rls as tonic::server::NamedService>::NAME,
-            ] {
+            for service in HEALTH_NAMES {
                 health.clear_service_status(service).await;
             }
             let _ = stop_tx.send(true);
@@ -432,6 +429,28 @@ async fn optional<E>(serving: Option<impl Future<Output = Result<(), E>>>) -> Re
     match serving {
         Some(serving) => serving.await,
         None => Ok(()),
+    }
+}
+
+type Rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RateLimitGrpc>;
+
+/// The names gRPC health answers for: `""`, the rate limit service's, and the reference's
+/// ([`REFERENCE_HEALTH_NAME`], which Envoy Gateway's health checks ask for).
+const HEALTH_NAMES: [&str; 3] = [
+    "",
+    <Rls as tonic::server::NamedService>::NAME,
+    REFERENCE_HEALTH_NAME,
+];
+
+/// Sets the gRPC health of every name in [`HEALTH_NAMES`].
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for service in HEALTH_NAMES {
+        health.set_service_status(service, status).await;
     }
 }
 

@@ -39,6 +39,9 @@ pub struct XdsOptions {
     pub max_message_bytes: usize,
     /// Serve before the first version arrives (with no limits), rather than wait for it.
     pub start_without_config: bool,
+    /// With `start_without_config`: health checks answer not serving until the first version
+    /// is in force (the reference's `HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED`).
+    pub unhealthy_until_loaded: bool,
 }
 
 /// Waits between connection attempts: `initial`, doubling up to `max`, each with up to a fifth
@@ -72,6 +75,7 @@ impl XdsOptions {
             retry: Retry::default(),
             max_message_bytes: 4 << 20,
             start_without_config: false,
+            unhealthy_until_loaded: false,
         }
     }
 }

@@ -306,6 +306,14 @@ impl Translator<'_> {
         }
         if self.check(env.flag("FORCE_START_WITHOUT_INITIAL_CONFIG", false), false) {
             self.flag("--xds-start-without-config");
+            // Without a forced start (or with files), nothing is served before limits exist:
+            // health is then never OK without a configuration anyway.
+            if self.check(
+                env.flag("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", false),
+                false,
+            ) {
+                self.flag("--xds-unhealthy-until-first-config");
+            }
         }
     }
 
@@ -602,11 +610,6 @@ const UNSUPPORTED: &[(&str, &str, &str)] = &[
         "LOCAL_CACHE_SIZE_IN_BYTES",
         "0",
         "over-limit keys are not cached locally; for fewer Redis calls use tollgate's cached consistency (--consistency cached)",
-    ),
-    (
-        "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED",
-        "false",
-        "health is OK as soon as tollgate serves (with CONFIG_TYPE=GRPC_XDS_SOTW it serves once the first configuration arrived, unless FORCE_START_WITHOUT_INITIAL_CONFIG)",
     ),
     (
         "REDIS_POOL_SIZE",
