@@ -160,6 +160,7 @@ impl Config {
                 metrics: MetricsOptions::default(),
                 drain_timeout: Duration::from_secs(10),
                 limits: Limits::default(),
+                rlqs: Default::default(),
             },
             snapshot: None,
             api: ApiConfig::default(),

@@ -393,6 +393,8 @@ fn durations_take_units_addresses_take_names_and_validate_reads_the_environment(
         ("--drain-timeout", "10"),
         ("--sweep-interval", "500ms"),
         ("--grpc-addr", "localhost:0"),
+        ("--rlqs-assignment-ttl", "20s"),
+        ("--rlqs-idle-after", "2m"),
     ] {
         // Accepted: then `validate`-like failure comes from the config, not the flag.
         let out = run(&["serve", "--config", "/nonexistent", flag, value]);
@@ -403,6 +405,20 @@ fn durations_take_units_addresses_take_names_and_validate_reads_the_environment(
             text(&out.stderr)
         );
     }
+    // Envoy reads an assignment's seconds only.
+    let out = run(&[
+        "serve",
+        "--config",
+        "examples/config",
+        "--rlqs-assignment-ttl",
+        "1500ms",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("whole seconds"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = Command::new(BIN)
         .arg("validate")
         .env("TOLLGATE_CONFIG", "examples/config")

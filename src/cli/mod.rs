@@ -3,6 +3,7 @@
 mod answers;
 mod api;
 mod reference;
+mod rlqs;
 mod serve;
 mod store;
 mod tls;

@@ -11,6 +11,7 @@ use clap::{ArgMatches, Args};
 use super::CompileArgs;
 use super::answers::AnswerArgs;
 use super::api::ApiArgs;
+use super::rlqs::RlqsArgs;
 use super::store::StoreArgs;
 use super::tls::GrpcTlsArgs;
 use super::values::{parse_addr, parse_interval, parse_ratio, parse_seconds, redacted};
@@ -120,6 +121,8 @@ pub(super) struct ServeArgs {
     store: StoreArgs,
     #[command(flatten)]
     api: ApiArgs,
+    #[command(flatten)]
+    rlqs: RlqsArgs,
     /// Save the memory store's buckets to this file every --snapshot-interval and at stop, and
     /// restore them at start, so a restart or a crash does not reset every budget (memory
     /// store only; the file holds the secret that names buckets: it is created mode 0600).
@@ -248,6 +251,7 @@ pub(super) async fn serve(args: ServeArgs, given: &ArgMatches) -> ExitCode {
             watch: !args.no_watch,
             drain_timeout: args.drain_timeout,
             limits: args.limits.limits(),
+            rlqs: args.rlqs.options(),
             metrics: MetricsOptions {
                 near_limit_ratio: args.near_limit_ratio,
                 max_series: args.max_metric_series,

@@ -73,6 +73,11 @@ impl Limiter {
         }
     }
 
+    /// The server-wide settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> Arc<RateLimitConfig> {
         self.config.load_full()

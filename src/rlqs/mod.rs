@@ -233,6 +233,7 @@ impl Rlqs {
             keys: limiter.keys(),
             replicas: replicas(limiter),
             now: limiter.clock().now(),
+            shadow_mode: limiter.settings().shadow_mode,
         };
         let mut inner = self.lock();
         let result = f(&mut inner, &ctx);

@@ -39,6 +39,9 @@ pub struct Context<'a> {
     pub replicas: u32,
     /// Now.
     pub now: Nanos,
+    /// The server-wide `--shadow-mode`: every bucket is assigned `ALLOW_ALL`; reports are
+    /// still counted (metrics, `/rlqs`).
+    pub shadow_mode: bool,
 }
 
 /// A limit's budget, shared by the buckets of every stream that fall in it.
@@ -165,7 +168,10 @@ impl State {
                 continue;
             };
             let name = BucketName::from_proto(bucket_id);
-            let limit = bucket::resolve(ctx.config, ctx.keys, &domain, &name);
+            let mut limit = bucket::resolve(ctx.config, ctx.keys, &domain, &name);
+            if ctx.shadow_mode {
+                limit = limit.shadowed();
+            }
             outcome.reported.push(Reported {
                 domain: domain.clone(),
                 limit: limit.rule().map(|rule| rule.id.clone()),

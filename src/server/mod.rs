@@ -86,6 +86,8 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// What a client may hold of either port.
     pub limits: Limits,
+    /// The Rate Limit Quota Service's timing.
+    pub rlqs: RlqsOptions,
 }
 
 /// A port that serves only the metrics.
@@ -242,7 +244,7 @@ impl Server {
         let rlqs = Arc::new(Rlqs::new(
             self.reloader.clone(),
             shared.metrics.rlqs.clone(),
-            RlqsOptions::default(),
+            self.options.rlqs,
         ));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let deadline_rx = stop_rx.clone();

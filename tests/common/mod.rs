@@ -214,6 +214,7 @@ pub fn app_config(limits: std::path::PathBuf, setup: &Setup) -> app::Config {
             watch: setup.watch,
             drain_timeout: Duration::from_secs(5),
             limits: setup.limits,
+            rlqs: Default::default(),
             metrics: MetricsOptions {
                 near_limit_ratio: 0.8,
                 max_series: setup.max_metric_series,

@@ -45,6 +45,7 @@ struct Env {
     keys: KeyBuilder,
     replicas: u32,
     now: Nanos,
+    shadow_mode: bool,
 }
 
 struct World {
@@ -59,6 +60,7 @@ impl Env {
             keys: &self.keys,
             replicas: self.replicas,
             now: self.now,
+            shadow_mode: self.shadow_mode,
         }
     }
 }
@@ -75,6 +77,7 @@ impl World {
                 keys: KeyBuilder::shared("t"),
                 replicas: 1,
                 now: 1_000 * SEC,
+                shadow_mode: false,
             },
             state: State::new(RlqsOptions::default()),
         }
@@ -205,6 +208,22 @@ fn unknown_domains_and_unmatched_buckets_allow_all_and_zero_limits_deny() {
         .report(other, "elsewhere", &[("shared", 1, 0, 0)])
         .unwrap();
     assert_eq!(assigned(&out), [(other, Assignment::AllowAll, 15)]);
+}
+
+#[test]
+fn the_server_wide_shadow_mode_allows_every_bucket() {
+    let mut w = World::new();
+    w.env.shadow_mode = true;
+    let a = w.state.connect(None).unwrap();
+    let out = w
+        .report(a, "edge", &[("shared", 500, 0, 5), ("blocked", 1, 0, 5)])
+        .unwrap();
+    assert_eq!(
+        assigned(&out),
+        [(a, Assignment::AllowAll, 15), (a, Assignment::AllowAll, 15)]
+    );
+    // Still counted, by the limit it falls under.
+    assert_eq!(out.reported[0].limit.as_deref(), Some("edge.name_shared"));
 }
 
 #[test]
