@@ -145,6 +145,12 @@ fn redis_metrics(
         "Units given back or charged to make late answers agree with the answers given",
         units,
     )?;
+    counter(
+        encoder,
+        "redis_unanswered_undo_units",
+        "Units a denied request across Redis Cluster slots took provisionally whose undo went unanswered: they stay taken unless it ran",
+        redis.unanswered_undo_units(),
+    )?;
     gauge(
         encoder,
         "redis_replicas",

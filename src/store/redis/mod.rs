@@ -167,6 +167,12 @@ impl RedisStore {
         )
     }
 
+    /// Units a denied request across Cluster slots took provisionally whose undo went
+    /// unanswered (they stay taken, unless the undo ran all the same).
+    pub fn unanswered_undo_units(&self) -> u64 {
+        self.late.unanswered_undo_units.load(Ordering::Relaxed)
+    }
+
     /// Waits until Redis answers (or `deadline` passes); true if it did.
     pub async fn wait_ready(&self, deadline: Duration) -> bool {
         let ready = async {

@@ -30,6 +30,9 @@ pub(super) struct LateCounts {
     pub(super) lost: AtomicU64,
     /// Units given back or charged to make late answers agree with the answers given.
     pub(super) corrected_units: AtomicU64,
+    /// Units a denied request across Cluster slots took provisionally whose undo went
+    /// unanswered: they stay taken unless the undo ran all the same.
+    pub(super) unanswered_undo_units: AtomicU64,
 }
 
 /// The request a decide call was for, as the call saw it.

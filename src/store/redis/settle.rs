@@ -210,9 +210,14 @@ impl RedisStore {
                 .and_then(|reply| call::decided(&reply, back.len()))
                 .map(|(_, checks)| checks);
             let Some(checks) = checks else {
+                let units: u64 = back.iter().map(|&i| figures[i].taken).sum();
+                self.late
+                    .unanswered_undo_units
+                    .fetch_add(units, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     claims = back.len(),
-                    "an undo of a denied request was lost in redis: its units stay taken"
+                    units,
+                    "an undo of a denied request went unanswered in redis: its units stay taken unless it ran"
                 );
                 continue;
             };
