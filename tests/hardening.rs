@@ -150,6 +150,10 @@ async fn slowloris_and_idle_admin_connections_are_closed() {
         .await
         .unwrap();
         assert!(answer.starts_with("HTTP/1.1 408"), "{addr}: {answer}");
+        if post == "/v1/check" {
+            // The service API answers in its JSON error shape.
+            assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
+        }
         // A keep-alive connection that answered once, then idles.
         let mut idle = connect(addr);
         idle.write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n")

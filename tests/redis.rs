@@ -146,7 +146,10 @@ async fn strict_mode_keys_are_prefixed_tagged_by_lane_and_expire() {
         "{timed} timed calls for {count} requests"
     );
     assert!(metric(&text, "tollgate_redis_call_duration_seconds_sum") > 0.0);
-    assert_eq!(metric(&text, "tollgate_redis_unanswered_undo_units_total"), 0.0);
+    assert_eq!(
+        metric(&text, "tollgate_redis_unanswered_undo_units_total"),
+        0.0
+    );
 
     // Keys: prefixed, tagged with their bucket's lane (so a domain spreads over a Cluster), a
     // TTL of at most a minute and the grace.

@@ -21,7 +21,7 @@ pub struct ApiError {
     "message": "invalid type: string \"1\", expected u64"}))]
 pub struct ErrorBody {
     /// What kind of error: `bad_request`, `unauthorized`, `not_found`, `method_not_allowed`,
-    /// `conflict`, `payload_too_large`, `unavailable`.
+    /// `request_timeout`, `conflict`, `payload_too_large`, `unavailable`.
     pub error: String,
     /// What is wrong, for people.
     pub message: String,
@@ -75,6 +75,15 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             message,
+        )
+    }
+
+    /// 408: the request was not complete (a body sent too slowly) within `timeout`.
+    pub fn request_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request was not complete within {timeout:?}"),
         )
     }
 

@@ -117,6 +117,11 @@ async fn admin_only(State(api): State<ApiState>, mut request: Request, next: Nex
     }
 }
 
+/// The API port's 408, in its JSON error shape.
+pub fn late(timeout: std::time::Duration) -> Response {
+    ApiError::request_timeout(timeout).into_response()
+}
+
 /// 404 for a path the API does not serve.
 async fn no_route() -> ApiError {
     ApiError::not_found("no such endpoint: GET /openapi.json lists them")

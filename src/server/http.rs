@@ -27,6 +27,17 @@ pub struct HttpLimits {
     /// Longest wait for a request's headers (also while a connection idles between requests)
     /// and for its answer.
     pub request_timeout: Duration,
+    /// The answer to a request not answered within `request_timeout` (a 408).
+    pub late: fn(Duration) -> Response,
+}
+
+/// The admin port's 408: plain text.
+pub fn late_text(timeout: Duration) -> Response {
+    (
+        StatusCode::REQUEST_TIMEOUT,
+        format!("request not complete within {timeout:?}\n"),
+    )
+        .into_response()
 }
 
 /// Serves `router` on `listener` within `limits` until `stop`, then lets the requests in
@@ -37,10 +48,7 @@ pub async fn serve(
     limits: HttpLimits,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let router = router.layer(middleware::from_fn_with_state(
-        limits.request_timeout,
-        answer_in_time,
-    ));
+    let router = router.layer(middleware::from_fn_with_state(limits, answer_in_time));
     let service = TowerToHyperService::new(router);
     let gate = Gate::new(limits.max_connections, limits.request_timeout);
     let graceful = GracefulShutdown::new();
@@ -77,14 +85,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// 408 for a request not answered within the timeout (a body sent too slowly, say).
-async fn answer_in_time(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+/// `late`'s 408 for a request not answered within the timeout (a body sent too slowly, say).
+async fn answer_in_time(
+    State(limits): State<HttpLimits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let timeout = limits.request_timeout;
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => (
-            StatusCode::REQUEST_TIMEOUT,
-            format!("request not complete within {timeout:?}\n"),
-        )
-            .into_response(),
+        Err(_) => (limits.late)(timeout),
     }
 }

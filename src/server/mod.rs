@@ -374,6 +374,7 @@ impl Server {
         let http_limits = http::HttpLimits {
             max_connections: limits.admin_connections,
             request_timeout: limits.admin_request_timeout,
+            late: http::late_text,
         };
         let metrics_port = self.metrics.map(|(listener, path)| {
             let router = admin::metrics_router(shared.clone(), &path);
@@ -385,7 +386,11 @@ impl Server {
                 tracing::warn!("service API: no --api-admin-token-file, so its management endpoints refuse every call");
             }
             let router = crate::api::router(shared.clone(), tokens);
-            http::serve(listener, router, http_limits, stopped(stop_rx.clone()))
+            let limits = http::HttpLimits {
+                late: crate::api::late,
+                ..http_limits
+            };
+            http::serve(listener, router, limits, stopped(stop_rx.clone()))
         });
         let http = http::serve(
             self.http,
