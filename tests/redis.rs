@@ -1397,3 +1397,68 @@ async fn sentinels_with_their_own_password() {
     assert_eq!(s.call(request("c", one("k", "v"))).await.overall_code, OVER);
     s.stop().await;
 }
+
+/// A TLS-only Sentinel in front of a TLS-only master, both with certificates of a private CA
+/// and both requiring a client certificate (the Sentinel reaches the master over TLS too):
+/// with the `rediss://` Sentinel URL, the CA and the client identity, tollgate asks the
+/// Sentinel and counts in the master it names. Neither would let it in without that identity,
+/// nor would it trust either without the CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_sentinel_and_master_with_a_private_ca_and_client_certificates() {
+    let certificates = Certificates::generate();
+    let master = RedisServer::start_tls_only(&certificates);
+    let sentinel = RedisSentinel::start_tls("tollgate-master", master.port, &certificates);
+    let trusted = RedisTls {
+        ca: Some(certificates.read("ca.crt")),
+        identity: Some((
+            certificates.read("client.crt"),
+            certificates.read("client.key"),
+        )),
+    };
+    let setup = RedisSetup {
+        urls: vec![sentinel.url()],
+        sentinel: Some(Sentinel::of("tollgate-master")),
+        failure: FailurePolicy::Deny,
+        timeout: Duration::from_millis(500),
+        tls: trusted.clone(),
+        ..with_prefix(RedisSetup::strict("unused"), "sentinel-tls:")
+    };
+    assert!(sentinel.url().starts_with("rediss://"));
+    let mut s = start_with(&hourly(100), setup.setup()).await;
+    assert!(
+        !s.redis_store().is_degraded(),
+        "no master reached through the TLS Sentinel within 5 s; sentinel log:\n{}",
+        sentinel.log()
+    );
+    for remaining in (97..100).rev() {
+        let r = s.call(request("c", one("k", "v"))).await;
+        assert_eq!(
+            (r.overall_code, r.statuses[0].limit_remaining),
+            (OK, remaining)
+        );
+    }
+    assert_eq!(
+        master.keys("sentinel-tls:*").len(),
+        1,
+        "the bucket is in the master"
+    );
+    s.stop().await;
+
+    // Verification is real: without the CA, the Sentinel's certificate is not trusted.
+    let store = RedisStore::start(&RedisOptions {
+        urls: vec![sentinel.url()],
+        cluster: false,
+        sentinel: Some(Sentinel::of("tollgate-master")),
+        prefix: "sentinel-tls:".to_owned(),
+        timeout: SEC,
+        tls: RedisTls {
+            ca: None,
+            ..trusted
+        },
+    })
+    .unwrap();
+    assert!(
+        !store.wait_ready(2 * SEC).await && store.is_degraded(),
+        "a store without the CA reached the TLS Sentinel"
+    );
+}

@@ -39,7 +39,8 @@ pub(super) struct StoreArgs {
     /// The --redis-url addresses are Redis Sentinels (`redis://host:26379`, one per
     /// Sentinel): count in the master of this master set, and follow its failovers.
     /// Credentials in the first URL are used for the master, and for the Sentinels unless
-    /// --redis-sentinel-auth is given.
+    /// --redis-sentinel-auth is given. `rediss://` Sentinels mean TLS to them and to the
+    /// master, both checked with --redis-ca-file and shown the client certificate if given.
     #[arg(long, env = "TOLLGATE_REDIS_SENTINEL", value_name = "MASTER_NAME")]
     redis_sentinel: Option<String>,
     /// Credentials for the Sentinels when they are not the master's: `[USER:]PASSWORD`, or
@@ -188,11 +189,6 @@ impl StoreArgs {
             (None, Some(_)) => "--redis-client-cert",
             (None, None) => return Ok(RedisTls::default()),
         };
-        if self.redis_sentinel.is_some() {
-            return Err(format!(
-                "{flag} is not supported with --redis-sentinel (rediss:// Sentinels trust the bundled webpki roots)"
-            ));
-        }
         if let Some(url) = self.redis_url.iter().find(|u| !is_tls_url(u)) {
             return Err(format!(
                 "{flag} needs rediss:// URLs, not {}",

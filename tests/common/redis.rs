@@ -1,5 +1,6 @@
 //! Real `redis-server` processes for the Redis store's tests: a single node on a free port
-//! (killed and restarted at will, on the same port) and a three-master Redis Cluster.
+//! (killed and restarted at will, on the same port, plain or TLS only), a three-master Redis
+//! Cluster and a Sentinel (plain or TLS only).
 //!
 //! Servers run in the foreground as children of the test (never daemonized), without
 //! persistence, in their own temporary directory, and are killed when dropped.
@@ -21,6 +22,9 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Extra arguments, kept for restarts.
     extra: Vec<String>,
+    /// `redis-cli`'s TLS arguments for a TLS-only server (`port` is then its TLS port); empty
+    /// for a plain one.
+    cli_tls: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -33,13 +37,27 @@ impl RedisServer {
     /// Starts a server with `extra` arguments on a free port and waits until it answers.
     pub fn start_with(extra: &[&str]) -> Self {
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::start_configured(&extra, &[])
+    }
+
+    /// Starts a server that serves only TLS, on a free port, with `certificates`, and requires
+    /// clients to present a certificate signed by their CA. [`RedisServer::cli`] and the
+    /// readiness check then go over TLS with the client certificate.
+    pub fn start_tls_only(certificates: &Certificates) -> Self {
+        Self::start_configured(&tls_server_args(certificates), &tls_cli_args(certificates))
+    }
+
+    /// Starts a server with `extra` arguments (TLS only if `cli_tls` is not empty) on a free
+    /// port and waits until it answers.
+    fn start_configured(extra: &[String], cli_tls: &[String]) -> Self {
         // A free port can be taken by someone else before redis binds it: try a few.
         let mut last_log = String::new();
         for _ in 0..5 {
             let mut server = Self {
                 port: free_port(),
                 child: None,
-                extra: extra.clone(),
+                extra: extra.to_vec(),
+                cli_tls: cli_tls.to_vec(),
                 dir: tempfile::tempdir().unwrap(),
             };
             if server.spawn_and_wait() {
@@ -57,6 +75,7 @@ impl RedisServer {
             port,
             child: None,
             extra: extra.to_vec(),
+            cli_tls: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
         };
         assert!(
@@ -118,6 +137,7 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.cli_tls)
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -134,6 +154,7 @@ impl RedisServer {
     pub fn cli_spawn(&self, args: &[&str]) -> Child {
         Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.cli_tls)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -162,7 +183,11 @@ impl RedisServer {
 
     /// Whether the server answers PING now.
     pub fn answers(&self) -> bool {
-        ping(self.port)
+        if self.cli_tls.is_empty() {
+            ping(self.port)
+        } else {
+            tls_ping(self.port, &self.cli_tls)
+        }
     }
 
     /// The server's log so far.
@@ -176,8 +201,14 @@ impl RedisServer {
 
     /// Spawns the process and waits until it answers; false if it exits or never answers.
     fn spawn_and_wait(&mut self) -> bool {
+        let port = self.port.to_string();
+        let ports: &[&str] = if self.cli_tls.is_empty() {
+            &["--port", &port]
+        } else {
+            &["--port", "0", "--tls-port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(ports)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -201,7 +232,7 @@ impl RedisServer {
                 self.child = None;
                 return false;
             }
-            if ping(self.port) {
+            if self.answers() {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -277,21 +308,71 @@ impl RedisServer {
     /// the tests' own inspection. Returns the server and its TLS port.
     pub fn start_tls(certificates: &Certificates) -> (Self, u16) {
         let tls_port = free_port().to_string();
-        let path = |name: &str| certificates.path(name).display().to_string();
-        let server = Self::start_with(&[
-            "--tls-port",
-            &tls_port,
-            "--tls-cert-file",
-            &path("server.crt"),
-            "--tls-key-file",
-            &path("server.key"),
-            "--tls-ca-cert-file",
-            &path("ca.crt"),
-            "--tls-auth-clients",
-            "yes",
-        ]);
+        let mut extra = vec!["--tls-port".to_owned(), tls_port.clone()];
+        extra.extend(tls_server_args(certificates));
+        let server = Self::start_configured(&extra, &[]);
         (server, tls_port.parse().unwrap())
     }
+}
+
+/// `redis-server` arguments to serve TLS with `certificates`' server certificate and to
+/// require a client certificate signed by their CA.
+fn tls_server_args(certificates: &Certificates) -> Vec<String> {
+    let path = |name: &str| certificates.path(name).display().to_string();
+    [
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "yes",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// `redis-cli` arguments to connect over TLS, trusting `certificates`' CA and presenting their
+/// client certificate.
+fn tls_cli_args(certificates: &Certificates) -> Vec<String> {
+    let path = |name: &str| certificates.path(name).display().to_string();
+    vec![
+        "--tls".to_owned(),
+        "--cacert".to_owned(),
+        path("ca.crt"),
+        "--cert".to_owned(),
+        path("client.crt"),
+        "--key".to_owned(),
+        path("client.key"),
+    ]
+}
+
+/// PING with `redis-cli` and `cli_tls`: true if `PONG` comes back within 1 s (the client is
+/// killed after that).
+fn tls_ping(port: u16, cli_tls: &[String]) -> bool {
+    let mut child = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(cli_tls)
+        .arg("PING")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(1);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut reply = String::new();
+    let _ = child.stdout.take().unwrap().read_to_string(&mut reply);
+    // A server that wants a password answers too.
+    reply.trim() == "PONG" || reply.contains("NOAUTH")
 }
 
 impl Drop for RedisServer {
@@ -434,6 +515,8 @@ fn cluster_args(dir: &Path, n: usize, bus: u16) -> Vec<String> {
 pub struct RedisSentinel {
     pub port: u16,
     child: Child,
+    /// `redis-cli`'s TLS arguments for a TLS-only Sentinel; empty for a plain one.
+    cli_tls: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -446,16 +529,61 @@ impl RedisSentinel {
 
     /// [`RedisSentinel::start`] with `extra` lines of configuration.
     pub fn start_with(name: &str, master_port: u16, extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        Self::start_configured(
+            name,
+            master_port,
+            port,
+            &format!("port {port}\n{extra}"),
+            &[],
+        )
+    }
+
+    /// A Sentinel that serves only TLS, with `certificates`' server certificate, requiring
+    /// clients to present a certificate signed by their CA, and that watches a TLS-only master
+    /// on `master_port` ([`RedisServer::start_tls_only`]), presenting their client certificate
+    /// to it. [`RedisSentinel::url`] is then `rediss://`, and [`RedisSentinel::cli`] and the
+    /// readiness check go over TLS.
+    pub fn start_tls(name: &str, master_port: u16, certificates: &Certificates) -> Self {
+        let port = free_port();
+        let path = |name: &str| certificates.path(name).display().to_string();
+        let config = format!(
+            "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+             tls-auth-clients yes\ntls-replication yes\n\
+             tls-client-cert-file {}\ntls-client-key-file {}\n",
+            path("server.crt"),
+            path("server.key"),
+            path("ca.crt"),
+            path("client.crt"),
+            path("client.key"),
+        );
+        Self::start_configured(
+            name,
+            master_port,
+            port,
+            &config,
+            &tls_cli_args(certificates),
+        )
+    }
+
+    /// Starts a Sentinel watching `name` with `lines` of configuration (which make it listen
+    /// on `port`), and waits until it answers PING (over TLS with `cli_tls` if not empty).
+    fn start_configured(
+        name: &str,
+        master_port: u16,
+        port: u16,
+        lines: &str,
+        cli_tls: &[String],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("sentinel.conf");
         std::fs::write(
             &config,
             format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+                "bind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
                  sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
                  sentinel down-after-milliseconds {name} 500\n\
-                 sentinel failover-timeout {name} 2000\n{extra}",
+                 sentinel failover-timeout {name} 2000\n{lines}",
                 dir = dir.path().display()
             ),
         )
@@ -469,9 +597,14 @@ impl RedisSentinel {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let sentinel = Self { port, child, dir };
+        let sentinel = Self {
+            port,
+            child,
+            cli_tls: cli_tls.to_vec(),
+            dir,
+        };
         let end = Instant::now() + READY_DEADLINE;
-        while !ping(port) {
+        while !sentinel.answers() {
             assert!(
                 Instant::now() < end,
                 "redis sentinel did not start:\n{}",
@@ -482,15 +615,30 @@ impl RedisSentinel {
         sentinel
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// Whether the Sentinel answers PING now.
+    fn answers(&self) -> bool {
+        if self.cli_tls.is_empty() {
+            ping(self.port)
+        } else {
+            tls_ping(self.port, &self.cli_tls)
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`, `rediss://` for a TLS-only Sentinel.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.cli_tls.is_empty() {
+            "redis"
+        } else {
+            "rediss"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Runs `redis-cli -p PORT args...` against the Sentinel; returns its stdout, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.cli_tls)
             .args(args)
             .output()
             .unwrap();

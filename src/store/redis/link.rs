@@ -11,10 +11,10 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
-    RedisFuture, RedisResult, TlsCertificates, TlsMode, Value,
+    ClientTlsConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisConnectionInfo,
+    RedisError, RedisFuture, RedisResult, TlsCertificates, TlsMode, Value,
 };
 use tokio::sync::Mutex;
 
@@ -39,22 +39,20 @@ impl Sentinel {
         }
     }
 
-    /// The settings a Sentinel is reached with: `url`'s, unless `auth` replaces its
-    /// credentials.
-    fn connection(&self, url: &str) -> RedisResult<ConnectionInfo> {
-        let info = url.into_connection_info()?;
+    /// The `(username, password)` the Sentinels are reached with: `auth`'s, else the
+    /// master's (`master`, from the first URL).
+    fn credentials(&self, master: &RedisConnectionInfo) -> (Option<String>, Option<String>) {
         let Some(auth) = &self.auth else {
-            return Ok(info);
+            return (
+                master.username().map(str::to_owned),
+                master.password().map(str::to_owned),
+            );
         };
-        let mut settings = RedisConnectionInfo::default();
         match auth.split_once(':') {
-            Some((user, password)) => {
-                settings = settings.set_username(user).set_password(password);
-            }
-            None if auth.is_empty() => {}
-            None => settings = settings.set_password(auth),
+            Some((user, password)) => (Some(user.to_owned()), Some(password.to_owned())),
+            None if auth.is_empty() => (None, None),
+            None => (None, Some(auth.clone())),
         }
-        Ok(info.set_redis_settings(settings))
     }
 }
 
@@ -108,7 +106,7 @@ impl Link {
             .set_max_delay(Duration::from_secs(2));
         let client = if let Some(sentinel) = &options.sentinel {
             Client::Sentinel(Box::new((
-                Mutex::new(sentinel_client(&options.urls, sentinel)?),
+                Mutex::new(sentinel_client(&options.urls, sentinel, certificates)?),
                 manager,
             )))
         } else if options.cluster || options.urls.len() > 1 {
@@ -209,32 +207,75 @@ impl ConnectionLike for Conn {
 }
 
 /// A client of the Sentinels at `urls` for `sentinel`'s master set. Credentials and database in
-/// the first URL are used for the master (and for the Sentinels unless `sentinel.auth` says
-/// otherwise); a `rediss://` Sentinel means a TLS master.
-fn sentinel_client(urls: &[String], sentinel: &Sentinel) -> RedisResult<SentinelClient> {
-    let first = urls
-        .first()
-        .map_or("redis://127.0.0.1:26379", String::as_str)
-        .into_connection_info()?;
-    let mut node = SentinelNodeConnectionInfo::default()
-        .set_redis_connection_info(first.redis_settings().clone());
+/// the first URL are used for the master (and its credentials for every Sentinel unless
+/// `sentinel.auth` says otherwise); a `rediss://` Sentinel means a TLS master. `certificates`,
+/// if given, are used on both: to verify the Sentinels and the master, and as the client
+/// identity presented to them.
+fn sentinel_client(
+    urls: &[String],
+    sentinel: &Sentinel,
+    certificates: Option<TlsCertificates>,
+) -> RedisResult<SentinelClient> {
+    let sentinels = if urls.is_empty() {
+        vec!["redis://127.0.0.1:26379".into_connection_info()?]
+    } else {
+        urls.iter()
+            .map(|url| url.as_str().into_connection_info())
+            .collect::<RedisResult<Vec<_>>>()?
+    };
+    let first = &sentinels[0];
+    let master = first.redis_settings();
+    // Every Sentinel is reached with one set of credentials: without `auth`, a later URL with
+    // other ones than the first's would be silently overridden, so it is refused.
+    if sentinel.auth.is_none()
+        && sentinels[1..].iter().any(|info| {
+            let other = info.redis_settings();
+            let given = (other.username(), other.password());
+            given != (None, None) && given != (master.username(), master.password())
+        })
+    {
+        return Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "the Sentinels are reached with the first URL's credentials (or \
+             --redis-sentinel-auth), but a later URL has other ones",
+        )));
+    }
+    let mut builder = SentinelClientBuilder::new(
+        sentinels.iter().map(|info| info.addr().clone()),
+        &sentinel.master,
+        SentinelServerType::Master,
+    )?
+    .set_client_to_redis_db(master.db())
+    .set_client_to_redis_protocol(master.protocol());
+    if let Some(username) = master.username() {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = master.password() {
+        builder = builder.set_client_to_redis_password(password);
+    }
     if let ConnectionAddr::TcpTls { insecure, .. } = first.addr() {
-        node = node.set_tls_mode(if *insecure {
+        builder = builder.set_client_to_redis_tls_mode(if *insecure {
             TlsMode::Insecure
         } else {
             TlsMode::Secure
         });
     }
-    let sentinels = urls
-        .iter()
-        .map(|url| sentinel.connection(url))
-        .collect::<RedisResult<Vec<_>>>()?;
-    SentinelClient::build(
-        sentinels,
-        &sentinel.master,
-        Some(node),
-        SentinelServerType::Master,
-    )
+    let (username, password) = sentinel.credentials(master);
+    if let Some(username) = username {
+        builder = builder.set_client_to_sentinel_username(username);
+    }
+    if let Some(password) = password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    builder = builder.set_client_to_sentinel_protocol(master.protocol());
+    // Each Sentinel keeps its own URL's TLS (and `#insecure`); the builder refuses
+    // certificates for a plain one (the command line already requires rediss:// with them).
+    if let Some(certificates) = certificates {
+        builder = builder
+            .set_client_to_redis_certificates(certificates.clone())
+            .set_client_to_sentinel_certificates(certificates);
+    }
+    builder.build()
 }
 
 /// The TLS material to use instead of the defaults, if any was given.
@@ -252,4 +293,57 @@ fn certificates(tls: &RedisTls) -> Option<TlsCertificates> {
             }),
         root_cert: tls.ca.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinels_use_the_masters_credentials_unless_auth_gives_theirs() {
+        let master = RedisConnectionInfo::default()
+            .set_username("app")
+            .set_password("secret");
+        let with = |auth: Option<&str>| Sentinel {
+            master: "m".to_owned(),
+            auth: auth.map(str::to_owned),
+        };
+        let owned = |user: Option<&str>, password: Option<&str>| {
+            (user.map(str::to_owned), password.map(str::to_owned))
+        };
+        assert_eq!(
+            with(None).credentials(&master),
+            owned(Some("app"), Some("secret"))
+        );
+        assert_eq!(with(Some("")).credentials(&master), owned(None, None));
+        assert_eq!(
+            with(Some("s3ntinel")).credentials(&master),
+            owned(None, Some("s3ntinel"))
+        );
+        assert_eq!(
+            with(Some("watcher:s3n:tinel")).credentials(&master),
+            owned(Some("watcher"), Some("s3n:tinel"))
+        );
+    }
+
+    #[test]
+    fn later_sentinel_urls_with_other_credentials_are_refused_without_auth() {
+        let urls = |later: &str| vec!["redis://:pw@s1:26379/2".to_owned(), later.to_owned()];
+        let master = Sentinel::of("m");
+        for fine in ["redis://s2:26379", "redis://:pw@s2:26379"] {
+            assert!(
+                sentinel_client(&urls(fine), &master, None).is_ok(),
+                "{fine}"
+            );
+        }
+        let other = urls("redis://:other@s2:26379");
+        let refused = sentinel_client(&other, &master, None).err().unwrap();
+        assert!(refused.to_string().contains("later URL"), "{refused}");
+        // With the Sentinels' own credentials, the URLs' do not matter to them.
+        let auth = Sentinel {
+            auth: Some("s3ntinel".to_owned()),
+            ..master
+        };
+        assert!(sentinel_client(&other, &auth, None).is_ok());
+    }
 }
