@@ -301,6 +301,7 @@ impl TenantState for LocalState {
 mod tests {
     use super::*;
     use crate::tenants::record::Action;
+    use crate::tenants::tests::audit;
 
     fn record(id: &str, revision: &str) -> TenantRecord {
         TenantRecord {
@@ -312,19 +313,6 @@ mod tests {
             created_at: "2026-05-01T12:00:00Z".into(),
             updated_at: "2026-05-01T12:00:00Z".into(),
             revision: revision.into(),
-        }
-    }
-
-    fn audit(id: &str, action: Action) -> AuditEntry {
-        AuditEntry {
-            at: "2026-05-01T12:00:00Z".into(),
-            who: "token:0000000000000000".into(),
-            action,
-            domain: "saas".into(),
-            tenant: id.into(),
-            key_id: None,
-            tier: None,
-            revoked_keys: Vec::new(),
         }
     }
 

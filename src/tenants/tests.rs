@@ -31,7 +31,8 @@ fn config() -> RateLimitConfig {
     compile(&[file], &Options::default()).unwrap()
 }
 
-fn audit(id: &str, action: Action) -> AuditEntry {
+/// An audit entry of `action` on tenant `id` of `saas`.
+pub(super) fn audit(id: &str, action: Action) -> AuditEntry {
     AuditEntry {
         at: now(),
         who: "token:0123456789abcdef".into(),

@@ -344,8 +344,8 @@ fn a_stream_holds_a_bounded_number_of_buckets() {
 /// A minute boundary on the test's clock.
 const MINUTE: Nanos = 1_200 * SEC;
 
-#[test]
-fn a_counted_limit_used_up_denies_every_envoy_at_once_until_its_window_ends() {
+/// Two Envoys subscribed to bucket `listed` at [`MINUTE`], and the second's subscription.
+fn two_on_listed() -> (World, StreamId, StreamId, Outcome) {
     let mut w = World::new();
     w.env.now = MINUTE;
     let (a, b) = (
@@ -354,6 +354,12 @@ fn a_counted_limit_used_up_denies_every_envoy_at_once_until_its_window_ends() {
     );
     w.report(a, "edge", &[("listed", 1, 0, 0)]).unwrap();
     let out = w.report(b, "edge", &[("listed", 1, 0, 0)]).unwrap();
+    (w, a, b, out)
+}
+
+#[test]
+fn a_counted_limit_used_up_denies_every_envoy_at_once_until_its_window_ends() {
+    let (mut w, a, b, out) = two_on_listed();
     // Both unmeasured: 5 per second split, the burst limit as the token bucket.
     assert_eq!(
         assigned(&out),
@@ -404,14 +410,7 @@ fn a_counted_limit_used_up_denies_every_envoy_at_once_until_its_window_ends() {
 
 #[test]
 fn a_counted_limit_used_up_by_one_report_denies_the_others_in_the_same_instant() {
-    let mut w = World::new();
-    w.env.now = MINUTE;
-    let (a, b) = (
-        w.state.connect(None).unwrap(),
-        w.state.connect(None).unwrap(),
-    );
-    w.report(a, "edge", &[("listed", 1, 0, 0)]).unwrap();
-    w.report(b, "edge", &[("listed", 1, 0, 0)]).unwrap();
+    let (mut w, a, b, _) = two_on_listed();
     w.env.now += 5 * SEC;
     w.report(a, "edge", &[("listed", 40, 0, 5)]).unwrap();
     w.env.now += SEC;
