@@ -156,6 +156,17 @@ async fn an_update_keeps_the_buckets_and_an_invalid_version_is_nacked_with_its_e
     assert_eq!(config["xds"]["version_info"], "v2");
     assert_eq!(config["xds"]["nacks"], 1);
     assert_eq!(config["last_error"]["trigger"], "xDS push");
+    let (_, metrics) = s.admin_get("/metrics").await;
+    for series in [
+        "tollgate_xds_connected 1.0",
+        r#"tollgate_xds_versions_total{result="ack"} 2"#,
+        r#"tollgate_xds_versions_total{result="nack"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "{series}:\n{metrics}"
+        );
+    }
 
     // A valid version clears the error.
     let fourth = ads.push("v4", &[limits(5)]);

@@ -100,7 +100,25 @@ impl Collector for StateCollector {
             "config_last_load_failed",
             "1 while the last reload failed",
             f64::from(u8::from(status.last_error.is_some())),
-        )
+        )?;
+        if let Some(xds) = &status.xds {
+            gauge(
+                &mut encoder,
+                "xds_connected",
+                "1 while the stream to the xDS management server is open",
+                f64::from(u8::from(xds.connected)),
+            )?;
+            let mut versions = encoder.encode_descriptor(
+                "xds_versions",
+                "Versions pushed by the xDS server: accepted (ACK) or refused (NACK, the limits in force stay)",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (result, value) in [("ack", xds.acks), ("nack", xds.nacks)] {
+                ConstCounter::new(value).encode(versions.encode_family(&[("result", result)])?)?;
+            }
+        }
+        Ok(())
     }
 }
 
