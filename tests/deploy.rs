@@ -205,7 +205,10 @@ fn check_serve_args(context: &str, args: &[String], env: &[EnvVar]) -> BTreeMap<
         "{context}: tollgate {all:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(parsed.contains_key("--config"), "{context}: no --config");
+    assert!(
+        parsed.contains_key("--config") != parsed.contains_key("--xds-server"),
+        "{context}: limits from --config or --xds-server, one of them"
+    );
     parsed
 }
 
@@ -218,7 +221,8 @@ fn args_of(container: &Value) -> Vec<String> {
 
 /// Checks a tollgate container of a pod spec: its arguments and environment parse, `--config`
 /// is where the limits volume is mounted (a directory: no subPath), and that volume is the
-/// ConfigMap `limits_configmap`. Returns flag → value.
+/// ConfigMap `limits_configmap`; with `--xds-server` instead, no ConfigMap is mounted at all.
+/// Returns flag → value.
 fn check_tollgate_pod(
     context: &str,
     deployment: &Value,
@@ -227,6 +231,31 @@ fn check_tollgate_pod(
     let pod = &deployment["spec"]["template"]["spec"];
     let tollgate = container(deployment, "tollgate");
     let flags = check_serve_args(context, &args_of(tollgate), &container_env(tollgate));
+    if flags.contains_key("--xds-server") {
+        assert!(
+            list(&pod["volumes"])
+                .iter()
+                .all(|v| v["configMap"].is_null()),
+            "{context}: limits over xDS, yet a ConfigMap is mounted"
+        );
+    } else {
+        check_limits_mount(context, pod, tollgate, &flags, limits_configmap);
+    }
+    // Non-root, read-only: the same hardening everywhere.
+    let security = &tollgate["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    flags
+}
+
+fn check_limits_mount(
+    context: &str,
+    pod: &Value,
+    tollgate: &Value,
+    flags: &BTreeMap<String, String>,
+    limits_configmap: &str,
+) {
     let mount = list(&tollgate["volumeMounts"])
         .iter()
         .find(|m| m["mountPath"].as_str() == Some(&flags["--config"]))
@@ -244,12 +273,6 @@ fn check_tollgate_pod(
         Some(limits_configmap),
         "{context}"
     );
-    // Non-root, read-only: the same hardening everywhere.
-    let security = &tollgate["securityContext"];
-    assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
-    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
-    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
-    flags
 }
 
 /// The Secret and key that tollgate's `TOLLGATE_REDIS_URL` comes from.
@@ -752,12 +775,47 @@ fn render(context: &str, values: &serde_json::Value) -> (Vec<Value>, BTreeMap<St
     let existing = values["existingLimitsConfigMap"].as_str();
     let limits_name = existing.map_or_else(|| format!("{RELEASE}-tollgate-limits"), str::to_owned);
     let flags = check_tollgate_pod(context, deployment, &limits_name);
-    if existing.is_none() {
+    if flags.contains_key("--xds-server") {
+        assert!(
+            !kinds(&documents).contains("ConfigMap"),
+            "{context}: limits over xDS, yet a ConfigMap"
+        );
+    } else if existing.is_none() {
         let map = the(&documents, "ConfigMap");
         assert_eq!(name(map), limits_name);
         let dir = configmap_dir(map);
         config::load(dir.path(), &Options::default())
             .unwrap_or_else(|e| panic!("{context}: rendered limits: {e}"));
+    }
+
+    // Every mount is of a volume of the pod, and every path a flag names is under a mount
+    // (the root filesystem is read-only and has none of those files).
+    let tollgate = container(deployment, "tollgate");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let mounts = list(&tollgate["volumeMounts"]);
+    for mount in mounts {
+        assert!(
+            list(&pod["volumes"])
+                .iter()
+                .any(|v| v["name"] == mount["name"]),
+            "{context}: no volume {:?}",
+            mount["name"]
+        );
+        assert!(
+            mount["subPath"].is_null(),
+            "{context}: a subPath never updates"
+        );
+    }
+    for (flag, value) in &flags {
+        if value.starts_with('/') && flag != "--metrics-path" {
+            assert!(
+                mounts.iter().any(|m| {
+                    let at = string(&m["mountPath"]);
+                    value == at || value.starts_with(&format!("{at}/"))
+                }),
+                "{context}: {flag}={value} is on no volume"
+            );
+        }
     }
 
     // The Service selects the pods and has the admin port.
@@ -1063,9 +1121,423 @@ fn helm_chart_renders_the_sidecar_mode() {
     assert_eq!(list(&rules[1]["ports"])[0]["port"].as_u64(), Some(8080));
 }
 
+/// The volume of the pod named `wanted`, and the tollgate container's mount of it.
+fn volume_and_mount<'a>(deployment: &'a Value, wanted: &str) -> (&'a Value, &'a Value) {
+    let volume = list(&deployment["spec"]["template"]["spec"]["volumes"])
+        .iter()
+        .find(|v| v["name"].as_str() == Some(wanted))
+        .unwrap_or_else(|| panic!("no volume {wanted}"));
+    let mount = list(&container(deployment, "tollgate")["volumeMounts"])
+        .iter()
+        .find(|m| m["name"].as_str() == Some(wanted))
+        .unwrap_or_else(|| panic!("no mount of {wanted}"));
+    (volume, mount)
+}
+
+fn volume_names(deployment: &Value) -> Vec<&str> {
+    list(&deployment["spec"]["template"]["spec"]["volumes"])
+        .iter()
+        .map(|v| string(&v["name"]))
+        .collect()
+}
+
+fn port_named<'a>(ports: &'a Value, wanted: &str) -> Option<&'a Value> {
+    list(ports)
+        .iter()
+        .find(|p| p["name"].as_str() == Some(wanted))
+}
+
+/// The NOTES.txt Helm shows after an install with these values.
+fn notes(values: &serde_json::Value) -> String {
+    let output = helm(values);
+    assert!(output.error.is_none(), "{:?}", output.error);
+    output.manifests["tollgate/templates/NOTES.txt"].clone()
+}
+
+#[test]
+#[ignore = "needs the Helm library and kubernetes-validate: run scripts/test"]
+fn helm_chart_renders_limits_over_xds_with_tls() {
+    let values = json!({
+        "xds": {
+            "enabled": true,
+            "server": "https://control-plane.gateway.svc:18001",
+            "nodeId": "envoy-ratelimit",
+            "startWithoutConfig": true,
+            "unhealthyUntilFirstConfig": true,
+            "tlsSecret": "xds-client-tls",
+            "clientCertificate": true,
+            "serverName": "control-plane",
+        },
+    });
+    let (documents, flags) = render("xds-tls", &values);
+    assert_eq!(
+        kinds(&documents),
+        BTreeSet::from(["Deployment", "PodDisruptionBudget", "Service"]),
+        "no limits ConfigMap with xDS"
+    );
+    assert!(!flags.contains_key("--config"), "{flags:?}");
+    for (flag, value) in [
+        ("--xds-server", "https://control-plane.gateway.svc:18001"),
+        ("--xds-node-id", "envoy-ratelimit"),
+        ("--xds-start-without-config", ""),
+        ("--xds-unhealthy-until-first-config", ""),
+        ("--xds-ca-file", "/etc/tollgate-xds-tls/ca.crt"),
+        ("--xds-client-cert", "/etc/tollgate-xds-tls/tls.crt"),
+        ("--xds-client-key", "/etc/tollgate-xds-tls/tls.key"),
+        ("--xds-server-name", "control-plane"),
+    ] {
+        assert_eq!(flags.get(flag).map(String::as_str), Some(value), "{flag}");
+    }
+    let deployment = the(&documents, "Deployment");
+    assert_eq!(volume_names(deployment), ["xds-tls"]);
+    let (volume, mount) = volume_and_mount(deployment, "xds-tls");
+    assert_eq!(
+        volume["secret"]["secretName"].as_str(),
+        Some("xds-client-tls")
+    );
+    assert_eq!(mount["mountPath"].as_str(), Some("/etc/tollgate-xds-tls"));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    let tollgate = container(deployment, "tollgate");
+    // Nothing answers before the first version: liveness must not restart the pod meanwhile.
+    assert_eq!(
+        tollgate["livenessProbe"]["tcpSocket"]["port"].as_str(),
+        Some("admin")
+    );
+    assert!(tollgate["livenessProbe"]["httpGet"].is_null());
+    // Clear-text gRPC here: readiness stays gRPC health (NOT_SERVING until the first version).
+    assert_eq!(
+        tollgate["readinessProbe"]["grpc"]["port"].as_u64(),
+        Some(8081)
+    );
+    let notes = notes(&values);
+    assert!(
+        notes.contains("Limits come over xDS from https://control-plane.gateway.svc:18001 as node envoy-ratelimit"),
+        "{notes}"
+    );
+
+    // Clear text (no scheme), without TLS settings: no TLS flags, no volume at all.
+    let values = json!({
+        "xds": {"enabled": true, "server": "control-plane:18000", "nodeId": "tollgate"},
+    });
+    let (documents, flags) = render("xds-plain", &values);
+    assert_eq!(flags["--xds-server"], "control-plane:18000");
+    assert!(
+        !flags
+            .keys()
+            .any(|f| f.starts_with("--xds-")
+                && !["--xds-server", "--xds-node-id"].contains(&f.as_str())),
+        "{flags:?}"
+    );
+    assert!(volume_names(the(&documents, "Deployment")).is_empty());
+}
+
+#[test]
+#[ignore = "needs the Helm library and kubernetes-validate: run scripts/test"]
+fn helm_chart_renders_grpc_mutual_tls() {
+    let values = json!({
+        "grpcTls": {
+            "secret": "tollgate-grpc-tls",
+            "requireClientCertificate": true,
+            "clientSan": "envoy.gateway.svc",
+        },
+        "networkPolicy": {"enabled": true},
+    });
+    let (documents, flags) = render("grpc-mtls", &values);
+    for (flag, value) in [
+        ("--grpc-tls-cert", "/etc/tollgate-grpc-tls/tls.crt"),
+        ("--grpc-tls-key", "/etc/tollgate-grpc-tls/tls.key"),
+        ("--grpc-tls-client-ca", "/etc/tollgate-grpc-tls/ca.crt"),
+        ("--grpc-tls-client-san", "envoy.gateway.svc"),
+        ("--grpc-addr", "0.0.0.0:8081"),
+        ("--config", "/etc/tollgate"),
+    ] {
+        assert_eq!(flags.get(flag).map(String::as_str), Some(value), "{flag}");
+    }
+    let deployment = the(&documents, "Deployment");
+    // The Secret as a read-only directory (no subPath): the kubelet swaps renewed files in and
+    // tollgate re-reads them, so no checksum annotation restarts the pods.
+    let (volume, mount) = volume_and_mount(deployment, "grpc-tls");
+    assert_eq!(
+        volume["secret"]["secretName"].as_str(),
+        Some("tollgate-grpc-tls")
+    );
+    assert_eq!(mount["mountPath"].as_str(), Some("/etc/tollgate-grpc-tls"));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert!(
+        annotations
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .all(|k| !string(k).starts_with("checksum/")),
+        "{annotations:?}"
+    );
+    // The kubelet's gRPC probe speaks clear text: readiness is /healthcheck with TLS.
+    let tollgate = container(deployment, "tollgate");
+    assert!(tollgate["readinessProbe"]["grpc"].is_null());
+    assert_eq!(
+        tollgate["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthcheck")
+    );
+    let service = the(&documents, "Service");
+    let grpc = port_named(&service["spec"]["ports"], "grpc").unwrap();
+    assert!(grpc["appProtocol"].is_null(), "h2c would say clear text");
+    assert!(port_named(&service["spec"]["ports"], "api").is_none());
+    // No API: the NetworkPolicy has only the gRPC and admin rules.
+    let policy = the(&documents, "NetworkPolicy");
+    assert_eq!(list(&policy["spec"]["ingress"]).len(), 2);
+
+    // TLS without client certificates: no client CA.
+    let (_, flags) = render(
+        "grpc-tls",
+        &json!({"grpcTls": {"secret": "tollgate-grpc-tls"}}),
+    );
+    assert!(flags.contains_key("--grpc-tls-cert"));
+    assert!(!flags.contains_key("--grpc-tls-client-ca"));
+}
+
+/// `printf %s TOKEN | tollgate hash-key`.
+fn hash_key(token: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(TOLLGATE)
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+#[ignore = "needs the Helm library and kubernetes-validate: run scripts/test"]
+fn helm_chart_renders_the_service_api_with_a_state_dir() {
+    let digests = [
+        hash_key("first-admin-token"),
+        hash_key("second-admin-token"),
+    ];
+    let values = json!({
+        "api": {"enabled": true, "adminTokens": {"digests": digests}},
+        "service": {"apiPort": 9082},
+        "networkPolicy": {"enabled": true},
+    });
+    let (documents, flags) = render("api-memory", &values);
+    for (flag, value) in [
+        ("--api-addr", "0.0.0.0:8082"),
+        ("--api-admin-token-file", "/etc/tollgate-api/admin-tokens"),
+        ("--state-dir", "/var/lib/tollgate"),
+        ("--store", "memory"),
+    ] {
+        assert_eq!(flags.get(flag).map(String::as_str), Some(value), "{flag}");
+    }
+    let deployment = the(&documents, "Deployment");
+    // The digests, rendered into a Secret, one per line, as the token file takes them.
+    let secret = the(&documents, "Secret");
+    assert_eq!(name(secret), "edge-tollgate-api-admin-tokens");
+    let lines: Vec<_> = secret_value(secret, "admin-tokens").lines().collect();
+    assert_eq!(lines, digests);
+    let (volume, mount) = volume_and_mount(deployment, "api-admin-tokens");
+    assert_eq!(volume["secret"]["secretName"].as_str(), Some(name(secret)));
+    assert_eq!(
+        list(&volume["secret"]["items"]),
+        [json_yaml(
+            json!({"key": "admin-tokens", "path": "admin-tokens"})
+        )]
+    );
+    assert_eq!(mount["mountPath"].as_str(), Some("/etc/tollgate-api"));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    // Read at startup: new digests roll the pods.
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    let checksum = string(&annotations["checksum/api-admin-tokens"]).to_owned();
+    // The state dir: an emptyDir, writable.
+    let (volume, mount) = volume_and_mount(deployment, "state");
+    assert!(volume["emptyDir"].is_mapping(), "{volume:?}");
+    assert_eq!(mount["mountPath"].as_str(), Some("/var/lib/tollgate"));
+    assert!(mount["readOnly"].is_null());
+    assert!(
+        deployment["spec"]["strategy"]["rollingUpdate"].is_mapping(),
+        "each pod its own emptyDir: rolling is fine"
+    );
+    // Ports: the container's, the Service's, the NetworkPolicy's.
+    let tollgate = container(deployment, "tollgate");
+    let api = port_named(&tollgate["ports"], "api").unwrap();
+    assert_eq!(
+        api["containerPort"].as_u64(),
+        Some(port_of(&flags["--api-addr"]))
+    );
+    let service = the(&documents, "Service");
+    let api = port_named(&service["spec"]["ports"], "api").unwrap();
+    assert_eq!(api["port"].as_u64(), Some(9082));
+    assert_eq!(api["targetPort"].as_str(), Some("api"));
+    let policy = the(&documents, "NetworkPolicy");
+    let rules = list(&policy["spec"]["ingress"]);
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert_eq!(list(&rules[2]["ports"])[0]["port"].as_u64(), Some(8082));
+    assert_eq!(
+        list(&rules[2]["from"]),
+        [json_yaml(json!({"podSelector": {}}))],
+        "the default: the release's namespace"
+    );
+    let text = notes(&values);
+    assert!(
+        text.contains("edge-tollgate.gateway.svc.cluster.local:9082"),
+        "{text}"
+    );
+    assert!(text.contains("emptyDir"), "{text}");
+    assert!(!text.contains("WARNING"), "{text}");
+
+    // Other digests: another checksum.
+    let values = json!({"api": {"enabled": true, "adminTokens": {"digests": [hash_key("third")]}}});
+    let (documents, _) = render("api-memory-other-tokens", &values);
+    let deployment = the(&documents, "Deployment");
+    assert_ne!(
+        string(
+            &deployment["spec"]["template"]["metadata"]["annotations"]["checksum/api-admin-tokens"]
+        ),
+        checksum
+    );
+
+    // Several replicas in memory mode: each keeps its own tenants, which NOTES.txt says.
+    let values = json!({"api": {"enabled": true}, "replicas": 3});
+    let (documents, flags) = render("api-memory-replicas", &values);
+    assert!(!flags.contains_key("--api-admin-token-file"));
+    assert!(!kinds(&documents).contains("Secret"));
+    let text = notes(&values);
+    assert!(
+        text.contains("WARNING: with store: memory and more than one replica, each replica keeps its own runtime"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tenant management refuses every call"),
+        "{text}"
+    );
+
+    // An existing claim: one replica, recreated rather than rolled (tollgate locks the dir).
+    let values = json!({
+        "api": {"enabled": true, "stateDir": {"existingClaim": "tollgate-state"}},
+        "podSecurityContext": {"runAsNonRoot": true, "fsGroup": 65532},
+    });
+    let (documents, flags) = render("api-memory-claim", &values);
+    assert_eq!(flags["--state-dir"], "/var/lib/tollgate");
+    let deployment = the(&documents, "Deployment");
+    let (volume, _) = volume_and_mount(deployment, "state");
+    assert_eq!(
+        volume["persistentVolumeClaim"]["claimName"].as_str(),
+        Some("tollgate-state")
+    );
+    assert_eq!(
+        deployment["spec"]["strategy"]["type"].as_str(),
+        Some("Recreate")
+    );
+    assert!(deployment["spec"]["strategy"]["rollingUpdate"].is_null());
+
+    // Without a state dir: runtime tenants live as long as the process.
+    let values = json!({"api": {"enabled": true, "stateDir": {"enabled": false}}});
+    let (documents, flags) = render("api-memory-no-state", &values);
+    assert!(!flags.contains_key("--state-dir"));
+    assert!(!volume_names(the(&documents, "Deployment")).contains(&"state"));
+}
+
+fn json_yaml(value: serde_json::Value) -> Value {
+    serde_yaml::to_value(value).unwrap()
+}
+
+#[test]
+#[ignore = "needs the Helm library and kubernetes-validate: run scripts/test"]
+fn helm_chart_renders_the_service_api_on_redis_without_a_state_dir() {
+    let values = json!({
+        "store": "redis",
+        "redis": {"url": "redis://redis.gateway:6379/0"},
+        "replicas": 3,
+        "api": {
+            "enabled": true,
+            "adminTokens": {"existingSecret": "platform-admin-tokens", "existingSecretKey": "digests"},
+        },
+    });
+    let (documents, flags) = render("api-redis", &values);
+    assert_eq!(flags["--api-addr"], "0.0.0.0:8082");
+    assert_eq!(
+        flags["--api-admin-token-file"],
+        "/etc/tollgate-api/admin-tokens"
+    );
+    // Runtime tenants live in Redis: tollgate refuses --state-dir with --store redis.
+    assert!(!flags.contains_key("--state-dir"), "{flags:?}");
+    let deployment = the(&documents, "Deployment");
+    assert_eq!(
+        volume_names(deployment),
+        ["tollgate-limits", "api-admin-tokens"]
+    );
+    let (volume, _) = volume_and_mount(deployment, "api-admin-tokens");
+    assert_eq!(
+        volume["secret"]["secretName"].as_str(),
+        Some("platform-admin-tokens")
+    );
+    assert_eq!(
+        list(&volume["secret"]["items"]),
+        [json_yaml(json!({"key": "digests", "path": "admin-tokens"}))]
+    );
+    // Only the Redis URL's Secret is rendered; the digests are the user's.
+    assert_eq!(name(the(&documents, "Secret")), "edge-tollgate-redis");
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert!(annotations["checksum/api-admin-tokens"].is_null());
+    let service = the(&documents, "Service");
+    assert_eq!(
+        port_named(&service["spec"]["ports"], "api").unwrap()["port"].as_u64(),
+        Some(8082)
+    );
+    let text = notes(&values);
+    assert!(text.contains("Runtime tenants live in Redis"), "{text}");
+    assert!(!text.contains("WARNING"), "{text}");
+}
+
+/// helm/tollgate-xds-values.yaml: tollgate run the way Envoy Gateway runs its rate limit
+/// service, from this chart.
+#[test]
+#[ignore = "needs the Helm library and kubernetes-validate: run scripts/test"]
+fn helm_chart_renders_the_xds_example_values() {
+    let text = std::fs::read_to_string("helm/tollgate-xds-values.yaml").unwrap();
+    assert!(text.starts_with("# "));
+    let values: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let (documents, flags) = render("xds-example", &values);
+    assert!(!kinds(&documents).contains("ConfigMap"));
+    assert_eq!(flags["--xds-node-id"], "envoy-ratelimit");
+    assert!(flags["--xds-server"].starts_with("https://"));
+    assert_eq!(port_of(&flags["--xds-server"]), 18001);
+    assert_eq!(flags["--store"], "redis");
+    for flag in [
+        "--xds-ca-file",
+        "--xds-client-cert",
+        "--xds-client-key",
+        "--grpc-tls-cert",
+        "--grpc-tls-key",
+        "--grpc-tls-client-ca",
+        "--xds-start-without-config",
+        "--xds-unhealthy-until-first-config",
+    ] {
+        assert!(flags.contains_key(flag), "{flag}");
+    }
+    // One Secret for both, as Envoy Gateway's envoy-rate-limit.
+    let deployment = the(&documents, "Deployment");
+    let (xds, _) = volume_and_mount(deployment, "xds-tls");
+    let (grpc, _) = volume_and_mount(deployment, "grpc-tls");
+    assert_eq!(xds["secret"]["secretName"], grpc["secret"]["secretName"]);
+    assert_eq!(
+        xds["secret"]["secretName"].as_str(),
+        Some("envoy-rate-limit")
+    );
+}
+
 #[test]
 #[ignore = "needs the Helm library: run scripts/test"]
 fn helm_chart_rejects_bad_values() {
+    const DIGEST: &str = "sha256:abababababababababababababababababababababababababababababababab";
     for (values, expected) in [
         // values.schema.json: a typo anywhere the chart defines the keys.
         (json!({"replica": 3}), "'replica' not allowed"),
@@ -1090,6 +1562,78 @@ fn helm_chart_rejects_bad_values() {
             json!({"store": "redis", "redis": {"url": "rediss://r:6379", "clientCertificate": true}}),
             "redis.clientCertificate needs redis.tlsSecret",
         ),
+        // Limits over xDS.
+        (
+            json!({"xds": {"enabled": true, "server": "cp:18000"}}),
+            "xds.enabled needs xds.nodeId",
+        ),
+        (
+            json!({"xds": {"enabled": true, "nodeId": "n"}}),
+            "xds.enabled needs xds.server",
+        ),
+        (
+            json!({"xds": {"server": "cp:18000", "nodeId": "n"}}),
+            "xds.server needs xds.enabled",
+        ),
+        (
+            json!({"xds": {"enabled": true, "server": "cp", "nodeId": "n"}}),
+            "/xds/server",
+        ),
+        (
+            json!({"xds": {"enabled": true, "server": "cp:1", "nodeId": "n"}, "limits": {"a.yaml": "domain: a"}}),
+            "limits and existingLimitsConfigMap are not used with xds.enabled",
+        ),
+        (
+            json!({"xds": {"enabled": true, "server": "http://cp:1", "nodeId": "n", "tlsSecret": "t"}}),
+            "xds.tlsSecret and xds.serverName need an https:// xds.server",
+        ),
+        (
+            json!({"xds": {"enabled": true, "server": "https://cp:1", "nodeId": "n", "clientCertificate": true}}),
+            "xds.clientCertificate needs xds.tlsSecret",
+        ),
+        (
+            json!({"xds": {"enabled": true, "server": "cp:1", "nodeId": "n", "unhealthyUntilFirstConfig": true}}),
+            "xds.unhealthyUntilFirstConfig needs xds.startWithoutConfig",
+        ),
+        // TLS on the gRPC port.
+        (
+            json!({"grpcTls": {"requireClientCertificate": true}}),
+            "grpcTls.requireClientCertificate and grpcTls.clientSan need grpcTls.secret",
+        ),
+        (
+            json!({"grpcTls": {"secret": "s", "clientSan": "envoy"}}),
+            "grpcTls.clientSan needs grpcTls.requireClientCertificate",
+        ),
+        // The service API.
+        (
+            json!({"api": {"adminTokens": {"digests": [DIGEST]}}}),
+            "api.adminTokens needs api.enabled",
+        ),
+        (
+            json!({"api": {"adminTokens": {"existingSecret": "tokens"}}}),
+            "api.adminTokens needs api.enabled",
+        ),
+        (
+            json!({"api": {"enabled": true, "adminTokens": {"digests": ["raw-admin-token"]}}}),
+            "/api/adminTokens/digests/0",
+        ),
+        (
+            json!({"api": {"enabled": true, "stateDir": {"existingClaim": "c"}}, "replicas": 2}),
+            "api.stateDir.existingClaim holds one process's state",
+        ),
+        (
+            json!({"api": {"enabled": true, "stateDir": {"existingClaim": "c"}}, "autoscaling": {"enabled": true}}),
+            "api.stateDir.existingClaim holds one process's state",
+        ),
+        (
+            json!({"api": {"enabled": true, "stateDir": {"existingClaim": "c"}}, "store": "redis", "redis": {"url": "redis://r:6379"}}),
+            "api.stateDir.existingClaim is for store: memory",
+        ),
+        (
+            json!({"api": {"stateDir": {"existingClaim": "c"}}}),
+            "api.stateDir.existingClaim needs api.enabled",
+        ),
+        (json!({"api": {"enable": true}}), "'enable' not allowed"),
     ] {
         let output = helm(&values);
         let error = output.error.unwrap_or_else(|| panic!("{values} rendered"));
