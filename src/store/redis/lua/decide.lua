@@ -102,8 +102,27 @@ local function admit(v)
   reply_as_decided(v, v.cost + leased)
 end
 
+-- Settles a request of one entry, `i` its first number, in MODE_SETTLE, if the entry has a
+-- bucket, no ticket and no lease (as every strict-mode request of one descriptor): what settle
+-- below does then, without its bookkeeping. The request is denied exactly when the entry is
+-- over and denies (alone, it is every quota-mode entry there is); nothing it wrote needs
+-- undoing (an entry that conforms was admitted; one that did not took only its debt, which
+-- stands); and whether it took its cost or not, what it took is `taken`. Returns false, having
+-- done nothing, for any other entry.
+local function settle_one(i)
+  local kind, cost, p1, p2, role, lease, debt, ticket = read(i, DECIDE_FIELDS)
+  if kind == KIND_DECIDED or ticket ~= TICKET_NONE or lease ~= 0 then return false end
+  undoable = false
+  k = k + 1
+  local allowed, remaining, reset, retry, taken = algorithms[kind](KEYS[k], cost, p1, p2, debt)
+  put(((not allowed) and role % (2 * ROLE_DENIES) >= ROLE_DENIES) and 1 or 0)
+  reply(allowed, remaining, reset, retry, false, taken, 0)
+  return true
+end
+
 -- Settles a request of `n` entries from number `i` in `mode`, appending its reply.
 local function settle(i, n, mode)
+  if n == 1 and mode == MODE_SETTLE and settle_one(i) then return end
   undoable = mode == MODE_SETTLE and n > 1
   -- Only a request whose writes may be undone records them.
   if undoable then saved, added = {}, {} end

@@ -428,11 +428,13 @@ end
 -- Appends one entry's reply (REPLY_FIELDS numbers): an algorithm's first four values, whether
 -- it was refunded, the units taken and the units a settled reservation gave back.
 local function reply(allowed, remaining, reset, retry, refunded, taken, released)
-  put(allowed and 1 or 0)
-  put(remaining)
-  put(reset)
-  put(retry)
-  put(refunded and 1 or 0)
-  put(taken)
-  put(released)
+  local n = n_out
+  out[n + 1] = allowed and 1 or 0
+  out[n + 2] = remaining
+  out[n + 3] = reset
+  out[n + 4] = retry
+  out[n + 5] = refunded and 1 or 0
+  out[n + 6] = taken
+  out[n + 7] = released
+  n_out = n + REPLY_FIELDS
 end
