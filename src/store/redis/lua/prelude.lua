@@ -44,11 +44,7 @@
 -- KEYS hold one bucket key per entry that has a bucket (every kind but KIND_DECIDED), in entry
 -- order, each followed by its reservation key if the entry has a ticket (a reservation holds
 -- `<units>:<ms taken>:<window end in s, for fixed and calendar windows; else 0>`). Stored
--- values: a token bucket's is binary, struct.pack('<Bddd', 1, <theoretical arrival time: whole
--- seconds>, <its nanoseconds within the second>, <ns per token>) (25 bytes; read without
--- parsing text), and the text `<theoretical arrival time, ns>:<ns per token>` earlier releases
--- wrote is still read (it starts with a digit, never byte 1), so an upgrade keeps every count; a
--- fixed or
+-- values: a token bucket's is `<theoretical arrival time, ns>:<ns per token>`, a fixed or
 -- calendar window's `<window end, s>:<count>`, a sliding window's
 -- `<window index>:<previous count>:<current count>:<window ms>`; a sliding log is a sorted set of
 -- hits scored in ms, with a `:seq` counter beside it. Carrying the token length and the window
@@ -87,11 +83,10 @@ local function owed(cost, debt, room)
 end
 
 -- A token bucket's stored value for a debt of `d` ns at `t` ns per token, and its TTL in ms.
-local TB_FORMAT, TB_BINARY = '<Bddd', 1
 local function tb_value(d, t)
   local total = now_ns + d
   local carry = math.floor(total / NS)
-  return struct.pack(TB_FORMAT, TB_BINARY, now_s + carry, total - carry * NS, t)
+  return string.format('%d%09d:%d', now_s + carry, total - carry * NS, t)
 end
 local function tb_ttl(d) return math.ceil(d / 1000000) + grace_ms end
 
@@ -136,20 +131,14 @@ end
 local function tb_debt(key, t, most)
   local raw = redis.call('GET', key)
   if not raw then return 0 end
-  local tag, s, n, from
-  if string.byte(raw) == TB_BINARY then
-    tag, s, n, from = struct.unpack(TB_FORMAT, raw)
-  else
-    -- The text earlier releases wrote: `<tat ns>:<ns per token>` (or only `<tat ns>`).
-    local tat = raw
-    local sep = string.find(raw, ':', 1, true)
-    if sep then tat, from = string.sub(raw, 1, sep - 1), string.sub(raw, sep + 1) end
-    s = tonumber(string.sub(tat, 1, -10)) or 0
-    n = tonumber(string.sub(tat, -9)) or 0
-    from = tonumber(from)
-  end
+  local tat, from = raw, nil
+  local sep = string.find(raw, ':', 1, true)
+  if sep then tat, from = string.sub(raw, 1, sep - 1), string.sub(raw, sep + 1) end
+  local s = tonumber(string.sub(tat, 1, -10)) or 0
+  local n = tonumber(string.sub(tat, -9)) or 0
   local d = (s - now_s) * NS + (n - now_ns)
   if d < 0 then d = 0 end
+  from = tonumber(from)
   if from and from ~= t then
     local used = math.ceil(d / from)
     -- Division of doubles may round across an integer: settle it with exact products.
