@@ -199,23 +199,34 @@ impl Invocation {
         }
     }
 
+    /// Sends the call: the keys, and the numbers as one argument (see [`numbers`]).
     fn send(self, conn: Conn, script: Arc<Script>) -> InFlight {
         let Self { keys, args } = self;
+        let numbers = numbers(&args);
         Box::pin(async move {
             let mut conn = conn;
             let mut invocation = script.prepare_invoke();
             for key in &keys {
                 invocation.key(key.as_str());
             }
-            for arg in &args {
-                invocation.arg(*arg);
-            }
+            invocation.arg(numbers);
             invocation
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|error| CallFailure::of(&error))
         })
     }
+}
+
+/// The script's numbers as its one argument: each a little-endian double, as `as f64` rounds it
+/// (the double Lua's `tonumber` reads from its decimal digits), which the scripts read with
+/// `struct.unpack` instead of converting an argument string per number.
+pub(super) fn numbers(args: &[u64]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(args.len() * 8);
+    for &arg in args {
+        bytes.extend_from_slice(&(arg as f64).to_le_bytes());
+    }
+    bytes
 }
 
 /// A key's name: `{prefix}{<lane tag>}:<name>`.

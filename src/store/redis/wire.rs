@@ -3,7 +3,9 @@
 //! Each script is sent as these constants (as Lua locals), the shared prelude
 //! (`lua/prelude.lua`: the algorithms) and its own body (`lua/decide.lua`, `lua/lease.lua`,
 //! `lua/give_back.lua`), so the scripts use the names and never restate a number. The prelude's
-//! header documents the same list; a test reads it back and compares.
+//! header documents the same list; a test reads it back and compares. The numbers a call sends
+//! (header, requests, entries: the counts below are of numbers) travel as one argument of
+//! little-endian doubles (`call::numbers`).
 
 use crate::algorithm::{Verdict, fixed_window, sliding_log, sliding_window, token_bucket};
 use crate::quota::{Algorithm, Quota};

@@ -6,9 +6,13 @@
 -- goes past 2^53 ns (104 days). Token buckets that take longer to refill count tokens exactly but
 -- may report times a few nanoseconds off.
 --
+-- The numbers come in one argument, ARGV[1], as little-endian doubles (each u64 as Rust's `as
+-- f64` makes it, the value tonumber would read from its decimal digits), read with
+-- struct.unpack: no argument strings to convert one by one. Positions below count numbers.
+--
 -- Wire constants (a test checks this list against wire.rs):
---   HEADER_ARGS = 3          ARGV[1] now, whole seconds; ARGV[2] nanoseconds within the second;
---                            ARGV[3] idle grace in ms, added to every key's TTL
+--   HEADER_ARGS = 3          number 1: now, whole seconds; 2: nanoseconds within the second;
+--                            3: idle grace in ms, added to every key's TTL
 --   REQUEST_FIELDS = 4       decide.lua, per request: now (s), now (ns within the s), mode, entries
 --   MODE_SETTLE = 0          decide.lua: settle the request here, all or nothing
 --   MODE_PROVISIONAL = 1     decide.lua: take what conforms; the caller settles across slots
@@ -31,8 +35,9 @@
 --                            for never), refunded, units taken, units a settled reservation gave
 --                            back
 --
--- Each algorithm is called as `(key, cost, p1, p2, debt)` and returns {allowed, remaining,
--- reset, retry, taken}: a hit conforms when what is used plus its cost stays within the limit
+-- Each algorithm is called as `(key, cost, p1, p2, debt)` and returns allowed, remaining,
+-- reset, retry, taken (and fixed and calendar windows the window's end), as values, not a
+-- table: a hit conforms when what is used plus its cost stays within the limit
 -- (a check, cost 0, conforms unless the bucket is past it); one that does not takes nothing,
 -- unless `debt` (units, nil for none) lets it run the bucket into debt.
 --
@@ -46,7 +51,16 @@
 -- lets a reload that changes them keep what was consumed, as the memory store does.
 
 local NS = 1000000000
-local grace_ms = tonumber(ARGV[3])
+local numbers = ARGV[1]
+-- Reads `n` numbers (at most 9) from number `first` (counting from 1); returns them.
+local formats = {'<d', '<dd', '<ddd', '<dddd', '<ddddd', '<dddddd', '<ddddddd', '<dddddddd',
+  '<ddddddddd'}
+local function read(first, n)
+  return struct.unpack(formats[n], numbers, (first - 1) * 8 + 1)
+end
+-- How many numbers came.
+local count = #numbers / 8
+local header_s, header_ns, grace_ms = read(1, HEADER_ARGS)
 local now_s, now_ns, now_ms, past_ms
 
 -- Sets the time the algorithms read: `s` whole seconds and `ns` nanoseconds. The window
@@ -56,7 +70,7 @@ local function at(s, ns)
   now_ms = now_s * 1000 + math.floor(now_ns / 1000000)
   past_ms = now_ns % 1000000
 end
-at(tonumber(ARGV[1]), tonumber(ARGV[2]))
+at(header_s, header_ns)
 
 -- Milliseconds from the last whole millisecond, as nanoseconds from now.
 local function after_ms(ms) return math.max(ms * 1000000 - past_ms, 0) end
@@ -147,9 +161,7 @@ end
 
 local function token_bucket(key, cost, t, burst, debt)
   debt = debt or 0
-  if burst == 0 then
-    return {allowed = cost == 0, remaining = 0, reset = t, retry = -1, taken = 0}
-  end
+  if burst == 0 then return cost == 0, 0, t, -1, 0 end
   local capacity = burst * t
   -- Debt past the ceiling (left by a lowered burst or rate) is forgiven.
   local used = math.min(tb_debt(key, t, burst + debt), (burst + debt) * t)
@@ -159,7 +171,7 @@ local function token_bucket(key, cost, t, burst, debt)
     if cost > 0 then
       write(key, tb_value(after, t), tb_ttl(after))
     end
-    return {allowed = true, remaining = available - cost, reset = after, retry = -1, taken = cost}
+    return true, available - cost, after, -1, cost
   end
   local taken = owed(cost, debt, tb_left(burst + debt, used, t))
   if taken > 0 then
@@ -168,8 +180,7 @@ local function token_bucket(key, cost, t, burst, debt)
   end
   local retry = -1
   if cost <= burst then retry = math.max(used + cost * t - capacity, 0) end
-  return {allowed = false, remaining = tb_left(burst, used, t), reset = used, retry = retry,
-    taken = taken}
+  return false, tb_left(burst, used, t), used, retry, taken
 end
 
 -- A fixed window ending at `window_end` (whole seconds): epoch-aligned windows of `unit`
@@ -193,8 +204,7 @@ local function window(key, cost, window_end, limit, debt)
   end
   local retry = -1
   if not allowed and cost <= limit then retry = reset end
-  return {allowed = allowed, remaining = math.max(available - taken, 0), reset = reset,
-    retry = retry, taken = taken, window_end = window_end}
+  return allowed, math.max(available - taken, 0), reset, retry, taken, window_end
 end
 
 -- The end of the current window of a fixed or calendar window entry (p1 as the kind says).
@@ -269,8 +279,7 @@ local function sliding_window(key, cost, window, limit, debt)
       retry = after_ms(left + math.max(window - keep, 0))
     end
   end
-  return {allowed = allowed, remaining = math.max(available - taken, 0), reset = after_ms(reset),
-    retry = retry, taken = taken}
+  return allowed, math.max(available - taken, 0), after_ms(reset), retry, taken
 end
 
 -- The sliding log: a sorted set of admitted hits scored by their time in ms; members are
@@ -302,8 +311,7 @@ local function sliding_log(key, cost, unit, limit, debt)
     local leaving = redis.call('ZRANGE', key, k, k, 'WITHSCORES')
     if #leaving > 0 then retry = after_ms(tonumber(leaving[2]) + unit - now_ms) end
   end
-  return {allowed = allowed, remaining = math.max(limit - used, 0), reset = reset, retry = retry,
-    taken = taken}
+  return allowed, math.max(limit - used, 0), reset, retry, taken
 end
 
 local algorithms = {
@@ -390,20 +398,32 @@ end
 -- each entry with its key, KEYS[n] for the n-th entry.
 local function entries(each)
   local k = 0
-  for i = HEADER_ARGS + 1, #ARGV, LEASE_FIELDS do
+  for i = HEADER_ARGS + 1, count, LEASE_FIELDS do
     k = k + 1
-    each(tonumber(ARGV[i]), KEYS[k], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
-      tonumber(ARGV[i + 3]))
+    local kind, cost, p1, p2 = read(i, LEASE_FIELDS)
+    each(kind, KEYS[k], cost, p1, p2)
   end
 end
 
--- Appends one entry's reply (REPLY_FIELDS numbers) to `out`.
-local function reply(out, v, refunded, taken)
-  out[#out + 1] = v.allowed and 1 or 0
-  out[#out + 1] = v.remaining
-  out[#out + 1] = v.reset
-  out[#out + 1] = v.retry
-  out[#out + 1] = refunded and 1 or 0
-  out[#out + 1] = taken
-  out[#out + 1] = v.released or 0
+-- The script's reply, `n_out` numbers so far.
+local out, n_out = {}, 0
+
+-- Appends a number to the reply.
+local function put(value)
+  n_out = n_out + 1
+  out[n_out] = value
+end
+
+-- Appends one entry's reply (REPLY_FIELDS numbers): an algorithm's first four values, whether
+-- it was refunded, the units taken and the units a settled reservation gave back.
+local function reply(allowed, remaining, reset, retry, refunded, taken, released)
+  local n = n_out
+  out[n + 1] = allowed and 1 or 0
+  out[n + 2] = remaining
+  out[n + 3] = reset
+  out[n + 4] = retry
+  out[n + 5] = refunded and 1 or 0
+  out[n + 6] = taken
+  out[n + 7] = released
+  n_out = n + REPLY_FIELDS
 end
