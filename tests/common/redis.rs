@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::free_port;
+use super::pki::Pki;
 
 /// How long a server may take to answer PING after it is started.
 const READY_DEADLINE: Duration = Duration::from_secs(10);
@@ -243,62 +244,26 @@ impl RedisServer {
 }
 
 /// A private CA, a server certificate for 127.0.0.1 and a client certificate, all signed by
-/// that CA, made by `openssl` in a temporary directory: `ca.crt`, `server.crt`, `server.key`,
-/// `client.crt`, `client.key` (PEM).
+/// that CA, made by `openssl` in a temporary directory ([`Pki`]): `ca.crt`, `server.crt`,
+/// `server.key`, `client.crt`, `client.key` (PEM).
 pub struct Certificates {
-    dir: tempfile::TempDir,
+    pki: Pki,
 }
 
 impl Certificates {
     pub fn generate() -> Self {
-        const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-        let certificates = Self {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        certificates.openssl(&format!(
-            "req -x509 {NEW_KEY} -keyout ca.key -out ca.crt -days 2 -subj /CN=tollgate-test-ca"
-        ));
-        for (name, usage, san) in [
-            ("server", "serverAuth", "subjectAltName=IP:127.0.0.1"),
-            ("client", "clientAuth", ""),
-        ] {
-            std::fs::write(
-                certificates.path(&format!("{name}.ext")),
-                format!("basicConstraints=critical,CA:FALSE\nextendedKeyUsage={usage}\n{san}\n"),
-            )
-            .unwrap();
-            certificates.openssl(&format!(
-                "req -new {NEW_KEY} -keyout {name}.key -out {name}.csr -subj /CN=tollgate-test-{name}"
-            ));
-            certificates.openssl(&format!(
-                "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-                 -extfile {name}.ext -out {name}.crt"
-            ));
-        }
-        certificates
+        let pki = Pki::new();
+        pki.issue("server", "ca", "serverAuth", &["IP:127.0.0.1"]);
+        pki.issue("client", "ca", "clientAuth", &[]);
+        Self { pki }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.pki.path(name)
     }
 
     pub fn read(&self, name: &str) -> Vec<u8> {
         std::fs::read(self.path(name)).unwrap()
-    }
-
-    /// Runs `openssl` with `args` (split on whitespace) in the directory.
-    fn openssl(&self, args: &str) {
-        let output = Command::new("openssl")
-            .args(args.split_whitespace())
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "openssl {args} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
     }
 }
 
