@@ -53,6 +53,12 @@ impl Envoy {
                 &format!("port_value: {actual}}}"),
             );
         }
+        Envoy::launch(file, &text, ports).await
+    }
+
+    /// Envoy on the configuration `text` (written as `file`), listening on `ports`' actual
+    /// ports; waits until it is ready.
+    async fn launch(file: &str, text: &str, ports: Vec<(u16, u16)>) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join(file);
         std::fs::write(&config, text).unwrap();
@@ -77,19 +83,13 @@ impl Envoy {
             _dir: dir,
         };
         let ready = format!("http://127.0.0.1:{}/ready", envoy.port(9901));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = reqwest::get(&ready).await
-                && r.status() == 200
-            {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "Envoy not ready within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        assert!(
+            crate::common::eventually_async(Duration::from_secs(30), || async {
+                reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200)
+            })
+            .await,
+            "Envoy not ready within 30 s"
+        );
         envoy
     }
 
@@ -1117,38 +1117,7 @@ static_resources:
             .replace("@CA@", &pki.path("ca.crt").display().to_string())
             .replace("@ENVOY_CERT@", &envoy_identity.cert.display().to_string())
             .replace("@ENVOY_KEY@", &envoy_identity.key.display().to_string());
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("envoy-gateway.yaml");
-        std::fs::write(&config, text).unwrap();
-        let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
-        let child = Command::new(envoy_binary())
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warn",
-                "-c",
-            ])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let envoy = Envoy {
-            child,
-            ports,
-            _dir: dir,
-        };
-        let ready = format!("http://127.0.0.1:{}/ready", envoy.port(9901));
-        assert!(
-            crate::common::eventually_async(Duration::from_secs(30), || async {
-                reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200)
-            })
-            .await,
-            "Envoy not ready within 30 s"
-        );
-        envoy
+        Envoy::launch("envoy-gateway.yaml", &text, ports).await
     }
 
     /// tollgate started as Envoy Gateway starts the reference: `/bin/ratelimit`, this
