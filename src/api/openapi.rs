@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 
 use super::{audit, check, keys, tenant_usage, tenants};
 
@@ -27,7 +28,7 @@ use super::{audit, check, keys, tenant_usage, tenants};
         keys::create_key, keys::delete_key, tenant_usage::usage,
         audit::audit_log, document,
     ),
-    modifiers(&AdminToken),
+    modifiers(&AdminToken, &LateAnswers),
     tags(
         (name = "check", description = "Take units, or learn that a limit is over (200 or 429)."),
         (name = "usage", description = "What is left, and usage already spent."),
@@ -54,6 +55,39 @@ impl utoipa::Modify for AdminToken {
             .components
             .get_or_insert_with(Default::default)
             .add_security_scheme("admin_token", SecurityScheme::Http(scheme));
+    }
+}
+
+/// Declares the 408 every endpoint may answer: a request not complete (a body sent too slowly)
+/// within the port's request timeout (`--admin-request-timeout`).
+struct LateAnswers;
+
+impl utoipa::Modify for LateAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let late = ResponseBuilder::new()
+            .description("The request was not complete within the port's request timeout.")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation
+                    .responses
+                    .responses
+                    .entry("408".to_owned())
+                    .or_insert_with(|| late.clone().into());
+            }
+        }
     }
 }
 
@@ -143,5 +177,20 @@ mod tests {
             ["get"];
         assert_eq!(link["operationId"], "get_tenant");
         assert_eq!(link["parameters"]["id"], "$response.body#/id");
+        // Every operation says it may answer 408, in the error shape.
+        let operations: Vec<&Value> = document["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .collect();
+        assert_eq!(operations.len(), 14);
+        for operation in operations {
+            let late = &operation["responses"]["408"]["content"]["application/json"]["schema"];
+            assert_eq!(
+                late["$ref"], "#/components/schemas/ErrorBody",
+                "{operation}"
+            );
+        }
     }
 }
