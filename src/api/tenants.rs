@@ -465,7 +465,8 @@ pub async fn delete(
     Segments(TenantPath { domain, id }): Segments<TenantPath>,
 ) -> Result<Response, ApiError> {
     let (config, authz) = section(&api, &domain)?;
-    api.shared
+    let tier = api
+        .shared
         .tenants
         .change(&domain, &id, |current| {
             let record = runtime(current, &authz, &config, &domain, &id)?;
@@ -478,7 +479,7 @@ pub async fn delete(
                 output: record.tier.clone(),
             })
         })
-        .await
-        .map(|tier| forget_series(&api, &authz, &domain, &id, &tier))?;
+        .await?;
+    forget_series(&api, &authz, &domain, &id, &tier);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -46,13 +46,15 @@ impl Book {
         }
     }
 
-    /// Holds `reservation` under `id` (replacing one of the same id), if there is room.
-    pub fn hold(&self, id: u128, reservation: Reservation) {
+    /// Holds `reservation` under `id` (replacing one of the same id), if there is room;
+    /// returns whether it is held.
+    pub fn hold(&self, id: u128, reservation: Reservation) -> bool {
         if self.held.len() >= self.max && !self.held.contains_key(&id) {
             self.unheld.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         self.held.insert(id, reservation);
+        true
     }
 
     /// Takes reservation `id` out of the book, if it is held and has not expired by `now`.

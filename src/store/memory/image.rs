@@ -149,8 +149,8 @@ impl MemoryStore {
         let mut held = 0;
         for (id, reservation) in saved {
             let key = reservation.key;
-            if self.buckets.contains_key(&key) || self.logs.contains_key(&key) {
-                self.reservations.hold(id, reservation);
+            let restored = self.buckets.contains_key(&key) || self.logs.contains_key(&key);
+            if restored && self.reservations.hold(id, reservation) {
                 held += 1;
             }
         }
